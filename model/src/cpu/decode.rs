@@ -1,0 +1,220 @@
+//! The one adapter between vesim and iced-x86 (CONVENTIONS rule 7): decoding, the memory
+//! accesses an instruction makes (`used_memory()`), register access by iced register, and
+//! mnemonic names. No other module names iced types in a signature that leaves the crate.
+
+use super::mmu::AccessKind;
+use crate::addr::Gla;
+use crate::vcpu::{Gpr, Vcpu};
+use iced_x86::{
+    Code, Decoder, DecoderError, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic,
+    OpAccess, OpKind, Register,
+};
+
+/// The longest x86 instruction.
+pub const MAX_INSTRUCTION_LEN: usize = 15;
+
+/// The result of decoding bytes at an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete, valid instruction.
+    Ok(Instruction),
+    /// The bytes end before the instruction does.
+    Incomplete,
+    /// The bytes are not a valid instruction (#UD).
+    Invalid,
+}
+
+/// Decodes one 64-bit instruction from `bytes` located at `rip`.
+pub fn decode(bytes: &[u8], rip: u64) -> Decoded {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let instr = d.decode();
+    if instr.code() != Code::INVALID {
+        return Decoded::Ok(instr);
+    }
+    if d.last_error() != DecoderError::NoMoreBytes || bytes.len() >= MAX_INSTRUCTION_LEN {
+        return Decoded::Invalid;
+    }
+    // iced reports a short buffer before judging the opcode: the bytes are only incomplete if
+    // some continuation makes them an instruction. Bytes that stay invalid whatever follows
+    // (e.g. 06, PUSH ES) are #UD without fetching more.
+    let mut padded = [0u8; MAX_INSTRUCTION_LEN];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    let mut d = Decoder::with_ip(64, &padded, rip, DecoderOptions::NONE);
+    if d.decode().code() == Code::INVALID {
+        Decoded::Invalid
+    } else {
+        Decoded::Incomplete
+    }
+}
+
+/// iced's mnemonic in lower case (`bts`, `cmpxchg`, `stosq`).
+pub fn mnemonic_name(instr: &Instruction) -> String {
+    format!("{:?}", instr.mnemonic()).to_lowercase()
+}
+
+/// One memory access an instruction makes, in iced's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedAccess {
+    /// Linear address (segment base added, wrapped to the address size).
+    pub gla: Gla,
+    /// Size in bytes.
+    pub size: u64,
+    /// Read, write or read-modify-write.
+    pub kind: AccessKind,
+    /// The access uses SS (a non-canonical address is #SS rather than #GP).
+    pub stack: bool,
+}
+
+/// Why the accesses of an instruction could not be listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoAddress;
+
+fn segment_base(vcpu: &Vcpu, seg: Register) -> u64 {
+    match seg {
+        Register::FS => vcpu.fs_base,
+        Register::GS => vcpu.gs_base,
+        _ => 0,
+    }
+}
+
+/// Maps a general-purpose iced register to (register, size in bytes, high-byte register).
+pub fn gpr_of(reg: Register) -> Option<(Gpr, u8, bool)> {
+    let (gpr, size, high) = match reg {
+        Register::AH => (0, 1, true),
+        Register::CH => (1, 1, true),
+        Register::DH => (2, 1, true),
+        Register::BH => (3, 1, true),
+        r if r.is_gpr64() => (r.number(), 8, false),
+        r if r.is_gpr32() => (r.number(), 4, false),
+        r if r.is_gpr16() => (r.number(), 2, false),
+        r if r.is_gpr8() => {
+            // AL, CL, DL, BL, SPL, BPL, SIL, DIL, R8L..R15L; AH..BH handled above.
+            let n = r as usize - Register::AL as usize;
+            let n = if n >= 8 { n - 4 } else { n };
+            (n, 1, false)
+        }
+        _ => return None,
+    };
+    Gpr::ALL.get(gpr).map(|g| (*g, size, high))
+}
+
+/// Reads an iced register from the VCPU (general-purpose registers, RIP and segment bases).
+pub fn read_register(vcpu: &Vcpu, reg: Register) -> Option<u64> {
+    if let Some((g, size, high)) = gpr_of(reg) {
+        let v = vcpu.reg(g);
+        return Some(match (size, high) {
+            (1, true) => (v >> 8) & 0xFF,
+            (1, false) => v & 0xFF,
+            (2, _) => v & 0xFFFF,
+            (4, _) => v & 0xFFFF_FFFF,
+            _ => v,
+        });
+    }
+    match reg {
+        Register::RIP => Some(vcpu.rip),
+        Register::EIP => Some(vcpu.rip & 0xFFFF_FFFF),
+        Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
+        Register::FS | Register::GS => Some(segment_base(vcpu, reg)),
+        _ => None,
+    }
+}
+
+/// Writes an iced general-purpose register with x86-64 width rules (32-bit writes zero-extend,
+/// 8- and 16-bit writes merge).
+pub fn write_register(gpr: &mut [u64; 16], reg: Register, value: u64) -> bool {
+    let Some((g, size, high)) = gpr_of(reg) else {
+        return false;
+    };
+    let old = gpr[g as usize];
+    gpr[g as usize] = match (size, high) {
+        (1, true) => (old & !0xFF00) | ((value & 0xFF) << 8),
+        (1, false) => (old & !0xFF) | (value & 0xFF),
+        (2, _) => (old & !0xFFFF) | (value & 0xFFFF),
+        (4, _) => value & 0xFFFF_FFFF,
+        _ => value,
+    };
+    true
+}
+
+/// Whether the instruction is BT, BTS, BTR or BTC with a register bit offset and a memory
+/// operand: bit-string addressing (VE-SEMANTICS section 1).
+pub fn is_bit_string(instr: &Instruction) -> bool {
+    matches!(
+        instr.mnemonic(),
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
+    ) && instr.op0_kind() == OpKind::Memory
+        && instr.op1_kind() == OpKind::Register
+}
+
+/// The byte displacement bit-string addressing adds to the operand's address:
+/// `size × (offset sar log2(8 × size))` with the offset register read at the operand size.
+pub fn bit_string_displacement(instr: &Instruction, vcpu: &Vcpu) -> Option<u64> {
+    let size = instr.memory_size().size() as u64;
+    let raw = read_register(vcpu, instr.op1_register())?;
+    let offset: i64 = match size {
+        2 => raw as u16 as i16 as i64,
+        4 => raw as u32 as i32 as i64,
+        _ => raw as i64,
+    };
+    let shift = match size {
+        2 => 4,
+        4 => 5,
+        _ => 6,
+    };
+    Some(((offset >> shift) as u64).wrapping_mul(size))
+}
+
+/// The memory accesses of `instr`, as iced's `used_memory()` reports them, with addresses
+/// computed from the VCPU's registers. The one change is bit-string addressing for BT* with a
+/// register offset.
+pub fn planned_accesses(instr: &Instruction, vcpu: &Vcpu) -> Result<Vec<PlannedAccess>, NoAddress> {
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(instr);
+    let mut out = Vec::with_capacity(info.used_memory().len());
+    for m in info.used_memory() {
+        let kind = match m.access() {
+            OpAccess::Read | OpAccess::CondRead => AccessKind::Read,
+            OpAccess::Write | OpAccess::CondWrite => AccessKind::Write,
+            OpAccess::ReadWrite | OpAccess::ReadCondWrite => AccessKind::ReadWrite,
+            _ => continue,
+        };
+        let mut addr = m
+            .virtual_address(0, |reg, _, _| read_register(vcpu, reg))
+            .ok_or(NoAddress)?;
+        if is_bit_string(instr) {
+            addr = addr.wrapping_add(bit_string_displacement(instr, vcpu).ok_or(NoAddress)?);
+            if m.address_size() == iced_x86::CodeSize::Code32 {
+                addr &= 0xFFFF_FFFF;
+            }
+        }
+        out.push(PlannedAccess {
+            gla: Gla(addr),
+            size: (m.memory_size().size() as u64).clamp(1, 4096),
+            kind,
+            stack: m.segment() == Register::SS,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_and_invalid_are_told_apart() {
+        assert_eq!(decode(&[0x48, 0x89], 0), Decoded::Incomplete);
+        assert_eq!(decode(&[0x06], 0), Decoded::Invalid); // PUSH ES is invalid in 64-bit mode
+        assert!(matches!(decode(&[0x48, 0x89, 0x08], 0), Decoded::Ok(_)));
+        // LOCK MOV is #UD.
+        assert_eq!(decode(&[0xF0, 0x48, 0x89, 0x08], 0), Decoded::Invalid);
+    }
+
+    #[test]
+    fn eight_bit_register_numbering() {
+        assert_eq!(gpr_of(Register::SIL), Some((Gpr::Rsi, 1, false)));
+        assert_eq!(gpr_of(Register::R9L), Some((Gpr::R9, 1, false)));
+        assert_eq!(gpr_of(Register::BH), Some((Gpr::Rbx, 1, true)));
+        assert_eq!(gpr_of(Register::R15D), Some((Gpr::R15, 4, false)));
+    }
+}

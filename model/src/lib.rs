@@ -1,0 +1,27 @@
+//! vesim-model: the x86-64 guest and the VT-x hardware vesim simulates, with nothing specific to
+//! HVMI.
+//!
+//! - [`addr`]: address newtypes (`Gpa`, `Gla`, `Gfn`, `ViewId`).
+//! - [`memory`]: sparse guest-physical memory.
+//! - [`paging`]: 4-level entries, the page-table builder and the hardware walker.
+//! - [`ept`]: EPT views, rights, suppress-#VE and the violation qualification.
+//! - [`vcpu`]: the register file, control registers and per-VCPU VMX state.
+//! - [`ve_info`]: the hardware bytes of the #VE information area.
+//! - [`cpu`]: the reference CPU (iced-x86 adapter, MMU, semantics, event delivery, VMFUNC).
+//! - [`exit`]: the outcomes of an access or an instruction, as values.
+//!
+//! The semantics are those of `VE-SEMANTICS.md` section 1; `HW §n` in the docs refers to
+//! `INTEL-VMX.md`.
+
+pub mod addr;
+pub mod cpu;
+pub mod ept;
+pub mod exit;
+pub mod memory;
+pub mod paging;
+pub mod vcpu;
+pub mod ve_info;
+
+pub use addr::{Gfn, Gla, Gpa, ViewId};
+pub use cpu::{Machine, MachineConfig, Step};
+pub use exit::{EptViolation, ExitReason, Outcome};

@@ -1,0 +1,348 @@
+//! One virtual CPU: general registers, RIP, RFLAGS, control registers, the VMX controls vesim
+//! models per VCPU (EPTP index, #VE information address, #VE and VM-function enables) and the
+//! guest structures the agent relies on (IDTR, TSS.RSP0, the 0x50 segment descriptor).
+
+use crate::addr::{Gla, Gpa, ViewId};
+use bitflags::bitflags;
+
+bitflags! {
+    /// RFLAGS (architectural bit positions).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Rflags: u64 {
+        /// Bit 0: carry.
+        const CF = 1 << 0;
+        /// Bit 1: reserved, always 1.
+        const FIXED1 = 1 << 1;
+        /// Bit 2: parity of the low byte of the result.
+        const PF = 1 << 2;
+        /// Bit 4: auxiliary carry (carry out of bit 3).
+        const AF = 1 << 4;
+        /// Bit 6: zero.
+        const ZF = 1 << 6;
+        /// Bit 7: sign.
+        const SF = 1 << 7;
+        /// Bit 8: trap (single step).
+        const TF = 1 << 8;
+        /// Bit 9: interrupt enable.
+        const IF = 1 << 9;
+        /// Bit 10: direction (string instructions decrement when set).
+        const DF = 1 << 10;
+        /// Bit 11: signed overflow.
+        const OF = 1 << 11;
+        /// Bits 13:12: I/O privilege level.
+        const IOPL = 3 << 12;
+        /// Bit 14: nested task.
+        const NT = 1 << 14;
+        /// Bit 16: resume (suppresses instruction breakpoints; set in the frame of a fault).
+        const RF = 1 << 16;
+        /// Bit 17: virtual-8086 mode.
+        const VM = 1 << 17;
+        /// Bit 18: alignment check / SMAP override.
+        const AC = 1 << 18;
+        /// Bit 19: virtual interrupt flag.
+        const VIF = 1 << 19;
+        /// Bit 20: virtual interrupt pending.
+        const VIP = 1 << 20;
+        /// Bit 21: CPUID available.
+        const ID = 1 << 21;
+    }
+}
+
+impl Rflags {
+    /// The six arithmetic status flags.
+    pub const STATUS: Rflags = Rflags::CF
+        .union(Rflags::PF)
+        .union(Rflags::AF)
+        .union(Rflags::ZF)
+        .union(Rflags::SF)
+        .union(Rflags::OF);
+}
+
+bitflags! {
+    /// CR0 bits the model uses.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Cr0: u64 {
+        /// Bit 0: protected mode.
+        const PE = 1 << 0;
+        /// Bit 16: supervisor writes honour read-only pages.
+        const WP = 1 << 16;
+        /// Bit 31: paging.
+        const PG = 1 << 31;
+    }
+}
+
+bitflags! {
+    /// CR4 bits the model uses.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Cr4: u64 {
+        /// Bit 5: physical-address extension (required for 4-level paging).
+        const PAE = 1 << 5;
+        /// Bit 12: 5-level paging (refused by the model).
+        const LA57 = 1 << 12;
+        /// Bit 20: supervisor-mode execution prevention.
+        const SMEP = 1 << 20;
+        /// Bit 21: supervisor-mode access prevention.
+        const SMAP = 1 << 21;
+    }
+}
+
+bitflags! {
+    /// IA32_EFER bits the model uses.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Efer: u64 {
+        /// Bit 8: long mode enable.
+        const LME = 1 << 8;
+        /// Bit 10: long mode active.
+        const LMA = 1 << 10;
+        /// Bit 11: execute-disable bit enable.
+        const NXE = 1 << 11;
+    }
+}
+
+/// A general-purpose register, numbered as in the ModRM encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[allow(missing_docs)]
+pub enum Gpr {
+    Rax = 0,
+    Rcx,
+    Rdx,
+    Rbx,
+    Rsp,
+    Rbp,
+    Rsi,
+    Rdi,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+}
+
+impl Gpr {
+    /// All 16 registers in encoding order.
+    pub const ALL: [Gpr; 16] = [
+        Gpr::Rax,
+        Gpr::Rcx,
+        Gpr::Rdx,
+        Gpr::Rbx,
+        Gpr::Rsp,
+        Gpr::Rbp,
+        Gpr::Rsi,
+        Gpr::Rdi,
+        Gpr::R8,
+        Gpr::R9,
+        Gpr::R10,
+        Gpr::R11,
+        Gpr::R12,
+        Gpr::R13,
+        Gpr::R14,
+        Gpr::R15,
+    ];
+    /// The lower-case name (`rax` ... `r15`).
+    pub const fn name(self) -> &'static str {
+        const NAMES: [&str; 16] = [
+            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+            "r12", "r13", "r14", "r15",
+        ];
+        NAMES[self as usize]
+    }
+    /// Parses a lower-case 64-bit register name.
+    pub fn from_name(name: &str) -> Option<Gpr> {
+        Gpr::ALL.into_iter().find(|g| g.name() == name)
+    }
+}
+
+/// A descriptor-table register (IDTR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DescriptorTable {
+    /// Linear base address.
+    pub base: Gla,
+    /// Limit in bytes (the last valid offset).
+    pub limit: u16,
+}
+
+/// The segment descriptor behind selector 0x50, reduced to what LSL reports; the agent
+/// derives its CPU index from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SegmentLimit {
+    /// The 20-bit limit field.
+    pub limit: u32,
+    /// The granularity bit: the limit counts 4 KiB units.
+    pub granularity: bool,
+}
+
+impl SegmentLimit {
+    /// The byte-granular limit LSL returns: `limit << 12 | 0xFFF` when G = 1.
+    pub const fn lsl(self) -> u32 {
+        let l = self.limit & 0xF_FFFF;
+        if self.granularity {
+            (l << 12) | 0xFFF
+        } else {
+            l
+        }
+    }
+}
+
+/// The state of one virtual CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vcpu {
+    /// RAX ... R15, indexed by [`Gpr`].
+    pub gpr: [u64; 16],
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Flags register.
+    pub rflags: Rflags,
+    /// CS selector (CPL = bits 1:0).
+    pub cs: u16,
+    /// SS selector.
+    pub ss: u16,
+    /// CR0.
+    pub cr0: Cr0,
+    /// CR2 (written when a #PF is delivered).
+    pub cr2: u64,
+    /// CR3.
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: Cr4,
+    /// IA32_EFER.
+    pub efer: Efer,
+    /// DR7.
+    pub dr7: u64,
+    /// MXCSR.
+    pub mxcsr: u32,
+    /// XMM0 ... XMM15.
+    pub xmm: [u128; 16],
+    /// FS base.
+    pub fs_base: u64,
+    /// IA32_GS_BASE (MSR 0xC0000101).
+    pub gs_base: u64,
+    /// IA32_KERNEL_GS_BASE (MSR 0xC0000102).
+    pub kernel_gs_base: u64,
+    /// IA32_SPEC_CTRL (MSR 0x48).
+    pub spec_ctrl: u64,
+    /// IDTR.
+    pub idtr: DescriptorTable,
+    /// RSP0 of the TSS: the stack used when an event arrives from CPL 3.
+    pub tss_rsp0: u64,
+    /// The descriptor behind selector 0x50.
+    pub seg50: SegmentLimit,
+    /// The current EPTP index (the VMCS EPTP-index field).
+    pub eptp_index: ViewId,
+    /// Guest-physical address of this VCPU's #VE information area, if one is registered.
+    pub ve_info: Option<Gpa>,
+    /// The "EPT-violation #VE" control (secondary bit 18).
+    pub ve_enabled: bool,
+    /// The "enable VM functions" control (secondary bit 13), with only leaf 0 enabled.
+    pub vmfunc_enabled: bool,
+}
+
+impl Default for Vcpu {
+    fn default() -> Self {
+        Vcpu::new_long_mode(0)
+    }
+}
+
+impl Vcpu {
+    /// A VCPU in 64-bit kernel mode (CS 0x10, CPL 0): CR0.PE|PG|WP, CR4.PAE,
+    /// EFER.LME|LMA|NXE, RFLAGS 0x2, with page tables at `cr3`.
+    pub fn new_long_mode(cr3: u64) -> Self {
+        Vcpu {
+            gpr: [0; 16],
+            rip: 0,
+            rflags: Rflags::FIXED1,
+            cs: 0x10,
+            ss: 0x18,
+            cr0: Cr0::PE | Cr0::PG | Cr0::WP,
+            cr2: 0,
+            cr3,
+            cr4: Cr4::PAE,
+            efer: Efer::LME | Efer::LMA | Efer::NXE,
+            dr7: 0x400,
+            mxcsr: 0x1F80,
+            xmm: [0; 16],
+            fs_base: 0,
+            gs_base: 0,
+            kernel_gs_base: 0,
+            spec_ctrl: 0,
+            idtr: DescriptorTable::default(),
+            tss_rsp0: 0,
+            seg50: SegmentLimit::default(),
+            eptp_index: ViewId(0),
+            ve_info: None,
+            ve_enabled: false,
+            vmfunc_enabled: false,
+        }
+    }
+    /// Current privilege level (CS.RPL).
+    pub fn cpl(&self) -> u8 {
+        (self.cs & 3) as u8
+    }
+    /// Reads a register.
+    pub fn reg(&self, r: Gpr) -> u64 {
+        self.gpr[r as usize]
+    }
+    /// Writes a register.
+    pub fn set_reg(&mut self, r: Gpr, v: u64) {
+        self.gpr[r as usize] = v;
+    }
+    /// Whether the paging mode is 4-level IA-32e, the only one the model runs.
+    pub fn paging_mode_supported(&self) -> bool {
+        self.cr0.contains(Cr0::PG | Cr0::PE)
+            && self.cr4.contains(Cr4::PAE)
+            && !self.cr4.contains(Cr4::LA57)
+            && self.efer.contains(Efer::LMA)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsl_scales_the_limit_only_with_g() {
+        let table = [
+            (
+                SegmentLimit {
+                    limit: 5,
+                    granularity: false,
+                },
+                5,
+            ),
+            (
+                SegmentLimit {
+                    limit: 5,
+                    granularity: true,
+                },
+                0x5FFF,
+            ),
+            (
+                SegmentLimit {
+                    limit: 0xF_FFFF,
+                    granularity: true,
+                },
+                0xFFFF_FFFF,
+            ),
+            (
+                SegmentLimit {
+                    limit: 0x1F_FFFF,
+                    granularity: false,
+                },
+                0xF_FFFF,
+            ),
+        ];
+        for (seg, lsl) in table {
+            assert_eq!(seg.lsl(), lsl, "{seg:?}");
+        }
+    }
+
+    #[test]
+    fn gpr_names_round_trip() {
+        for g in Gpr::ALL {
+            assert_eq!(Gpr::from_name(g.name()), Some(g));
+        }
+        assert_eq!(Gpr::from_name("eax"), None);
+    }
+}
