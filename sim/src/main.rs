@@ -1,1 +1,5 @@
-fn main() {}
+//! The `vesim` binary.
+
+fn main() -> std::process::ExitCode {
+    vesim::cli::main()
+}

@@ -47,6 +47,28 @@ pub fn decode(bytes: &[u8], rip: u64) -> Decoded {
     }
 }
 
+/// The Intel-syntax text of `instr` (`bts qword ptr [rax],rbx`).
+pub fn disassemble(instr: &Instruction) -> String {
+    use iced_x86::Formatter;
+    let mut out = String::new();
+    let mut f = iced_x86::IntelFormatter::new();
+    f.options_mut().set_hex_prefix("0x");
+    f.options_mut().set_hex_suffix("");
+    f.options_mut().set_uppercase_hex(false);
+    f.options_mut().set_space_after_operand_separator(true);
+    f.format(instr, &mut out);
+    out
+}
+
+/// Decodes `bytes` at `rip` and returns (length, lower-case mnemonic, Intel-syntax text) of the
+/// first instruction, or the reason it is not one.
+pub fn describe(bytes: &[u8], rip: u64) -> Result<(usize, String, String), Decoded> {
+    match decode(bytes, rip) {
+        Decoded::Ok(i) => Ok((i.len(), mnemonic_name(&i), disassemble(&i))),
+        other => Err(other),
+    }
+}
+
 /// iced's mnemonic in lower case (`bts`, `cmpxchg`, `stosq`).
 pub fn mnemonic_name(instr: &Instruction) -> String {
     format!("{:?}", instr.mnemonic()).to_lowercase()

@@ -64,6 +64,22 @@ pub fn logic_flags(f: &mut Rflags, r: u64, size: u32) {
     set_szp(f, r, size);
 }
 
+fn is_memory(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Memory
+            | OpKind::MemorySegSI
+            | OpKind::MemorySegESI
+            | OpKind::MemorySegRSI
+            | OpKind::MemorySegDI
+            | OpKind::MemorySegEDI
+            | OpKind::MemorySegRDI
+            | OpKind::MemoryESDI
+            | OpKind::MemoryESEDI
+            | OpKind::MemoryESRDI
+    )
+}
+
 struct Ops<'a> {
     instr: &'a Instruction,
     vcpu: &'a Vcpu,
@@ -76,8 +92,19 @@ impl Ops<'_> {
     fn size(&self, op: u32) -> u32 {
         match self.instr.op_kind(op) {
             OpKind::Register => gpr_of(self.instr.op_register(op)).map_or(8, |(_, s, _)| s as u32),
-            OpKind::Memory => self.instr.memory_size().size() as u32,
-            _ => self.size(0),
+            OpKind::Memory
+            | OpKind::MemorySegSI
+            | OpKind::MemorySegESI
+            | OpKind::MemorySegRSI
+            | OpKind::MemorySegDI
+            | OpKind::MemorySegEDI
+            | OpKind::MemorySegRDI
+            | OpKind::MemoryESDI
+            | OpKind::MemoryESEDI
+            | OpKind::MemoryESRDI => (self.instr.memory_size().size() as u32).clamp(1, 8),
+            // Immediates take the size of the destination.
+            _ if op != 0 => self.size(0),
+            _ => 8,
         }
     }
     fn read(&self, op: u32) -> Result<u64, NotImplemented> {
@@ -92,7 +119,7 @@ impl Ops<'_> {
                     v & mask(size as u32)
                 })
             }
-            OpKind::Memory => Ok(self.mem & mask(self.size(op))),
+            k if is_memory(k) => Ok(self.mem & mask(self.size(op))),
             OpKind::Immediate8
             | OpKind::Immediate16
             | OpKind::Immediate32
@@ -113,7 +140,7 @@ impl Ops<'_> {
                     Err(NotImplemented)
                 }
             }
-            OpKind::Memory => {
+            k if is_memory(k) => {
                 self.store = Some(v & mask(self.size(op)));
                 Ok(())
             }
@@ -208,7 +235,7 @@ pub fn execute(instr: &Instruction, vcpu: &Vcpu, mem: u64) -> Result<Effects, No
                 size as u64
             };
             let rdi = ops.gpr[7];
-            ops.gpr[7] = if instr.memory_base() == iced_x86::Register::EDI {
+            ops.gpr[7] = if instr.op0_kind() == OpKind::MemoryESEDI {
                 (rdi as u32).wrapping_add(step as u32) as u64
             } else {
                 rdi.wrapping_add(step)
