@@ -252,7 +252,7 @@ pub fn walk(
     let mut page_size = PageSize::Size4K;
     let mut gpa = Gpa(0);
     for level in (1..=4u8).rev() {
-        let entry_gpa = Gpa(table | gla.table_index(level) * 8);
+        let entry_gpa = Gpa(table | (gla.table_index(level) * 8));
         match ept(entry_gpa, EptAccess::Read) {
             EptCheck::Allowed => {}
             check => return Err(WalkFault::Ept { entry_gpa, check }),

@@ -21,8 +21,9 @@ fn reg_value(s: &str) -> Result<(Gpr, u64), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}' is not NAME=VALUE"))?;
-    let reg = Gpr::from_name(&name.trim().to_ascii_lowercase())
-        .ok_or_else(|| format!("'{name}' is not one of rax rcx rdx rbx rsp rbp rsi rdi r8 ... r15"))?;
+    let reg = Gpr::from_name(&name.trim().to_ascii_lowercase()).ok_or_else(|| {
+        format!("'{name}' is not one of rax rcx rdx rbx rsp rbp rsi rdi r8 ... r15")
+    })?;
     Ok((reg, parse_u64(value)?))
 }
 
@@ -127,7 +128,9 @@ fn details(o: &Outcome, m: &mut Map<String, Value>) {
         Outcome::GeneralProtection { error_code } => {
             m.insert("error_code".into(), hex((*error_code).into()));
         }
-        Outcome::EptViolation { violation: v, .. } | Outcome::VeDelivered(v) | Outcome::VeExit(v) => {
+        Outcome::EptViolation { violation: v, .. }
+        | Outcome::VeDelivered(v)
+        | Outcome::VeExit(v) => {
             m.insert("qualification".into(), hex(v.qualification.bits()));
             m.insert("gpa".into(), hex(v.gpa.0));
             m.insert("gla".into(), hex(v.gla.0));
@@ -167,10 +170,17 @@ pub fn to_json(r: &ExecReport) -> Value {
             .map(|g| (g.name().to_string(), hex(r.regs[*g as usize])))
             .collect();
         m.insert("regs".into(), Value::Object(regs));
-        let mem: Map<String, Value> = r.mem.iter().map(|(a, v)| (format!("{a:#x}"), hex(*v))).collect();
+        let mem: Map<String, Value> = r
+            .mem
+            .iter()
+            .map(|(a, v)| (format!("{a:#x}"), hex(*v)))
+            .collect();
         m.insert("mem".into(), Value::Object(mem));
     } else {
-        m.insert("error".into(), Value::from(explain(&r.outcome, &r.mnemonic)));
+        m.insert(
+            "error".into(),
+            Value::from(explain(&r.outcome, &r.mnemonic)),
+        );
         if let Outcome::Unsupported { mnemonic } = &r.outcome {
             m.insert("mnemonic".into(), Value::from(mnemonic.clone()));
         }
@@ -190,7 +200,11 @@ fn flag_names(rflags: u64) -> String {
         (1 << 10, "DF"),
         (1 << 11, "OF"),
     ];
-    let set: Vec<&str> = NAMES.iter().filter(|(b, _)| rflags & b != 0).map(|(_, n)| *n).collect();
+    let set: Vec<&str> = NAMES
+        .iter()
+        .filter(|(b, _)| rflags & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     set.join(" ")
 }
 
@@ -200,7 +214,11 @@ pub fn to_text(r: &ExecReport) -> String {
     if r.outcome == Outcome::Executed {
         out.push_str(&format!("executed   {}   ({} bytes)\n", r.text, r.length));
         out.push_str(&format!("rip        {:#x}\n", r.rip));
-        out.push_str(&format!("rflags     {:#x} [{}]\n", r.rflags, flag_names(r.rflags)));
+        out.push_str(&format!(
+            "rflags     {:#x} [{}]\n",
+            r.rflags,
+            flag_names(r.rflags)
+        ));
         for pair in Gpr::ALL.chunks(2) {
             let cols: Vec<String> = pair
                 .iter()
@@ -215,13 +233,20 @@ pub fn to_text(r: &ExecReport) -> String {
             }
         }
     } else {
-        out.push_str(&format!("not executed: {}   {}\n", r.outcome.name(), r.text));
+        out.push_str(&format!(
+            "not executed: {}   {}\n",
+            r.outcome.name(),
+            r.text
+        ));
         out.push_str(&explain(&r.outcome, &r.mnemonic));
         out.push('\n');
         let mut m = Map::new();
         details(&r.outcome, &mut m);
         for (k, v) in m {
-            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let v = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             out.push_str(&format!("{k:<14} {v}\n"));
         }
     }

@@ -68,7 +68,12 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                     ExitCode::from(EXIT_USAGE)
@@ -105,8 +110,14 @@ mod tests {
 
     #[test]
     fn hex_bytes_parse_with_or_without_spaces() {
-        assert_eq!(parse_hex_bytes("f0480fab18"), Ok(vec![0xF0, 0x48, 0x0F, 0xAB, 0x18]));
-        assert_eq!(parse_hex_bytes("F0 48 0F AB 18"), Ok(vec![0xF0, 0x48, 0x0F, 0xAB, 0x18]));
+        assert_eq!(
+            parse_hex_bytes("f0480fab18"),
+            Ok(vec![0xF0, 0x48, 0x0F, 0xAB, 0x18])
+        );
+        assert_eq!(
+            parse_hex_bytes("F0 48 0F AB 18"),
+            Ok(vec![0xF0, 0x48, 0x0F, 0xAB, 0x18])
+        );
         assert!(parse_hex_bytes("f04").is_err());
         assert!(parse_hex_bytes("zz").is_err());
         assert!(parse_hex_bytes("").is_err());
