@@ -34,17 +34,32 @@ pub fn decode(bytes: &[u8], rip: u64) -> Decoded {
     if d.last_error() != DecoderError::NoMoreBytes || bytes.len() >= MAX_INSTRUCTION_LEN {
         return Decoded::Invalid;
     }
-    // iced reports a short buffer before judging the opcode: the bytes are only incomplete if
-    // some continuation makes them an instruction. Bytes that stay invalid whatever follows
-    // (e.g. 06, PUSH ES) are #UD without fetching more.
-    let mut padded = [0u8; MAX_INSTRUCTION_LEN];
-    padded[..bytes.len()].copy_from_slice(bytes);
-    let mut d = Decoder::with_ip(64, &padded, rip, DecoderOptions::NONE);
-    if d.decode().code() == Code::INVALID {
-        Decoded::Invalid
-    } else {
+    if can_complete(bytes, rip) {
         Decoded::Incomplete
+    } else {
+        Decoded::Invalid
     }
+}
+
+/// Whether some continuation of `bytes` is a valid instruction. iced reports a short buffer
+/// before judging the opcode, so this tries every value of the next byte followed by zeros and
+/// by 0xFF bytes. Bytes that stay invalid whatever follows (06, PUSH ES) are #UD without
+/// fetching more; `48 0F BA` (BT* imm8, whose ModRM /digit decides) is incomplete.
+fn can_complete(bytes: &[u8], rip: u64) -> bool {
+    let mut buf = [0u8; MAX_INSTRUCTION_LEN];
+    let n = bytes.len();
+    buf[..n].copy_from_slice(bytes);
+    for fill in [0x00u8, 0xFF] {
+        for next in 0..=255u8 {
+            buf[n] = next;
+            buf[n + 1..].fill(fill);
+            let mut d = Decoder::with_ip(64, &buf, rip, DecoderOptions::NONE);
+            if d.decode().code() != Code::INVALID {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// The Intel-syntax text of `instr` (`bts qword ptr [rax],rbx`).
@@ -230,6 +245,10 @@ mod tests {
         assert!(matches!(decode(&[0x48, 0x89, 0x08], 0), Decoded::Ok(_)));
         // LOCK MOV is #UD.
         assert_eq!(decode(&[0xF0, 0x48, 0x89, 0x08], 0), Decoded::Invalid);
+        // The ModRM /digit decides whether 0F BA is valid: incomplete, not invalid.
+        assert_eq!(decode(&[0x48, 0x0F, 0xBA], 0), Decoded::Incomplete);
+        assert_eq!(decode(&[0xF0, 0x48, 0x0F], 0), Decoded::Incomplete);
+        assert_eq!(decode(&[0xF0, 0x48, 0x0F, 0xBA], 0), Decoded::Incomplete);
     }
 
     #[test]
