@@ -34,18 +34,27 @@ pub fn decode(bytes: &[u8], rip: u64) -> Decoded {
     if d.last_error() != DecoderError::NoMoreBytes || bytes.len() >= MAX_INSTRUCTION_LEN {
         return Decoded::Invalid;
     }
-    if can_complete(bytes, rip) {
-        Decoded::Incomplete
-    } else {
-        Decoded::Invalid
+    Decoded::Incomplete
+}
+
+/// Like [`decode`], for bytes a user typed: `Incomplete` only if some continuation of the bytes
+/// is an instruction, so that bytes which stay invalid whatever follows (06, PUSH ES) are #UD.
+pub fn decode_given(bytes: &[u8], rip: u64) -> Decoded {
+    match decode(bytes, rip) {
+        Decoded::Incomplete if !can_complete(bytes, rip) => Decoded::Invalid,
+        d => d,
     }
 }
 
 /// Whether some continuation of `bytes` is a valid instruction. iced reports a short buffer
 /// before judging the opcode, so this tries every value of the next byte followed by zeros and
-/// by 0xFF bytes. Bytes that stay invalid whatever follows (06, PUSH ES) are #UD without
-/// fetching more; `48 0F BA` (BT* imm8, whose ModRM /digit decides) is incomplete.
+/// by 0xFF bytes; a VEX, EVEX or XOP escape byte (whose later bytes must agree with each other)
+/// counts as completable. `48 0F BA` (BT* imm8, whose ModRM /digit decides) is completable;
+/// `06` (PUSH ES) is not.
 fn can_complete(bytes: &[u8], rip: u64) -> bool {
+    if bytes.iter().any(|b| matches!(b, 0xC4 | 0xC5 | 0x62 | 0x8F)) {
+        return true;
+    }
     let mut buf = [0u8; MAX_INSTRUCTION_LEN];
     let n = bytes.len();
     buf[..n].copy_from_slice(bytes);
@@ -80,6 +89,7 @@ pub fn disassemble(instr: &Instruction) -> String {
 pub fn describe(bytes: &[u8], rip: u64) -> Result<(usize, String, String), Decoded> {
     match decode(bytes, rip) {
         Decoded::Ok(i) => Ok((i.len(), mnemonic_name(&i), disassemble(&i))),
+        Decoded::Incomplete => Err(decode_given(bytes, rip)),
         other => Err(other),
     }
 }
@@ -241,14 +251,19 @@ mod tests {
     #[test]
     fn incomplete_and_invalid_are_told_apart() {
         assert_eq!(decode(&[0x48, 0x89], 0), Decoded::Incomplete);
-        assert_eq!(decode(&[0x06], 0), Decoded::Invalid); // PUSH ES is invalid in 64-bit mode
+        // PUSH ES is invalid in 64-bit mode, though iced asks for more bytes first.
+        assert_eq!(decode_given(&[0x06], 0), Decoded::Invalid);
+        assert_eq!(decode_given(&[0xC5], 0), Decoded::Incomplete);
         assert!(matches!(decode(&[0x48, 0x89, 0x08], 0), Decoded::Ok(_)));
         // LOCK MOV is #UD.
         assert_eq!(decode(&[0xF0, 0x48, 0x89, 0x08], 0), Decoded::Invalid);
         // The ModRM /digit decides whether 0F BA is valid: incomplete, not invalid.
-        assert_eq!(decode(&[0x48, 0x0F, 0xBA], 0), Decoded::Incomplete);
-        assert_eq!(decode(&[0xF0, 0x48, 0x0F], 0), Decoded::Incomplete);
-        assert_eq!(decode(&[0xF0, 0x48, 0x0F, 0xBA], 0), Decoded::Incomplete);
+        assert_eq!(decode_given(&[0x48, 0x0F, 0xBA], 0), Decoded::Incomplete);
+        assert_eq!(decode_given(&[0xF0, 0x48, 0x0F], 0), Decoded::Incomplete);
+        assert_eq!(
+            decode_given(&[0xF0, 0x48, 0x0F, 0xBA], 0),
+            Decoded::Incomplete
+        );
     }
 
     #[test]

@@ -197,6 +197,10 @@ impl Machine {
         if len == 0 {
             return Ok(span);
         }
+        // Both ends are checked before any walk (SDM Vol. 1 §3.3.7.1).
+        if !gla.is_canonical() || !gla.wrapping_add(len - 1).is_canonical() {
+            return Err(Fault::NonCanonical);
+        }
         let first_len = (PAGE_SIZE - gla.page_offset()).min(len);
         let g0 = self.translate(vcpu, gla, kind, implicit_supervisor)?;
         span.parts[0] = (g0, first_len);

@@ -311,6 +311,7 @@ impl Machine {
         }
         vcpu.eptp_index = ViewId(index as u16);
         vcpu.rip = vcpu.rip.wrapping_add(len);
+        vcpu.rflags.remove(Rflags::RF);
         Outcome::Executed
     }
 
@@ -344,6 +345,7 @@ impl Machine {
             vcpu.set_reg(Gpr::Rdx, v >> 32);
         }
         vcpu.rip = vcpu.rip.wrapping_add(len);
+        vcpu.rflags.remove(Rflags::RF);
         Outcome::Executed
     }
 
