@@ -5,8 +5,20 @@
 //!
 //! - [`layout`]: every fixed guest address vesim uses, documented in one place.
 //! - [`exec`]: one instruction on a small machine, the engine behind `vesim exec`.
+//! - [`guest`]: the Windows-like guest the agent lives in.
+//! - [`introcore`]: the hypervisor-side engine (hooks, monitors, cache writer, deploy,
+//!   hypercalls, dispatch, emulation).
+//! - [`agent`]: the in-guest #VE agent, step by step.
+//! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
+//! - [`world`]: one machine with all of the above, stepped deterministically.
 //! - [`cli`]: the `vesim` command line.
 
+pub mod agent;
 pub mod cli;
 pub mod exec;
+pub mod guest;
+pub mod introcore;
 pub mod layout;
+pub mod quirks;
+pub mod verdict;
+pub mod world;

@@ -274,3 +274,298 @@ mod tests {
         assert_eq!(gpr_of(Register::R15D), Some((Gpr::R15, 4, false)));
     }
 }
+
+/// The instruction families the #VE agent emulates (B43–B48) and the reference CPU executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// MOV.
+    Mov,
+    /// XCHG.
+    Xchg,
+    /// CMPXCHG.
+    Cmpxchg,
+    /// OR.
+    Or,
+    /// AND.
+    And,
+    /// XOR.
+    Xor,
+    /// BT.
+    Bt,
+    /// BTS.
+    Bts,
+    /// BTR.
+    Btr,
+    /// BTC.
+    Btc,
+    /// STOSB/W/D/Q.
+    Stos,
+    /// Anything else.
+    Other,
+}
+
+/// The source operand (operand 1) of an instruction, as a decoder reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A general-purpose register: (register, size in bytes, high-byte register).
+    Register(Gpr, u8, bool),
+    /// An immediate, sign- or zero-extended to 64 bits as the encoding defines.
+    Immediate(u64),
+    /// No operand 1, or another kind.
+    Other,
+}
+
+/// An address register of a memory operand, with its size (the part B38 trims it to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressRegister {
+    /// The register.
+    pub gpr: Gpr,
+    /// Its size in bytes (8, 4 or 2).
+    pub size: u8,
+}
+
+/// What the agent's decoder (bddisasm, VE-SEMANTICS section 2) tells about an instruction, as
+/// plain data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Analysis {
+    /// Length in bytes.
+    pub length: usize,
+    /// iced's mnemonic in lower case.
+    pub mnemonic: String,
+    /// The family.
+    pub form: Form,
+    /// `IsRepeated`: an F2/F3 prefix on a string instruction.
+    pub is_repeated: bool,
+    /// `HasSeg`: a segment-override byte (26, 2E, 36, 3E, 64, 65) among the prefixes.
+    pub has_seg: bool,
+    /// `IsRipRelative`.
+    pub rip_relative: bool,
+    /// `StackAccess`: an implicit stack access (push, pop, call, ret, enter, leave, ...).
+    pub stack_access: bool,
+    /// Operand 0 is memory (a string destination counts).
+    pub op0_memory: bool,
+    /// Size of operand 0 in bytes (its memory size when memory).
+    pub op0_size: u32,
+    /// Operand 1.
+    pub source: Source,
+    /// Base register of the memory operand.
+    pub base: Option<AddressRegister>,
+    /// Index register of the memory operand.
+    pub index: Option<AddressRegister>,
+    /// Scale (1, 2, 4, 8).
+    pub scale: u32,
+    /// Displacement, sign-extended to 64 bits.
+    pub displacement: u64,
+    /// Address size in bytes (8, or 4 under 0x67).
+    pub address_size: u8,
+    /// A LOCK prefix is present.
+    pub lock: bool,
+}
+
+fn address_register(reg: Register) -> Option<AddressRegister> {
+    let (gpr, size, _) = gpr_of(reg)?;
+    Some(AddressRegister { gpr, size })
+}
+
+/// Whether `op` is a memory operand kind (explicit or string).
+pub fn is_memory_kind(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Memory
+            | OpKind::MemorySegSI
+            | OpKind::MemorySegESI
+            | OpKind::MemorySegRSI
+            | OpKind::MemorySegDI
+            | OpKind::MemorySegEDI
+            | OpKind::MemorySegRDI
+            | OpKind::MemoryESDI
+            | OpKind::MemoryESEDI
+            | OpKind::MemoryESRDI
+    )
+}
+
+/// Decodes `bytes` at `rip` and describes the first instruction in the agent decoder's terms.
+pub fn analyze(bytes: &[u8], rip: u64) -> Result<Analysis, Decoded> {
+    let instr = match decode(bytes, rip) {
+        Decoded::Ok(i) => i,
+        other => return Err(other),
+    };
+    let len = instr.len();
+    let has_seg = bytes
+        .iter()
+        .take(len)
+        .take_while(|b| {
+            matches!(
+                b,
+                0xF0 | 0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0x40
+                    ..=0x4F
+            )
+        })
+        .any(|b| matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65));
+    let form = match instr.mnemonic() {
+        Mnemonic::Mov => Form::Mov,
+        Mnemonic::Xchg => Form::Xchg,
+        Mnemonic::Cmpxchg => Form::Cmpxchg,
+        Mnemonic::Or => Form::Or,
+        Mnemonic::And => Form::And,
+        Mnemonic::Xor => Form::Xor,
+        Mnemonic::Bt => Form::Bt,
+        Mnemonic::Bts => Form::Bts,
+        Mnemonic::Btr => Form::Btr,
+        Mnemonic::Btc => Form::Btc,
+        Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => Form::Stos,
+        _ => Form::Other,
+    };
+    let op0_memory = instr.op_count() > 0 && is_memory_kind(instr.op0_kind());
+    let op0_size = if op0_memory {
+        instr.memory_size().size() as u32
+    } else if instr.op_count() > 0 && instr.op0_kind() == OpKind::Register {
+        gpr_of(instr.op0_register()).map_or(0, |(_, s, _)| s as u32)
+    } else {
+        0
+    };
+    let source = if instr.op_count() < 2 {
+        Source::Other
+    } else {
+        match instr.op1_kind() {
+            OpKind::Register => match gpr_of(instr.op1_register()) {
+                Some((g, s, h)) => Source::Register(g, s, h),
+                None => Source::Other,
+            },
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64 => Source::Immediate(instr.immediate(1)),
+            _ => Source::Other,
+        }
+    };
+    let (base, index, scale, displacement, address_size) = if op0_memory {
+        let address_size = match instr.op0_kind() {
+            OpKind::MemoryESEDI | OpKind::MemorySegEDI | OpKind::MemorySegESI => 4,
+            OpKind::Memory => {
+                let b = instr.memory_base();
+                let i = instr.memory_index();
+                if b.is_gpr32() || i.is_gpr32() || b == Register::EIP {
+                    4
+                } else {
+                    8
+                }
+            }
+            _ => 8,
+        };
+        match instr.op0_kind() {
+            OpKind::Memory => {
+                let disp = if address_size == 4 {
+                    instr.memory_displacement32() as i32 as i64 as u64
+                } else {
+                    instr.memory_displacement64()
+                };
+                (
+                    address_register(instr.memory_base()),
+                    address_register(instr.memory_index()),
+                    instr.memory_index_scale(),
+                    disp,
+                    address_size,
+                )
+            }
+            OpKind::MemoryESEDI | OpKind::MemorySegEDI => (
+                Some(AddressRegister {
+                    gpr: Gpr::Rdi,
+                    size: 4,
+                }),
+                None,
+                1,
+                0,
+                4,
+            ),
+            OpKind::MemoryESRDI | OpKind::MemorySegRDI => (
+                Some(AddressRegister {
+                    gpr: Gpr::Rdi,
+                    size: 8,
+                }),
+                None,
+                1,
+                0,
+                8,
+            ),
+            OpKind::MemorySegESI => (
+                Some(AddressRegister {
+                    gpr: Gpr::Rsi,
+                    size: 4,
+                }),
+                None,
+                1,
+                0,
+                4,
+            ),
+            _ => (
+                Some(AddressRegister {
+                    gpr: Gpr::Rsi,
+                    size: 8,
+                }),
+                None,
+                1,
+                0,
+                8,
+            ),
+        }
+    } else {
+        (None, None, 1, 0, 8)
+    };
+    Ok(Analysis {
+        length: len,
+        mnemonic: mnemonic_name(&instr),
+        form,
+        is_repeated: (instr.has_rep_prefix() || instr.has_repne_prefix())
+            && instr.is_string_instruction(),
+        has_seg,
+        rip_relative: instr.is_ip_rel_memory_operand(),
+        stack_access: instr.stack_pointer_increment() != 0,
+        op0_memory,
+        op0_size,
+        source,
+        base,
+        index,
+        scale,
+        displacement,
+        address_size,
+        lock: instr.has_lock_prefix(),
+    })
+}
+
+/// Linear address of the first memory access the reference CPU makes for the instruction in
+/// `bytes` (a string operand counts; BT* with a register offset uses bit-string addressing).
+pub fn first_access(bytes: &[u8], vcpu: &Vcpu) -> Option<(Gla, u64, bool)> {
+    let Decoded::Ok(instr) = decode(bytes, vcpu.rip) else {
+        return None;
+    };
+    let p = planned_accesses(&instr, vcpu).ok()?;
+    p.first().map(|a| (a.gla, a.size, a.kind.writes()))
+}
+
+/// Decodes the instruction in `bytes` at `vcpu.rip` and runs the reference semantics with `mem`
+/// as its memory operand's value: (effects, length, next RIP), or `None` if the bytes are not
+/// an instruction of the reference CPU's set.
+pub fn execute_bytes(
+    bytes: &[u8],
+    vcpu: &Vcpu,
+    mem: u64,
+) -> Option<(super::exec::Effects, usize, u64)> {
+    let Decoded::Ok(instr) = decode(bytes, vcpu.rip) else {
+        return None;
+    };
+    let fx = super::exec::execute(&instr, vcpu, mem).ok()?;
+    Some((fx, instr.len(), instr.next_ip()))
+}
+
+/// The memory accesses the reference CPU makes for the instruction in `bytes` at `vcpu.rip`.
+pub fn accesses_of(bytes: &[u8], vcpu: &Vcpu) -> Option<Vec<PlannedAccess>> {
+    let Decoded::Ok(instr) = decode(bytes, vcpu.rip) else {
+        return None;
+    };
+    planned_accesses(&instr, vcpu).ok()
+}

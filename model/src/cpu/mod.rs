@@ -295,9 +295,10 @@ impl Machine {
         Outcome::Executed
     }
 
-    /// VMFUNC (HW §6): #UD unless VM functions are on and EAX < 64; exit 59 unless EAX = 0,
-    /// ECX < 512 and list entry ECX is valid; otherwise switch view and advance RIP.
-    fn vmfunc(&mut self, vcpu: &mut Vcpu, len: u64) -> Outcome {
+    /// VMFUNC (HW §6) with EAX and ECX as they are: #UD unless VM functions are on and
+    /// EAX < 64; exit 59 unless EAX = 0, ECX < 512 and list entry ECX is valid; otherwise
+    /// switch view and advance RIP by `len`.
+    pub fn vmfunc(&mut self, vcpu: &mut Vcpu, len: u64) -> Outcome {
         let function = vcpu.reg(Gpr::Rax) as u32;
         let index = vcpu.reg(Gpr::Rcx) as u32;
         if !vcpu.vmfunc_enabled || function >= 64 {

@@ -17,7 +17,7 @@ fn hex_bytes(s: &str) -> Result<HexBytes, String> {
     parse_hex_bytes(s).map(HexBytes)
 }
 
-fn reg_value(s: &str) -> Result<(Gpr, u64), String> {
+pub(crate) fn reg_value(s: &str) -> Result<(Gpr, u64), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}' is not NAME=VALUE"))?;

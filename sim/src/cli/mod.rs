@@ -3,6 +3,7 @@
 //! Exit status: 0 success, 1 "ran but the answer is negative" (for `exec`: not executed),
 //! 2 bad arguments or input (one sentence on stderr, nothing on stdout).
 
+mod agent;
 mod exec;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run one instruction on the reference CPU and show what it does.
     Exec(exec::ExecArgs),
+    /// Send one #VE through the agent and show its verdict.
+    Agent(agent::AgentArgs),
 }
 
 /// Parses a number: hex with a 0x prefix, or decimal.
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Exec(args) => exec::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }
 

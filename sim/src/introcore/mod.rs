@@ -1,0 +1,637 @@
+//! The hypervisor-side engine (introcore): GPA hooks, page-table monitors, the #VE cache
+//! writer, agent deploy (B86–B94), the hypercall handler (B102–B103), dispatch of a raised #VE
+//! as an EPT violation (B104–B111), and the emulate-and-commit path for page-table writes.
+
+pub mod cache;
+pub mod emulate;
+pub mod hooks;
+pub mod ptm;
+
+use crate::guest::{cpu_index_of_lsl, software_translate, GuestConfig};
+use crate::layout::{self, veinfo};
+use crate::quirks::Quirks;
+use crate::world::{Event, Stop, World};
+use cache::CacheWriter;
+use hooks::{GpaHooks, HookKind};
+use ptm::{CallbackRecord, MonitorId, Ptm, WriteAction};
+use vesim_model::ept::{EptEntry, EptFlags, EptQualification, EptView};
+use vesim_model::exit::EptViolation;
+use vesim_model::vcpu::Gpr;
+use vesim_model::{Gfn, Gla, Gpa, ViewId};
+
+/// The VMCALL number of RAX (`__HYPERVISOR_hvm_op`, HW §7).
+pub const HC_RAX: u64 = 0x22;
+/// The VMCALL number of RDI (`HVMOP_guest_request_vm_event`).
+pub const HC_RDI: u64 = 0x18;
+/// Agent call numbers (RDX).
+pub mod call {
+    /// NOP.
+    pub const NOP: u64 = 0;
+    /// BREAK (RBX = reason, RCX = parameter).
+    pub const BREAK: u64 = 1;
+    /// TRACE.
+    pub const TRACE: u64 = 2;
+    /// RAISE_EPT; with RBX = 1 in `fixed`, "emulate for me" (Q1).
+    pub const RAISE_EPT: u64 = 3;
+}
+/// Break reasons (C).
+pub mod break_reason {
+    /// Unknown exit reason.
+    pub const UNKNOWN_EXIT: u64 = 1;
+    /// Page walk failed.
+    pub const PAGE_WALK_FAILED: u64 = 2;
+    /// Emulation failed.
+    pub const EMULATION_FAILED: u64 = 3;
+    /// CS not kernel.
+    pub const CS_NOT_KERNEL: u64 = 4;
+}
+/// `VE_STATUS_NOT_SUPPORTED`, returned in RAX when introcore cannot emulate.
+pub const STATUS_NOT_SUPPORTED: u64 = 0x8000_0001;
+/// Xen's -ENOSYS for a VMCALL that is not an introcore call.
+pub const ENOSYS: u64 = (-38i64) as u64;
+
+/// The engine's state.
+#[derive(Clone, Debug)]
+pub struct Introcore {
+    /// Quirk switches.
+    pub quirks: Quirks,
+    /// GPA hooks on the untrusted view.
+    pub hooks: GpaHooks,
+    /// Page-table monitors.
+    pub ptm: Ptm,
+    /// The #VE cache writer.
+    pub cache: CacheWriter,
+    /// The untrusted view.
+    pub untrusted: ViewId,
+    /// The protected view (B82).
+    pub protected: ViewId,
+    /// `gVeVeInitialized`.
+    pub initialized: bool,
+    /// `gVeDeployed`.
+    pub deployed: bool,
+    /// `gVePendingUnload`.
+    pub pending_unload: bool,
+    /// CPU-map slot given to each VCPU (None: no information page, #VE off on it).
+    pub slots: Vec<Option<u64>>,
+    /// Callback records, in order.
+    pub callbacks: Vec<CallbackRecord>,
+    /// The EPTP index introcore believes current while dispatching (Q24).
+    pub dispatch_view: Option<ViewId>,
+}
+
+impl Introcore {
+    /// A fresh engine for `guest`.
+    pub fn new(guest: &GuestConfig, quirks: Quirks, seed: u64) -> Self {
+        Introcore {
+            quirks,
+            hooks: GpaHooks::new(guest.untrusted_view),
+            ptm: Ptm::default(),
+            cache: CacheWriter::new(seed ^ 0x6361_6368_6521),
+            untrusted: guest.untrusted_view,
+            protected: guest.protected_view,
+            initialized: false,
+            deployed: false,
+            pending_unload: false,
+            slots: Vec::new(),
+            callbacks: Vec::new(),
+            dispatch_view: None,
+        }
+    }
+}
+
+/// Agent sections: (offset, size, writable, executable, is VESTUB).
+const SECTIONS: [(u64, u64, bool, bool, bool); 7] = [
+    (layout::AGENT_VESTUB, 0x1000, false, true, true),
+    (layout::AGENT_CODE, 0x1000, false, true, false),
+    (layout::AGENT_DATA, 0x1000, true, false, false),
+    (layout::AGENT_CPUMAP, 0x1000, true, false, false),
+    (
+        layout::AGENT_VEINFO,
+        layout::AGENT_VESTACKS - layout::AGENT_VEINFO,
+        true,
+        false,
+        false,
+    ),
+    (
+        layout::AGENT_VESTACKS,
+        layout::AGENT_VECACHE - layout::AGENT_VESTACKS,
+        true,
+        false,
+        false,
+    ),
+    (
+        layout::AGENT_VECACHE,
+        layout::AGENT_SIZE - layout::AGENT_VECACHE,
+        true,
+        false,
+        false,
+    ),
+];
+
+/// The B4 / C retpoline trampoline to `target` (24 bytes).
+pub fn retpoline(target: u64) -> [u8; 24] {
+    let mut t = [0u8; 24];
+    t[0..5].copy_from_slice(&[0xE8, 0x03, 0x00, 0x00, 0x00]);
+    t[5..8].copy_from_slice(&[0x0F, 0xAE, 0xE8]);
+    t[8..11].copy_from_slice(&[0xC7, 0x04, 0x24]);
+    t[11..15].copy_from_slice(&(target as u32).to_le_bytes());
+    t[15..19].copy_from_slice(&[0xC7, 0x44, 0x24, 0x04]);
+    t[19..23].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
+    t[23] = 0xC3;
+    t
+}
+
+impl World {
+    fn agent_gpa(off: u64) -> Gpa {
+        layout::AGENT_GPA.wrapping_add(off)
+    }
+
+    /// B82: create the protected view (RW- for every GPA, not convertible).
+    pub fn intro_init(&mut self) {
+        let rw = EptFlags::READ | EptFlags::WRITE | EptFlags::SUPPRESS_VE;
+        let _ = self
+            .machine
+            .ept
+            .insert(self.intro.protected, EptView::new(EptEntry(rw.bits())));
+        self.intro.initialized = true;
+    }
+
+    /// B87: write the image, patch it, fill the CPU map, protect it in both views and register
+    /// the information pages.
+    pub fn deploy_agent(&mut self) -> Result<(), String> {
+        let q = self.quirks;
+        let mem = &mut self.machine.mem;
+        // 1. The image: code sections filled with INT3, data zero, cache per Q15.
+        mem.write(Self::agent_gpa(layout::AGENT_HEADER), b"MZ");
+        mem.write(Self::agent_gpa(layout::AGENT_VESTUB), &[0xCC; 0x1000]);
+        mem.write(Self::agent_gpa(layout::AGENT_CODE), &[0xCC; 0x1000]);
+        mem.write(Self::agent_gpa(layout::AGENT_DATA), &[0; 0x1000]);
+        let empty = q.empty_slot().to_le_bytes().repeat(512);
+        for line in 0..cache::LINES {
+            mem.write(
+                Self::agent_gpa(layout::AGENT_VECACHE + line * 0x1000),
+                &empty,
+            );
+        }
+        // 2-6. Patches.
+        mem.write_u32(
+            Self::agent_gpa(layout::STUB_PROTECTED_INDEX_IMM),
+            u32::from(self.intro.protected.0),
+        );
+        mem.write_u32(
+            Self::agent_gpa(layout::STUB_UNTRUSTED_INDEX_IMM),
+            u32::from(self.intro.untrusted.0),
+        );
+        mem.write_u32(
+            Self::agent_gpa(layout::DATA_SELF_MAP_INDEX),
+            self.guest.config.self_map_index as u32,
+        );
+        mem.write_u64(
+            Self::agent_gpa(layout::DATA_MONITORED_BITS),
+            q.monitored_bits(),
+        );
+        mem.write(
+            Self::agent_gpa(layout::STUB_KI_KERNEL_EXIT_SLOT),
+            &[0x90; 24],
+        );
+        // 7. Hook the OS #VE handler with the trampoline to the agent entry.
+        if let Some(h) =
+            software_translate(&self.machine, self.guest.cr3, layout::OS_VE_HANDLER_GVA)
+        {
+            let t = retpoline(layout::AGENT_GVA + crate::agent::STUB_ENTRY);
+            self.machine.mem.write(h, &t);
+        }
+        // 8. CPU map (B11, Q19, Q20).
+        let unused: u32 = if q.q20_cpu_index { 0 } else { u32::MAX };
+        let map = Self::agent_gpa(layout::AGENT_CPUMAP);
+        for s in 0..layout::AGENT_MAX_CPUS {
+            self.machine.mem.write_u32(map.wrapping_add(4 * s), unused);
+        }
+        if !q.q17_fill_counter {
+            self.intro.cache.reset_counters();
+        }
+        let n = self.vcpus.len();
+        self.intro.slots = vec![None; n];
+        let mut taken = std::collections::BTreeSet::new();
+        for i in 0..n {
+            let seg = self.vcpus[i].seg50;
+            let l = if q.q19_cpumap_g && seg.granularity {
+                (seg.limit & 0xF_FFFF) << 12
+            } else {
+                seg.lsl()
+            };
+            let idx = cpu_index_of_lsl(l);
+            let usable = idx < layout::AGENT_MAX_CPUS
+                && (i as u64) < layout::AGENT_MAX_CPUS
+                && taken.insert(idx);
+            if q.q20_cpu_index || usable {
+                self.machine
+                    .mem
+                    .write_u32(map.wrapping_add(4 * idx), i as u32);
+                self.intro.slots[i] = Some(idx);
+            } else {
+                self.events.push(Event::Alert {
+                    cpu: i,
+                    detail: format!("VCPU {i} has CPU index {idx:#x}: no #VE slot"),
+                });
+            }
+        }
+        // 9. Untrusted view (B89): no access to the header and sections, VESTUB execute-only.
+        let all = HookKind {
+            read: true,
+            write: true,
+            execute: true,
+            page_table: false,
+        };
+        let rw_only = HookKind {
+            execute: false,
+            ..all
+        };
+        self.intro.hooks.set(
+            &mut self.machine.ept,
+            Self::agent_gpa(layout::AGENT_HEADER).gfn(),
+            all,
+        );
+        for (off, size, _, _, stub) in SECTIONS {
+            for p in (0..size).step_by(0x1000) {
+                let gfn = Self::agent_gpa(off + p).gfn();
+                self.intro
+                    .hooks
+                    .set(&mut self.machine.ept, gfn, if stub { rw_only } else { all });
+            }
+        }
+        // 10. Protected view (B90).
+        if let Some(view) = self.machine.ept.view_mut(self.intro.protected) {
+            for (off, size, w, x, _) in SECTIONS {
+                for p in (0..size).step_by(0x1000) {
+                    let mut f = EptFlags::READ;
+                    if w {
+                        f |= EptFlags::WRITE;
+                    }
+                    if x {
+                        f |= EptFlags::EXECUTE;
+                    }
+                    view.set_rights(Self::agent_gpa(off + p).gfn(), f);
+                }
+            }
+        }
+        // 12. Information pages, stacks, Self, Index.
+        for i in 0..n {
+            let Some(_) = self.intro.slots[i] else {
+                self.vcpus[i].ve_info = None;
+                self.vcpus[i].ve_enabled = false;
+                continue;
+            };
+            let page_off = layout::AGENT_VEINFO + 0x1000 * i as u64;
+            let page = Self::agent_gpa(page_off);
+            let m = &mut self.machine.mem;
+            m.write(page, &[0u8; 0x1000]);
+            let stack = layout::AGENT_GVA
+                + layout::AGENT_VESTACKS
+                + layout::AGENT_STACK_SIZE * i as u64
+                + layout::AGENT_STACK_SIZE
+                - 16;
+            m.write_u64(page.wrapping_add(veinfo::PROTECTED_STACK), stack);
+            m.write_u64(
+                page.wrapping_add(veinfo::SELF),
+                layout::AGENT_GVA + page_off,
+            );
+            m.write_u64(page.wrapping_add(veinfo::INDEX), i as u64);
+            self.vcpus[i].ve_info = Some(page);
+            self.vcpus[i].ve_enabled = true;
+        }
+        self.intro.deployed = true;
+        Ok(())
+    }
+
+    /// B93/B94: the loader completed; page-table pages become convertible.
+    pub fn complete_loader(&mut self) {
+        self.intro.hooks.enable_ve(&mut self.machine.ept);
+    }
+
+    /// The guest-physical address of VECACHE as introcore maps it (through the System CR3
+    /// GVA, B72).
+    fn cache_base(&self) -> Option<Gpa> {
+        software_translate(
+            &self.machine,
+            self.guest.cr3,
+            layout::AGENT_GVA + layout::AGENT_VECACHE,
+        )
+    }
+
+    /// `IntVeUpdateCacheEntry(entry, monitored)` (B72–B74, Q16).
+    pub fn update_cache(&mut self, entry: Gpa, monitored: bool) {
+        let q = self.quirks;
+        if !self.intro.initialized || !self.intro.deployed {
+            return;
+        }
+        if self.intro.pending_unload && (q.q16_no_evict_on_unload || !monitored) {
+            return;
+        }
+        let Some(base) = self.cache_base() else {
+            return;
+        };
+        if monitored {
+            self.intro
+                .cache
+                .remove(&mut self.machine.mem, base, &q, entry);
+        } else {
+            self.intro.cache.add(&mut self.machine.mem, base, &q, entry);
+        }
+    }
+
+    /// Whether `entry` is in the agent cache right now.
+    pub fn cache_contains(&self, entry: Gpa) -> bool {
+        self.cache_base()
+            .is_some_and(|b| CacheWriter::contains(&self.machine.mem, b, entry))
+    }
+
+    /// Places a monitor on the page-table entry at `entry` (B131, B76).
+    pub fn place_monitor(&mut self, entry: Gpa) -> MonitorId {
+        let p = self.intro.ptm.place(entry);
+        if p.hook_table {
+            self.intro.hooks.set(
+                &mut self.machine.ept,
+                entry.gfn(),
+                HookKind::PAGE_TABLE_WRITE,
+            );
+        }
+        if p.evict {
+            self.update_cache(Gpa(entry.0 & !7), true);
+        }
+        p.id
+    }
+
+    /// Removes a monitor; the table's GPA hook goes at the next commit if it was the last.
+    pub fn remove_monitor(&mut self, id: MonitorId) {
+        if let Some(gfn) = self.intro.ptm.remove(id) {
+            self.intro.hooks.remove(gfn, HookKind::PAGE_TABLE_WRITE);
+        }
+    }
+
+    /// Commits deferred hook removals (B102 step 6).
+    pub fn commit_hooks(&mut self) {
+        self.intro.hooks.commit(&mut self.machine.ept);
+    }
+
+    /// `IntHandleMemAccess` for a page-table write of `old` → `new` at `gpa` (B114, B132).
+    fn pt_write_callbacks(&mut self, gpa: Gpa, old: u64, new: u64) {
+        match self.intro.ptm.write(gpa) {
+            WriteAction::NotATable => {}
+            WriteAction::CacheAdd(entries) => {
+                for e in entries {
+                    self.update_cache(e, false);
+                }
+            }
+            WriteAction::Callbacks(ids) => {
+                for id in ids {
+                    let r = CallbackRecord {
+                        monitor: id,
+                        entry: Gpa(gpa.0 & !7),
+                        old,
+                        new,
+                    };
+                    self.intro.callbacks.push(r);
+                    self.counters.callbacks += 1;
+                    self.events.push(Event::Callback(r));
+                }
+            }
+        }
+    }
+
+    /// The VMCALL exit (B102, B103). RIP is advanced by 3 and RAX receives the status.
+    pub fn hypercall(&mut self, cpu: usize) {
+        let Some(v) = self.vcpus.get(cpu) else {
+            return;
+        };
+        let (rax, rdi, rsi, rdx, rbx, rcx, rip) = (
+            v.reg(Gpr::Rax),
+            v.reg(Gpr::Rdi),
+            v.reg(Gpr::Rsi),
+            v.reg(Gpr::Rdx),
+            v.reg(Gpr::Rbx),
+            v.reg(Gpr::Rcx),
+            v.rip,
+        );
+        self.events.push(Event::Vmcall {
+            cpu,
+            rip,
+            rdx,
+            rbx,
+            rcx,
+        });
+        *self.counters.vmcalls.entry(rdx).or_default() += 1;
+        let status = if rax != HC_RAX || rdi != HC_RDI || rsi != 0 {
+            ENOSYS
+        } else if self.intro.deployed && self.rip_in_agent(rip) {
+            match rdx {
+                call::RAISE_EPT => self.raise_ept(cpu, rbx),
+                _ => 0,
+            }
+        } else {
+            ENOSYS
+        };
+        self.commit_hooks();
+        if let Some(v) = self.vcpus.get_mut(cpu) {
+            v.set_reg(Gpr::Rax, status);
+            v.rip = v.rip.wrapping_add(3);
+        }
+    }
+
+    fn page_u64(&self, page: Gpa, off: u64) -> u64 {
+        self.machine.mem.read_u64(page.wrapping_add(off))
+    }
+
+    /// RAISE_EPT: `IntDispatchVeAsEpt` (B104–B111), or the `fixed` Q1 emulation request.
+    fn raise_ept(&mut self, cpu: usize, rbx: u64) -> u64 {
+        let Some(page) = self.ve_page(cpu) else {
+            // Q23: HVMI enters the debugger and then dereferences NULL; vesim refuses.
+            return STATUS_NOT_SUPPORTED;
+        };
+        let qual = EptQualification::from_bits_retain(self.page_u64(page, 0x08));
+        let gla = Gla(self.page_u64(page, 0x10));
+        let gpa = Gpa(self.page_u64(page, 0x18));
+        if !qual.contains(EptQualification::GLA_TRANSLATED) {
+            // B104: the page-walk case; the guest model has no separate user CR3 here, so
+            // there is no user PML4 entry to set A in.
+            return 0;
+        }
+        self.intro.dispatch_view = Some(if self.quirks.q24_eptp_zero {
+            ViewId(0)
+        } else {
+            self.intro.untrusted
+        });
+        let status = if rbx == 1 && !self.quirks.q1_break_loop {
+            self.emulate_for_agent(cpu, page, gla, gpa)
+        } else {
+            let old = self.page_u64(page, veinfo::OLD_VALUE);
+            let new = self.page_u64(page, veinfo::NEW_VALUE);
+            // B109: the new value reaches guest memory before any callback runs.
+            self.machine.mem.write_u64(gpa, new);
+            self.pt_write_callbacks(gpa, old, new);
+            0
+        };
+        self.intro.dispatch_view = None;
+        status
+    }
+
+    /// The saved guest state in the #VE page as a VCPU value (for emulation).
+    fn saved_vcpu(&self, cpu: usize, page: Gpa) -> Option<vesim_model::vcpu::Vcpu> {
+        let mut v = self.vcpus.get(cpu)?.clone();
+        for (i, r) in v.gpr.iter_mut().enumerate() {
+            *r = self.page_u64(page, veinfo::REGS + 8 * i as u64);
+        }
+        v.rip = self.page_u64(page, veinfo::RIP);
+        v.cs = self.page_u64(page, veinfo::CS) as u16;
+        v.rflags = vesim_model::vcpu::Rflags::from_bits_retain(self.page_u64(page, veinfo::RFLAGS));
+        v.cr3 = self.page_u64(page, veinfo::CR3);
+        Some(v)
+    }
+
+    /// Q1 `fixed`: introcore emulates the write the agent refused, runs the callbacks, writes
+    /// the entry and the saved registers and RIP.
+    fn emulate_for_agent(&mut self, cpu: usize, page: Gpa, gla: Gla, gpa: Gpa) -> u64 {
+        let Some(v) = self.saved_vcpu(cpu, page) else {
+            return STATUS_NOT_SUPPORTED;
+        };
+        let mut bytes = [0u8; 16];
+        self.machine
+            .mem
+            .read(page.wrapping_add(veinfo::INSTRUCTION), &mut bytes);
+        let e = match emulate::emulate_pt_write(&self.machine, &v, Some(&bytes), gla, gpa) {
+            Ok(e) => e,
+            Err(_) => return STATUS_NOT_SUPPORTED,
+        };
+        self.pt_write_callbacks(e.entry, e.old, e.new);
+        emulate::commit_stores(&mut self.machine, &e);
+        let m = &mut self.machine.mem;
+        for (i, r) in e.gpr.iter().enumerate() {
+            m.write_u64(page.wrapping_add(veinfo::REGS + 8 * i as u64), *r);
+        }
+        m.write_u64(page.wrapping_add(veinfo::RFLAGS), e.rflags.bits());
+        m.write_u64(page.wrapping_add(veinfo::RIP), e.rip);
+        m.write_u64(page.wrapping_add(veinfo::OLD_VALUE), e.old);
+        m.write_u64(page.wrapping_add(veinfo::NEW_VALUE), e.new);
+        0
+    }
+
+    /// An EPT-violation exit (the #VE-off path, and violations #VE could not take).
+    pub fn handle_ept_violation(
+        &mut self,
+        cpu: usize,
+        v: EptViolation,
+        idt_vectoring: Option<u8>,
+    ) -> Result<(), Stop> {
+        let outcome = vesim_model::Outcome::EptViolation {
+            violation: v,
+            idt_vectoring,
+        };
+        let Some(vcpu) = self.vcpus.get(cpu).cloned() else {
+            return Err(Stop::Guest(outcome));
+        };
+        if idt_vectoring.is_some() {
+            return Err(Stop::Guest(outcome));
+        }
+        if vcpu.eptp_index == self.intro.protected {
+            // B119: nothing but agent code may run in the protected view.
+            self.events.push(Event::Alert {
+                cpu,
+                detail: format!("access to {} in the protected view", v.gpa),
+            });
+            return Err(Stop::Guest(outcome));
+        }
+        let agent_page =
+            v.gpa >= layout::AGENT_GPA && v.gpa.0 < layout::AGENT_GPA.0 + layout::AGENT_SIZE;
+        if agent_page {
+            // B118: the untrusted view touched the agent; not allowed.
+            self.events.push(Event::Alert {
+                cpu,
+                detail: format!("untrusted access to agent page {}", v.gpa),
+            });
+            return Err(Stop::Guest(outcome));
+        }
+        let counts = self.intro.hooks.counts(v.gpa.gfn());
+        let translated = v.qualification.contains(EptQualification::GLA_TRANSLATED);
+        if !translated {
+            // A page-walk A/D write hit a write-protected table: perform it (baseline).
+            return self.resolve_walk_exit(cpu, &vcpu, v);
+        }
+        if counts.pt > 0 && v.qualification.contains(EptQualification::WRITE) {
+            let e = emulate::emulate_pt_write(&self.machine, &vcpu, None, v.gla, v.gpa)
+                .map_err(|_| Stop::Guest(outcome.clone()))?;
+            let relevant =
+                (e.old ^ e.new) & self.quirks.monitored_bits() != 0 && (e.old | e.new) & 1 != 0;
+            if relevant {
+                self.pt_write_callbacks(e.entry, e.old, e.new);
+            }
+            emulate::commit_stores(&mut self.machine, &e);
+            if let Some(t) = self.vcpus.get_mut(cpu) {
+                t.gpr = e.gpr;
+                t.rflags = e.rflags;
+                t.rip = e.rip;
+            }
+            self.commit_hooks();
+            return Ok(());
+        }
+        Err(Stop::Guest(outcome))
+    }
+
+    /// Resolves a page-walk exit: the hypervisor makes the A/D writes the walker attempted.
+    fn resolve_walk_exit(
+        &mut self,
+        cpu: usize,
+        vcpu: &vesim_model::vcpu::Vcpu,
+        v: EptViolation,
+    ) -> Result<(), Stop> {
+        let mut bytes = [0u8; 15];
+        let mut writes_page = false;
+        if let Some(g) = software_translate(&self.machine, vcpu.cr3, vcpu.rip) {
+            self.machine.mem.read(g, &mut bytes);
+            if let Some(acc) = vesim_model::cpu::decode::accesses_of(&bytes, vcpu) {
+                writes_page = acc
+                    .iter()
+                    .any(|a| a.kind.writes() && a.gla.page_base() == v.gla.page_base());
+            }
+        }
+        let kind = if writes_page {
+            vesim_model::paging::AccessType::Write
+        } else {
+            vesim_model::paging::AccessType::Read
+        };
+        let ctx = self.machine.walk_context(vcpu, false);
+        let w = vesim_model::paging::walk(
+            &self.machine.mem,
+            |_, _| vesim_model::ept::EptCheck::Allowed,
+            &ctx,
+            v.gla,
+            kind,
+        )
+        .map_err(|_| {
+            Stop::Guest(vesim_model::Outcome::EptViolation {
+                violation: v,
+                idt_vectoring: None,
+            })
+        })?;
+        for ad in w.ad_writes() {
+            let old = self.machine.mem.read_u64(ad.gpa);
+            self.machine.mem.write_u64(ad.gpa, old | ad.set.bits());
+        }
+        let _ = cpu;
+        Ok(())
+    }
+
+    /// The monitored entries and whether each is cached: I7 holds when none is.
+    pub fn cached_monitored_entries(&self) -> Vec<Gpa> {
+        self.intro
+            .ptm
+            .monitored_entries()
+            .into_iter()
+            .filter(|e| self.cache_contains(*e))
+            .collect()
+    }
+
+    /// The frame of a guest-physical address, for hook queries.
+    pub fn hook_counts(&self, gpa: Gpa) -> hooks::HookCounts {
+        self.intro.hooks.counts(Gfn(gpa.0 >> 12))
+    }
+}

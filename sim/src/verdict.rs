@@ -1,0 +1,351 @@
+//! One #VE through the agent: the engine behind `vesim agent`.
+//!
+//! One VCPU, the agent deployed, #VE on. The #VE is synthesized as the CPU would deliver it for
+//! a write to the entry at the GLA: reason 48, qualification 0x1AA for a plain write (MOV,
+//! STOS) or 0x1AB for a read-modify-write (XCHG, CMPXCHG, OR/AND/XOR, BT*), the GLA and the
+//! GPA, then vector 20 through the IDT with the given registers, RFLAGS, RIP and saved CS. The
+//! entry lives in a page-table page at [`layout::VERDICT_PT_FRAME`] (GPA = frame + (GLA &
+//! 0xFFF)), which carries one introcore monitor on the entry 256 slots away so that it is
+//! write-protected and convertible, as the page of a monitored translation is.
+
+use crate::agent::{AgentOutcome, RejectReason};
+use crate::layout;
+use crate::quirks::Profile;
+use crate::world::{Event, Stop, World, WorldConfig};
+use std::collections::BTreeMap;
+use vesim_model::cpu::decode::{self, Decoded, MAX_INSTRUCTION_LEN};
+use vesim_model::ept::EptQualification;
+use vesim_model::exit::EptViolation;
+use vesim_model::paging::PteFlags;
+use vesim_model::vcpu::{Gpr, Rflags, Vcpu};
+use vesim_model::ve_info::{VeInfo, REASON_EPT_VIOLATION, SEMAPHORE_BUSY};
+use vesim_model::{Gla, Gpa};
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerdictRequest {
+    /// Instruction bytes.
+    pub bytes: Vec<u8>,
+    /// Registers (others 0; RSP defaults to [`layout::VERDICT_DEFAULT_RSP`]).
+    pub regs: BTreeMap<Gpr, u64>,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// RIP.
+    pub rip: u64,
+    /// The entry's value before the write.
+    pub old: u64,
+    /// The GLA of the entry; default: the reference CPU's first memory access.
+    pub gla: Option<u64>,
+    /// The saved CS.
+    pub cs: u16,
+    /// Put the entry's GPA in the agent cache.
+    pub cached: bool,
+    /// Place an introcore monitor on the entry.
+    pub monitored: bool,
+    /// The profile.
+    pub profile: Profile,
+}
+
+impl Default for VerdictRequest {
+    fn default() -> Self {
+        VerdictRequest {
+            bytes: Vec::new(),
+            regs: BTreeMap::new(),
+            rflags: 0x2,
+            rip: layout::VERDICT_DEFAULT_RIP,
+            old: 0,
+            gla: None,
+            cs: layout::KERNEL_CS,
+            cached: false,
+            monitored: false,
+            profile: Profile::Fixed,
+        }
+    }
+}
+
+/// Bad requests; each message is one sentence.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerdictError {
+    /// No bytes.
+    #[error("--bytes is empty")]
+    NoBytes,
+    /// The instruction has no memory operand and no --gla was given.
+    #[error("the instruction has no memory operand, so --gla is required")]
+    NoGla,
+    /// A non-canonical address.
+    #[error("{0} {1:#x} is not a canonical address")]
+    NotCanonical(&'static str, u64),
+    /// The GLA overlaps the instruction.
+    #[error("the entry at {0:#x} overlaps the instruction bytes")]
+    GlaOverlapsCode(u64),
+    /// The GLA is within 256 bytes below RSP.
+    #[error("the entry at {0:#x} lies within 256 bytes below RSP, where the #VE frame goes")]
+    GlaOnStack(u64),
+    /// The GLA is in a region the guest model uses.
+    #[error("the entry at {0:#x} lies in a page the guest model already uses (self-map, IDT, OS code, stacks or agent)")]
+    GlaReserved(u64),
+    /// RIP or RSP in a reserved region.
+    #[error("{0} {1:#x} lies in a page the guest model already uses")]
+    Reserved(&'static str, u64),
+    /// RFLAGS bits outside the settable set.
+    #[error("--rflags {0:#x} sets bits other than CF PF AF ZF SF OF DF IF")]
+    BadRflags(u64),
+    /// World construction failed.
+    #[error("the simulated machine could not be built: {0}")]
+    World(String),
+}
+
+/// The verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Outcome (None if the agent stopped before deciding).
+    pub outcome: Option<AgentOutcome>,
+    /// Rejection reason for refusals.
+    pub reason: Option<RejectReason>,
+    /// Old value read.
+    pub old: Option<u64>,
+    /// New value computed.
+    pub new: Option<u64>,
+    /// The entry after the #VE.
+    pub entry: u64,
+    /// RIP after the agent returned.
+    pub rip: u64,
+    /// RFLAGS after.
+    pub rflags: u64,
+    /// Registers after.
+    pub regs: [u64; 16],
+    /// VMCALLs (rdx, rbx, rcx).
+    pub vmcalls: Vec<(u64, u64, u64)>,
+    /// VM exits.
+    pub vm_exits: u64,
+    /// Why the VCPU stopped, if the agent did not return.
+    pub stop: Option<String>,
+    /// The GLA and GPA used.
+    pub gla: u64,
+    /// GPA of the entry.
+    pub gpa: u64,
+}
+
+fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
+    a < b.wrapping_add(blen) && b < a.wrapping_add(alen)
+}
+
+/// Builds the world, synthesizes the #VE and runs the agent until it returns.
+pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
+    if req.bytes.is_empty() {
+        return Err(VerdictError::NoBytes);
+    }
+    if req.rflags & !(crate::exec::SETTABLE_RFLAGS | Rflags::FIXED1).bits() != 0 {
+        return Err(VerdictError::BadRflags(req.rflags));
+    }
+    if !Gla(req.rip).is_canonical() {
+        return Err(VerdictError::NotCanonical("--rip", req.rip));
+    }
+    let rsp = req
+        .regs
+        .get(&Gpr::Rsp)
+        .copied()
+        .unwrap_or(layout::VERDICT_DEFAULT_RSP);
+    if !Gla(rsp).is_canonical() || !Gla(rsp.wrapping_sub(0x1000)).is_canonical() {
+        return Err(VerdictError::NotCanonical("RSP", rsp));
+    }
+    let code_len = req.bytes.len().min(MAX_INSTRUCTION_LEN);
+    let code = &req.bytes[..code_len];
+    let mut probe = Vcpu::new_long_mode(0);
+    probe.rip = req.rip;
+    for (r, v) in &req.regs {
+        probe.set_reg(*r, *v);
+    }
+    probe.set_reg(Gpr::Rsp, rsp);
+    probe.rflags = Rflags::from_bits_retain(req.rflags) | Rflags::FIXED1;
+    let first = decode::first_access(code, &probe);
+    let gla = match (req.gla, first) {
+        (Some(g), _) => g,
+        (None, Some((g, _, _))) => g.0,
+        (None, None) => return Err(VerdictError::NoGla),
+    };
+    if !Gla(gla).is_canonical() {
+        return Err(VerdictError::NotCanonical("--gla", gla));
+    }
+    let rmw = first.is_some_and(|(_, _, w)| w) && {
+        let a = decode::analyze(code, req.rip).ok();
+        a.is_some_and(|a| {
+            !matches!(
+                a.form,
+                decode::Form::Mov | decode::Form::Stos | decode::Form::Other
+            )
+        })
+    };
+    let length = match decode::decode(code, req.rip) {
+        Decoded::Ok(_) => decode::describe(code, req.rip)
+            .map(|d| d.0)
+            .unwrap_or(code_len),
+        _ => code_len,
+    };
+    if overlaps(gla, 8, req.rip, length as u64) {
+        return Err(VerdictError::GlaOverlapsCode(gla));
+    }
+    if overlaps(gla, 8, rsp.wrapping_sub(256), 256) {
+        return Err(VerdictError::GlaOnStack(gla));
+    }
+    let reserved = |a: u64| {
+        let p4 = (a >> 39) & 0x1FF;
+        p4 == layout::DEFAULT_SELF_MAP_INDEX
+            || (a >= layout::IDT_GVA && a < layout::IDT_GVA + 0x1000)
+            || (a >= layout::OS_VE_HANDLER_GVA && a < layout::OS_VE_HANDLER_GVA + 0x1000)
+            || (a >= layout::KERNEL_STACKS_GVA
+                && a < layout::KERNEL_STACKS_GVA + layout::KERNEL_STACK_STRIDE)
+            || (a >= layout::AGENT_GVA && a < layout::AGENT_GVA + layout::AGENT_SIZE)
+    };
+    if reserved(gla) {
+        return Err(VerdictError::GlaReserved(gla));
+    }
+    for (what, a) in [("--rip", req.rip), ("--rip", req.rip + length as u64 - 1)] {
+        if reserved(a) {
+            return Err(VerdictError::Reserved(what, a));
+        }
+    }
+    let config = WorldConfig {
+        quirks: req.profile.quirks(),
+        ..WorldConfig::default()
+    };
+    let mut w = World::new(config).map_err(|e| VerdictError::World(e.to_string()))?;
+    let err = |e: crate::guest::GuestError| VerdictError::World(e.to_string());
+    // The page-table page holding the entry.
+    let gpa = layout::VERDICT_PT_FRAME.wrapping_add(gla & 0xFFF).0;
+    let kernel_rw = PteFlags::WRITABLE;
+    w.guest
+        .map_at(
+            &mut w.machine,
+            gla & !0xFFF,
+            layout::VERDICT_PT_FRAME,
+            kernel_rw | PteFlags::NO_EXECUTE,
+        )
+        .map_err(err)?;
+    w.machine.mem.write_u64(Gpa(gpa & !7), req.old);
+    // Code pages and the stack pages (RSP's page and the one below), unless the guest has them.
+    let mut pages = vec![req.rip & !0xFFF, (req.rip + length as u64 - 1) & !0xFFF];
+    for p in [rsp & !0xFFF, rsp.wrapping_sub(0x1000) & !0xFFF] {
+        if !reserved(p) {
+            pages.push(p);
+        }
+    }
+    pages.sort_unstable();
+    pages.dedup();
+    for p in pages {
+        if p == gla & !0xFFF {
+            return Err(VerdictError::GlaOverlapsCode(gla));
+        }
+        if w.guest.phys(&w.machine, p).is_none() {
+            w.guest.map_new(&mut w.machine, p, kernel_rw).map_err(err)?;
+        }
+    }
+    for (i, b) in code.iter().enumerate() {
+        if let Some(g) = w.guest.phys(&w.machine, req.rip + i as u64) {
+            w.machine.mem.write(g, &[*b]);
+        }
+    }
+    // Monitors and cache.
+    let entry = Gpa(gpa & !7);
+    let other = Gpa((gpa & !0xFFF) | ((((gpa & 0xFFF) >> 3) + 256) % 512) * 8);
+    w.place_monitor(other);
+    if req.monitored {
+        w.place_monitor(entry);
+    }
+    if req.cached {
+        w.update_cache(entry, false);
+    }
+    w.commit_hooks();
+    // The VCPU as the write found it.
+    {
+        let v = &mut w.vcpus[0];
+        for (r, val) in &req.regs {
+            v.set_reg(*r, *val);
+        }
+        v.set_reg(Gpr::Rsp, rsp);
+        v.rip = req.rip;
+        v.rflags = Rflags::from_bits_retain(req.rflags) | Rflags::FIXED1;
+    }
+    let qualification = EptQualification::from_bits_retain(if rmw { 0x1AB } else { 0x1AA });
+    let view = w.vcpus[0].eptp_index;
+    let violation = EptViolation {
+        qualification,
+        gpa: Gpa(gpa),
+        gla: Gla(gla),
+        convertible: true,
+    };
+    if let Some(area) = w.vcpus[0].ve_info {
+        VeInfo {
+            reason: REASON_EPT_VIOLATION,
+            semaphore: SEMAPHORE_BUSY,
+            qualification,
+            gla: Gla(gla),
+            gpa: Gpa(gpa),
+            eptp_index: view,
+        }
+        .write(&mut w.machine.mem, area);
+    }
+    let delivered = {
+        let World { machine, vcpus, .. } = &mut w;
+        machine.deliver_exception(&mut vcpus[0], vesim_model::cpu::VECTOR_VE, None)
+    };
+    if let Err(o) = delivered {
+        return Err(VerdictError::World(format!(
+            "#VE delivery failed: {}",
+            o.name()
+        )));
+    }
+    // The saved CS is the one given.
+    if req.cs != layout::KERNEL_CS {
+        let slot = w.vcpus[0].gpr[4].wrapping_add(8);
+        if let Some(g) = w.guest.phys(&w.machine, slot) {
+            w.machine.mem.write_u64(g, u64::from(req.cs));
+        }
+    }
+    w.counters.ve_total += 1;
+    w.events.push(Event::Ve {
+        cpu: 0,
+        qualification: violation.qualification.bits(),
+        gla,
+        gpa,
+    });
+    let stop = match w.run_agent(0, 100_000) {
+        Ok(_) => None,
+        Err(Stop::AgentFault(d)) => Some(format!("agent_fault: {d}")),
+        Err(Stop::Guest(o)) => Some(o.name().to_string()),
+    };
+    let mut verdict = Verdict {
+        outcome: None,
+        reason: None,
+        old: None,
+        new: None,
+        entry: w.machine.mem.read_u64(entry),
+        rip: w.vcpus[0].rip,
+        rflags: w.vcpus[0].rflags.bits(),
+        regs: w.vcpus[0].gpr,
+        vmcalls: Vec::new(),
+        vm_exits: w.counters.exits_total(),
+        stop,
+        gla,
+        gpa,
+    };
+    for e in &w.events {
+        match e {
+            Event::Agent {
+                outcome,
+                reason,
+                old,
+                new,
+                ..
+            } => {
+                verdict.outcome = Some(*outcome);
+                verdict.reason = *reason;
+                verdict.old = *old;
+                verdict.new = *new;
+            }
+            Event::Vmcall { rdx, rbx, rcx, .. } => verdict.vmcalls.push((*rdx, *rbx, *rcx)),
+            _ => {}
+        }
+    }
+    Ok(verdict)
+}
