@@ -33,7 +33,14 @@ fn agent(args: &[&str]) -> Value {
     serde_json::from_str(&r.stdout).expect("stdout is one JSON object")
 }
 
-const MOV: [&str; 6] = ["--bytes", "488918", "--reg", "rax=0x10000", "--old", "0x1003"];
+const MOV: [&str; 6] = [
+    "--bytes",
+    "488918",
+    "--reg",
+    "rax=0x10000",
+    "--old",
+    "0x1003",
+];
 
 fn mov(new: &str, extra: &[&str]) -> Value {
     let rbx = format!("rbx={new}");
@@ -47,7 +54,10 @@ fn mov(new: &str, extra: &[&str]) -> Value {
 fn raised_write_has_every_contract_field() {
     let v = mov("0x2003", &[]);
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["ok", "outcome", "reason", "old", "new", "entry", "rip", "rflags", "regs", "vmcalls", "vm_exits"] {
+    for k in [
+        "ok", "outcome", "reason", "old", "new", "entry", "rip", "rflags", "regs", "vmcalls",
+        "vm_exits",
+    ] {
         assert!(keys.contains(&k), "missing {k}");
     }
     assert_eq!(v["ok"], true);
@@ -60,7 +70,10 @@ fn raised_write_has_every_contract_field() {
     assert_eq!(v["regs"].as_object().unwrap().len(), 16);
     assert_eq!(v["regs"]["rbx"], "0x2003");
     // B54: one RAISE_EPT (RDX = 3, RBX = 0); exits: the one-time CPUID (B14) and the VMCALL.
-    assert_eq!(v["vmcalls"], serde_json::json!([{"rdx": "0x3", "rbx": "0x0", "rcx": "0x0"}]));
+    assert_eq!(
+        v["vmcalls"],
+        serde_json::json!([{"rdx": "0x3", "rbx": "0x0", "rcx": "0x0"}])
+    );
     assert_eq!(v["vm_exits"], 2);
 }
 
@@ -82,26 +95,59 @@ fn b53_cached_entry_is_not_raised_and_monitored_one_is() {
 #[test]
 fn q9_xd_flip_is_raised_in_fixed_and_ignored_in_hvmi() {
     assert_eq!(mov("0x8000000000001003", &[])["outcome"], "raised");
-    assert_eq!(mov("0x8000000000001003", &["--profile", "hvmi"])["outcome"], "ignored_irrelevant");
+    assert_eq!(
+        mov("0x8000000000001003", &["--profile", "hvmi"])["outcome"],
+        "ignored_irrelevant"
+    );
 }
 
 #[test]
 fn refusals_carry_their_reason() {
     // ADD: the agent refuses and introcore cannot emulate it either (fixed).
-    let v = agent(&["--bytes", "480118", "--reg", "rax=0x10000", "--reg", "rbx=1", "--old", "0x1003"]);
-    assert_eq!((v["outcome"].as_str(), v["reason"].as_str()), (Some("rejected"), Some("unsupported_instruction")));
+    let v = agent(&[
+        "--bytes",
+        "480118",
+        "--reg",
+        "rax=0x10000",
+        "--reg",
+        "rbx=1",
+        "--old",
+        "0x1003",
+    ]);
+    assert_eq!(
+        (v["outcome"].as_str(), v["reason"].as_str()),
+        (Some("rejected"), Some("unsupported_instruction"))
+    );
     assert_eq!(v["old"], Value::Null);
     assert_eq!(v["entry"], "0x1003");
     assert_eq!(v["rip"], "0x400000");
     // GS-prefixed MOV: refused by the agent, emulated by introcore (Q1 fixed).
-    let v = agent(&["--bytes", "65488918", "--reg", "rax=0x10000", "--reg", "rbx=0x2003", "--old", "0x1003"]);
+    let v = agent(&[
+        "--bytes",
+        "65488918",
+        "--reg",
+        "rax=0x10000",
+        "--reg",
+        "rbx=0x2003",
+        "--old",
+        "0x1003",
+    ]);
     assert_eq!(v["outcome"], "emulated_by_introcore");
     assert_eq!(v["reason"], "segment_prefix");
     assert_eq!(v["entry"], "0x2003");
     assert_eq!(v["rip"], "0x400004");
     // hvmi: BREAK (RDX = 1, RBX = 3 EMULATION_FAILED), RIP unchanged (B31).
     let v = agent(&[
-        "--bytes", "480118", "--reg", "rax=0x10000", "--reg", "rbx=1", "--old", "0x1003", "--profile", "hvmi",
+        "--bytes",
+        "480118",
+        "--reg",
+        "rax=0x10000",
+        "--reg",
+        "rbx=1",
+        "--old",
+        "0x1003",
+        "--profile",
+        "hvmi",
     ]);
     assert_eq!(v["outcome"], "rejected");
     assert_eq!(v["vmcalls"][0]["rdx"], "0x1");
@@ -112,14 +158,33 @@ fn refusals_carry_their_reason() {
 #[test]
 fn gla_defaults_to_the_bit_string_address_of_bts() {
     // lock bts [rax], rbx with rbx = 127: the qword at rax + 8 (bit 63).
-    let v = agent(&["--bytes", "f0480fab18", "--reg", "rax=0xfff8", "--reg", "rbx=127", "--old", "0x1003"]);
+    let v = agent(&[
+        "--bytes",
+        "f0480fab18",
+        "--reg",
+        "rax=0xfff8",
+        "--reg",
+        "rbx=127",
+        "--old",
+        "0x1003",
+    ]);
     assert_eq!(v["gla"], "0x10000");
     assert_eq!(v["entry"], "0x8000000000001003");
 }
 
 #[test]
 fn text_output_names_the_outcome() {
-    let r = vesim(&["agent", "--bytes", "488918", "--reg", "rax=0x10000", "--reg", "rbx=0x2003", "--old", "0x1003"]);
+    let r = vesim(&[
+        "agent",
+        "--bytes",
+        "488918",
+        "--reg",
+        "rax=0x10000",
+        "--reg",
+        "rbx=0x2003",
+        "--old",
+        "0x1003",
+    ]);
     assert_eq!(r.code, 0);
     assert!(r.stdout.starts_with("outcome    raised\n"), "{}", r.stdout);
 }
@@ -129,14 +194,86 @@ fn bad_arguments_exit_2_with_one_sentence() {
     let cases: &[&[&str]] = &[
         &["agent", "--bytes", "488918", "--reg", "rax=0x10000"],
         &["agent", "--bytes", "90", "--old", "1"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0x400000", "--old", "1"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0xfffff80001003e80", "--old", "1"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0xfffff6fb7dbed000", "--old", "1"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0x10000", "--old", "1", "--cached", "--monitored"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0x10000", "--old", "1", "--profile", "xen"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0x10000", "--old", "1", "--cs", "0x10000"],
-        &["agent", "--bytes", "488918", "--reg", "rax=0x10000", "--old", "1", "--rflags", "0x100"],
-        &["agent", "--bytes", "488918", "--old", "1", "--gla", "0x800000000000"],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0x400000",
+            "--old",
+            "1",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0xfffff80001003e80",
+            "--old",
+            "1",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0xfffff6fb7dbed000",
+            "--old",
+            "1",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0x10000",
+            "--old",
+            "1",
+            "--cached",
+            "--monitored",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0x10000",
+            "--old",
+            "1",
+            "--profile",
+            "xen",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0x10000",
+            "--old",
+            "1",
+            "--cs",
+            "0x10000",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--reg",
+            "rax=0x10000",
+            "--old",
+            "1",
+            "--rflags",
+            "0x100",
+        ],
+        &[
+            "agent",
+            "--bytes",
+            "488918",
+            "--old",
+            "1",
+            "--gla",
+            "0x800000000000",
+        ],
     ];
     for args in cases {
         let r = vesim(args);
@@ -144,6 +281,10 @@ fn bad_arguments_exit_2_with_one_sentence() {
         assert!(r.stdout.is_empty(), "{args:?} printed {}", r.stdout);
         let lines: Vec<&str> = r.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: {}", r.stderr);
-        assert!(lines[0].starts_with("vesim: ") && lines[0].ends_with('.'), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("vesim: ") && lines[0].ends_with('.'),
+            "{}",
+            lines[0]
+        );
     }
 }

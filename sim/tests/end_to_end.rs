@@ -133,3 +133,33 @@ fn ve_off_baseline_takes_an_exit_and_introcore_emulates() {
     let cb = s.w.intro.callbacks.last().copied().unwrap();
     assert_eq!((cb.old, cb.new), (old, new));
 }
+
+#[test]
+fn page_walk_accessed_bit_is_set_by_the_agent_and_the_read_retries() {
+    // mov rcx, [rdx]: a read of DATA whose PTE has A clear, in a write-protected table page.
+    let mut s = setup(WorldConfig::default(), &[0x48, 0x8B, 0x0A]);
+    let pte = s.w.machine.mem.read_u64(s.pte_gpa);
+    s.w.machine.mem.write_u64(s.pte_gpa, pte & !0x60);
+    s.w.machine
+        .mem
+        .write_u64(s.w.guest.phys(&s.w.machine, DATA).unwrap(), 0x1234_5678);
+    s.w.vcpus[0].set_reg(Gpr::Rdx, DATA);
+    run_until(&mut s.w, CODE + 3, 2000);
+    assert_eq!(s.w.vcpus[0].reg(Gpr::Rcx), 0x1234_5678);
+    let after = s.w.machine.mem.read_u64(s.pte_gpa);
+    assert_eq!(after & 0x20, 0x20, "A set");
+    assert_eq!(after & 0x40, 0, "a read sets no D (fixed)");
+    assert_eq!(s.w.counters.ve_page_walk, 1);
+    let q = s.w.events.iter().find_map(|e| match e {
+        Event::Ve {
+            qualification,
+            gpa,
+            gla,
+            ..
+        } => Some((*qualification, *gpa, *gla)),
+        _ => None,
+    });
+    // HW §4.3: the A write to a table page with rights R-X (RWX minus the write hook): 0xAB,
+    // GPA of the entry, GLA of the address being translated.
+    assert_eq!(q, Some((0xAB, s.pte_gpa.0, DATA)));
+}
