@@ -191,11 +191,11 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
     let reserved = |a: u64| {
         let p4 = (a >> 39) & 0x1FF;
         p4 == layout::DEFAULT_SELF_MAP_INDEX
-            || (a >= layout::IDT_GVA && a < layout::IDT_GVA + 0x1000)
-            || (a >= layout::OS_VE_HANDLER_GVA && a < layout::OS_VE_HANDLER_GVA + 0x1000)
-            || (a >= layout::KERNEL_STACKS_GVA
-                && a < layout::KERNEL_STACKS_GVA + layout::KERNEL_STACK_STRIDE)
-            || (a >= layout::AGENT_GVA && a < layout::AGENT_GVA + layout::AGENT_SIZE)
+            || (layout::IDT_GVA..layout::IDT_GVA + 0x1000).contains(&a)
+            || (layout::OS_VE_HANDLER_GVA..layout::OS_VE_HANDLER_GVA + 0x1000).contains(&a)
+            || (layout::KERNEL_STACKS_GVA..layout::KERNEL_STACKS_GVA + layout::KERNEL_STACK_STRIDE)
+                .contains(&a)
+            || (layout::AGENT_GVA..layout::AGENT_GVA + layout::AGENT_SIZE).contains(&a)
     };
     if reserved(gla) {
         return Err(VerdictError::GlaReserved(gla));
@@ -247,7 +247,8 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
     }
     // Monitors and cache.
     let entry = Gpa(gpa & !7);
-    let other = Gpa((gpa & !0xFFF) | ((((gpa & 0xFFF) >> 3) + 256) % 512) * 8);
+    let other_index = (((gpa & 0xFFF) >> 3) + 256) % 512;
+    let other = Gpa((gpa & !0xFFF) | (other_index * 8));
     w.place_monitor(other);
     if req.monitored {
         w.place_monitor(entry);

@@ -17,6 +17,9 @@ pub struct Emulation {
     pub old: u64,
     /// Its value after.
     pub new: u64,
+    /// Every 8-aligned entry the store touches, with its value before and after, in address
+    /// order (a misaligned write touches two).
+    pub entries: Vec<(Gpa, u64, u64)>,
     /// The bytes to store, by guest-physical address (one piece per page).
     pub stores: Vec<(Gpa, Vec<u8>)>,
     /// Registers after.
@@ -83,9 +86,9 @@ pub fn emulate_pt_write(
     let (fx, _, next) = execute_bytes(&code, vcpu, u64::from_le_bytes(value))
         .ok_or_else(|| Unsupported("outside the reference CPU's instruction set".into()))?;
     let entry = Gpa(gpa.0 & !7);
-    let old = machine.mem.read_u64(entry);
-    let mut new_bytes = old.to_le_bytes();
     let mut stores: Vec<(Gpa, Vec<u8>)> = Vec::new();
+    // Every entry the store touches: (entry, old, new).
+    let mut entries: Vec<(Gpa, u64, u64)> = Vec::new();
     if let Some(store) = fx.store {
         let bytes = store.to_le_bytes();
         for i in 0..access.size {
@@ -93,8 +96,15 @@ pub fn emulate_pt_write(
             let g = software_translate(machine, vcpu.cr3, byte_gla)
                 .ok_or_else(|| Unsupported("the operand is not mapped".into()))?;
             let b = bytes[i as usize];
-            if g.0 & !7 == entry.0 {
-                new_bytes[(g.0 & 7) as usize] = b;
+            let e = Gpa(g.0 & !7);
+            if entries.last().is_none_or(|(last, _, _)| *last != e) {
+                let v = machine.mem.read_u64(e);
+                entries.push((e, v, v));
+            }
+            if let Some((_, _, new)) = entries.last_mut() {
+                let mut nb = new.to_le_bytes();
+                nb[(g.0 & 7) as usize] = b;
+                *new = u64::from_le_bytes(nb);
             }
             match stores.last_mut() {
                 Some((start, v)) if start.wrapping_add(v.len() as u64) == g => v.push(b),
@@ -102,10 +112,19 @@ pub fn emulate_pt_write(
             }
         }
     }
+    let (old, new) = entries
+        .iter()
+        .find(|(e, _, _)| *e == entry)
+        .map(|(_, o, n)| (*o, *n))
+        .unwrap_or_else(|| {
+            let v = machine.mem.read_u64(entry);
+            (v, v)
+        });
     Ok(Emulation {
         entry,
         old,
-        new: u64::from_le_bytes(new_bytes),
+        new,
+        entries,
         stores,
         gpr: fx.gpr,
         rflags: (fx.rflags & !Rflags::RF) | Rflags::FIXED1,

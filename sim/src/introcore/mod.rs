@@ -166,6 +166,13 @@ impl World {
         mem.write(Self::agent_gpa(layout::AGENT_VESTUB), &[0xCC; 0x1000]);
         mem.write(Self::agent_gpa(layout::AGENT_CODE), &[0xCC; 0x1000]);
         mem.write(Self::agent_gpa(layout::AGENT_DATA), &[0; 0x1000]);
+        // Zero-initialised sections: VECPUMAP, VEINFO and VESTACKS.
+        for off in (layout::AGENT_CPUMAP..layout::AGENT_VECACHE).step_by(0x1000) {
+            let g = Self::agent_gpa(off);
+            if mem.frame(g.gfn()).is_some() {
+                mem.write(g, &[0; 0x1000]);
+            }
+        }
         let empty = q.empty_slot().to_le_bytes().repeat(512);
         for line in 0..cache::LINES {
             mem.write(
@@ -285,7 +292,6 @@ impl World {
             let page_off = layout::AGENT_VEINFO + 0x1000 * i as u64;
             let page = Self::agent_gpa(page_off);
             let m = &mut self.machine.mem;
-            m.write(page, &[0u8; 0x1000]);
             let stack = layout::AGENT_GVA
                 + layout::AGENT_VESTACKS
                 + layout::AGENT_STACK_SIZE * i as u64
@@ -399,6 +405,17 @@ impl World {
         }
     }
 
+    /// `IntHandleMemAccess` after introcore emulated a write itself: the write is dropped
+    /// early when irrelevant under the monitored bits (B114, B133), entry by entry.
+    fn emulated_write_callbacks(&mut self, e: &emulate::Emulation) {
+        let bits = self.quirks.monitored_bits();
+        for &(entry, old, new) in &e.entries {
+            if (old ^ new) & bits != 0 && (old | new) & 1 != 0 {
+                self.pt_write_callbacks(entry, old, new);
+            }
+        }
+    }
+
     /// The VMCALL exit (B102, B103). RIP is advanced by 3 and RAX receives the status.
     pub fn hypercall(&mut self, cpu: usize) {
         let Some(v) = self.vcpus.get(cpu) else {
@@ -502,7 +519,7 @@ impl World {
             Ok(e) => e,
             Err(_) => return STATUS_NOT_SUPPORTED,
         };
-        self.pt_write_callbacks(e.entry, e.old, e.new);
+        self.emulated_write_callbacks(&e);
         emulate::commit_stores(&mut self.machine, &e);
         let m = &mut self.machine.mem;
         for (i, r) in e.gpr.iter().enumerate() {
