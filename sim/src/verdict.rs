@@ -303,7 +303,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
             w.machine.mem.write_u64(g, u64::from(req.cs));
         }
     }
-    w.counters.ve_total += 1;
+    w.count_ve(violation.qualification.bits());
     w.events.push(Event::Ve {
         cpu: 0,
         qualification: violation.qualification.bits(),

@@ -50,7 +50,10 @@ pub struct Counters {
     pub ve_page_walk: u64,
     /// PT-write #VEs (bit 8 set, reason 48).
     pub ve_pt_write: u64,
-    /// #VEs with a reason other than 48.
+    /// #VEs the agent could not classify: it found an exit reason other than 48 in the area
+    /// (only a corrupted area shows one; the modelled CPU converts only EPT violations), or it
+    /// had no usable CPU-map slot and returned at once (`fixed` Q20). Such a #VE moves from its
+    /// delivered kind to this one.
     pub ve_unknown: u64,
     /// PT-write outcome: not relevant.
     pub ignored_irrelevant: u64,
@@ -186,6 +189,8 @@ pub struct World {
     pub tsc: u64,
     /// Whether #VE is used.
     pub ve: bool,
+    /// The kind of the last #VE counted (true: page walk), until the agent reads its reason.
+    last_ve_walk: Option<bool>,
 }
 
 /// Errors building a world.
@@ -219,6 +224,7 @@ impl World {
             events: Vec::new(),
             tsc: 0,
             ve: config.ve,
+            last_ve_walk: None,
         };
         w.intro_init();
         w.deploy_agent().map_err(WorldError::Deploy)?;
@@ -226,6 +232,34 @@ impl World {
             w.complete_loader();
         }
         Ok(w)
+    }
+
+    /// Counts a delivered #VE by kind (VE-SEMANTICS section 3): the CPU only converts EPT
+    /// violations (reason 48), so the kind follows qualification bit 8.
+    pub fn count_ve(&mut self, qualification: u64) {
+        self.counters.ve_total += 1;
+        if qualification & 0x100 == 0 {
+            self.counters.ve_page_walk += 1;
+        } else {
+            self.counters.ve_pt_write += 1;
+        }
+        self.last_ve_walk = Some(qualification & 0x100 == 0);
+    }
+
+    /// The agent could not classify the last #VE (see `Counters::ve_unknown`): it moves from
+    /// its delivered kind to `ve_unknown`.
+    pub fn recount_ve_unknown(&mut self) {
+        match self.last_ve_walk.take() {
+            Some(true) => self.counters.ve_page_walk -= 1,
+            Some(false) => self.counters.ve_pt_write -= 1,
+            None => return,
+        }
+        self.counters.ve_unknown += 1;
+    }
+
+    /// The agent read an exit reason of 48: the delivered kind stands.
+    pub fn last_ve_walk_seen(&mut self) {
+        self.last_ve_walk = None;
     }
 
     /// Records a VM exit.
@@ -291,7 +325,7 @@ impl World {
         match step.outcome {
             Outcome::Executed => Ok(()),
             Outcome::VeDelivered(v) => {
-                self.counters.ve_total += 1;
+                self.count_ve(v.qualification.bits());
                 self.events.push(Event::Ve {
                     cpu,
                     qualification: v.qualification.bits(),

@@ -283,7 +283,7 @@ fn inject(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: Gpa) {
         machine.ept_violation(&mut vcpus[cpu], v)
     };
     assert!(matches!(o, Outcome::VeDelivered(_)), "{o:?}");
-    w.counters.ve_total += 1;
+    w.count_ve(qualification);
     w.run_agent(cpu, 10_000).unwrap();
 }
 
@@ -1706,7 +1706,7 @@ fn raise_only(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: Gpa)
     let World { machine, vcpus, .. } = &mut *w;
     let o = machine.ept_violation(&mut vcpus[cpu], v);
     assert!(matches!(o, Outcome::VeDelivered(_)), "{o:?}");
-    w.counters.ve_total += 1;
+    w.count_ve(qualification);
 }
 
 /// B61, written out: S<<39 | ... | index<<3, OR 0xFFFF000000000000.

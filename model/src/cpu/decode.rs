@@ -267,6 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn bddisasm_meanings_of_stack_access_and_operand_0() {
+        // LEAVE and INT3 have an implicit stack operand; an explicit [rsp+8] is not one.
+        for bytes in [&[0xC9][..], &[0xCC], &[0xCD, 0x03], &[0xFF, 0x30]] {
+            assert!(
+                analyze(bytes, 0).map(|a| a.stack_access).unwrap_or(false),
+                "{bytes:02x?}"
+            );
+        }
+        let a = analyze(&[0x48, 0x89, 0x44, 0x24, 0x08], 0).unwrap();
+        assert!(!a.stack_access && a.op0_memory);
+        // MASKMOVQ: operand 0 is the register; the store is implicit.
+        assert!(!analyze(&[0x0F, 0xF7, 0xC1], 0).unwrap().op0_memory);
+        // F3 on MOV is not REP; on STOSQ it is.
+        assert!(!analyze(&[0xF3, 0x48, 0x89, 0x18], 0).unwrap().is_repeated);
+        assert!(analyze(&[0xF3, 0x48, 0xAB], 0).unwrap().is_repeated);
+        // An ignored DS override still counts as a segment prefix.
+        assert!(analyze(&[0x3E, 0x48, 0x89, 0x18], 0).unwrap().has_seg);
+    }
+
+    #[test]
     fn eight_bit_register_numbering() {
         assert_eq!(gpr_of(Register::SIL), Some((Gpr::Rsi, 1, false)));
         assert_eq!(gpr_of(Register::R9L), Some((Gpr::R9, 1, false)));
@@ -416,7 +436,12 @@ pub fn analyze(bytes: &[u8], rip: u64) -> Result<Analysis, Decoded> {
         Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => Form::Stos,
         _ => Form::Other,
     };
-    let op0_memory = instr.op_count() > 0 && is_memory_kind(instr.op0_kind());
+    // bddisasm lists the register first for these and keeps the memory operand implicit.
+    let implicit_memory = matches!(
+        instr.mnemonic(),
+        Mnemonic::Maskmovq | Mnemonic::Maskmovdqu | Mnemonic::Vmaskmovdqu | Mnemonic::Xlatb
+    );
+    let op0_memory = !implicit_memory && instr.op_count() > 0 && is_memory_kind(instr.op0_kind());
     let op0_size = if op0_memory {
         instr.memory_size().size() as u32
     } else if instr.op_count() > 0 && instr.op0_kind() == OpKind::Register {
@@ -524,7 +549,21 @@ pub fn analyze(bytes: &[u8], rip: u64) -> Result<Analysis, Decoded> {
             && instr.is_string_instruction(),
         has_seg,
         rip_relative: instr.is_ip_rel_memory_operand(),
-        stack_access: instr.stack_pointer_increment() != 0,
+        // bddisasm's implicit stack operand: every RSP-moving instruction, plus LEAVE and the
+        // software interrupts, whose RSP change iced does not report as an increment.
+        stack_access: instr.stack_pointer_increment() != 0
+            || matches!(
+                instr.mnemonic(),
+                Mnemonic::Leave
+                    | Mnemonic::Enter
+                    | Mnemonic::Int
+                    | Mnemonic::Int1
+                    | Mnemonic::Int3
+                    | Mnemonic::Into
+                    | Mnemonic::Iret
+                    | Mnemonic::Iretd
+                    | Mnemonic::Iretq
+            ),
         op0_memory,
         op0_size,
         source,

@@ -25,19 +25,18 @@ impl World {
         let qual =
             u64::from_le_bytes([hw[8], hw[9], hw[10], hw[11], hw[12], hw[13], hw[14], hw[15]]);
         if reason != 48 {
-            self.counters.ve_unknown += 1;
+            self.recount_ve_unknown();
             self.page_write(cpu, page, veinfo::LOCAL_BREAK, break_reason::UNKNOWN_EXIT)?;
             self.set_outcome(cpu, page, AgentOutcome::Break)?;
             self.set_rip(cpu, rip::H_BREAK);
             return Ok(());
         }
+        self.last_ve_walk_seen();
         if qual & 0x100 == 0 {
-            self.counters.ve_page_walk += 1;
             self.page_write(cpu, page, veinfo::LOCAL_WALK, 1)?;
             self.set_rip(cpu, rip::PW_PML4);
             return Ok(());
         }
-        self.counters.ve_pt_write += 1;
         let cs = self.page_read(cpu, page, veinfo::CS)?;
         if cs != u64::from(layout::KERNEL_CS) {
             self.reject(cpu, page, super::RejectReason::CsNotKernel)?;
