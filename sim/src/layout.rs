@@ -43,7 +43,7 @@ pub const KERNEL_STACK_STRIDE: u64 = 0x1_0000;
 /// Pages of each kernel stack.
 pub const KERNEL_STACK_PAGES: u64 = 4;
 /// Linear address of the agent image (the loader's non-paged allocation).
-pub const AGENT_GVA: u64 = 0xFFFF_F800_1000_0000;
+pub const AGENT_GVA: u64 = 0xFFFF_F880_0000_0000;
 /// Kernel code selector; the agent requires exactly this saved CS (B29).
 pub const KERNEL_CS: u16 = 0x10;
 /// Kernel stack selector.
@@ -183,3 +183,60 @@ pub const VERDICT_PT_FRAME: Gpa = Gpa(0x0300_0000);
 pub const VERDICT_DEFAULT_RIP: u64 = 0x40_0000;
 /// `vesim agent`: the default RSP (inside VCPU 0's kernel stack).
 pub const VERDICT_DEFAULT_RSP: u64 = KERNEL_STACKS_GVA + KERNEL_STACK_PAGES * 0x1000 - 0x100;
+
+// ---------------------------------------------------------------------------------------------
+// The guest OS model: processes and the memory manager.
+// ---------------------------------------------------------------------------------------------
+
+/// Guest-physical window for process paging structures (PML4s and the tables the memory
+/// manager allocates).
+pub const PROCESS_TABLES_START: Gpa = Gpa(0x0200_0000);
+/// End (exclusive) of the process table window.
+pub const PROCESS_TABLES_END: Gpa = Gpa(0x0280_0000);
+/// Guest-physical window for the pages processes map (the memory manager's free list).
+pub const PROCESS_PAGES_START: Gpa = Gpa(0x1000_0000);
+/// End (exclusive) of the process page window.
+pub const PROCESS_PAGES_END: Gpa = Gpa(0x2000_0000);
+/// Linear address of the memory manager's code page: one page-table-writing instruction per
+/// slot ([`mm_code`]).
+pub const MM_CODE_GVA: u64 = 0xFFFF_F800_0021_0000;
+/// Linear address where the KPTI user PML4 of process `i` is mapped for the kernel
+/// (`KPTI_SHADOW_GVA + i * 0x1000`).
+pub const KPTI_SHADOW_GVA: u64 = 0xFFFF_F800_0800_0000;
+/// Base of the user address range the memory manager hands out.
+pub const USER_BASE: u64 = 0x0000_0001_0000_0000;
+
+/// The memory manager's instructions: (offset in the MM code page, bytes). Each works on the
+/// entry or page at RDI with the value in RSI (RAX for touches and CMPXCHG).
+pub mod mm_code {
+    /// `mov [rdi], rsi`
+    pub const MOV: (u64, &[u8]) = (0x00, &[0x48, 0x89, 0x37]);
+    /// `xchg [rdi], rsi`
+    pub const XCHG: (u64, &[u8]) = (0x10, &[0x48, 0x87, 0x37]);
+    /// `lock cmpxchg [rdi], rsi`
+    pub const LOCK_CMPXCHG: (u64, &[u8]) = (0x20, &[0xF0, 0x48, 0x0F, 0xB1, 0x37]);
+    /// `lock or [rdi], rsi`
+    pub const LOCK_OR: (u64, &[u8]) = (0x30, &[0xF0, 0x48, 0x09, 0x37]);
+    /// `lock and [rdi], rsi`
+    pub const LOCK_AND: (u64, &[u8]) = (0x40, &[0xF0, 0x48, 0x21, 0x37]);
+    /// `lock btr qword [rdi], 5` (clear the accessed bit)
+    pub const LOCK_BTR_A: (u64, &[u8]) = (0x50, &[0xF0, 0x48, 0x0F, 0xBA, 0x37, 0x05]);
+    /// `mov rax, [rsi]` (touch for read)
+    pub const TOUCH_READ: (u64, &[u8]) = (0x60, &[0x48, 0x8B, 0x06]);
+    /// `mov [rsi], rax` (touch for write)
+    pub const TOUCH_WRITE: (u64, &[u8]) = (0x70, &[0x48, 0x89, 0x06]);
+    /// `lock xor [rdi], rsi`
+    pub const LOCK_XOR: (u64, &[u8]) = (0x80, &[0xF0, 0x48, 0x31, 0x37]);
+    /// Every instruction, for writing the page.
+    pub const ALL: [(u64, &[u8]); 9] = [
+        MOV,
+        XCHG,
+        LOCK_CMPXCHG,
+        LOCK_OR,
+        LOCK_AND,
+        LOCK_BTR_A,
+        TOUCH_READ,
+        TOUCH_WRITE,
+        LOCK_XOR,
+    ];
+}

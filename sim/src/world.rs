@@ -140,6 +140,8 @@ pub enum Event {
     },
     /// A monitor callback ran.
     Callback(CallbackRecord),
+    /// A translation hook's swap callback ran.
+    Swap(crate::introcore::pts::SwapRecord),
     /// The agent faulted (I10).
     AgentFault {
         /// VCPU.
@@ -226,7 +228,8 @@ impl World {
             ve: config.ve,
             last_ve_walk: None,
         };
-        w.intro_init();
+        w.intro_init_checked()
+            .map_err(|e| WorldError::Deploy(e.to_string()))?;
         w.deploy_agent().map_err(WorldError::Deploy)?;
         if w.ve {
             w.complete_loader();

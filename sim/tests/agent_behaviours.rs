@@ -606,17 +606,17 @@ fn b13_original_and_protected_stack() {
     let mut c = config(Quirks::fixed());
     c.guest.vcpus = 2;
     let mut f = fx_with(c);
-    // VCPU 1: 0xFFFFF80010045000 + 0x4000 + 0x3FF0.
+    // VCPU 1: AGENT_GVA + VESTACKS (0xFFFFF88000045000) + 0x4000 + 0x3FF0.
     let page1 = f.w.ve_page(1).unwrap();
     assert_eq!(
         mem(&f.w, page1.wrapping_add(veinfo::PROTECTED_STACK)),
-        0xFFFF_F800_1004_CFF0
+        0xFFFF_F880_0004_CFF0
     );
     f.mov_entry(0, 1, OLD);
     deliver(&mut f.w, 0);
     to_step(&mut f.w, 0, rip::STUB_MITIGATE);
-    assert_eq!(pg(&f.w, 0, veinfo::PROTECTED_STACK), 0xFFFF_F800_1004_8FF0);
-    assert_eq!(f.w.vcpus[0].gpr[4], 0xFFFF_F800_1004_8FF0);
+    assert_eq!(pg(&f.w, 0, veinfo::PROTECTED_STACK), 0xFFFF_F880_0004_8FF0);
+    assert_eq!(f.w.vcpus[0].gpr[4], 0xFFFF_F880_0004_8FF0);
     // The frame at RSP0 - 0x28, then RAX, RCX, RDX, RBX.
     assert_eq!(pg(&f.w, 0, veinfo::ORIGINAL_STACK), RSP0 - 0x28 - 0x20);
 }
@@ -2174,14 +2174,14 @@ fn b87_deploy_patches_the_image_and_registers_the_pages() {
         let mut slot = [0u8; 24];
         m.read(at(layout::STUB_KI_KERNEL_EXIT_SLOT), &mut slot);
         assert_eq!(slot, [0x90; 24], "no KPTI: 24 NOPs");
-        // The retpoline to VESTUB's entry 0xFFFFF80010001000 at the OS #VE handler.
+        // The retpoline to VESTUB's entry 0xFFFFF88000001000 at the OS #VE handler.
         let mut hook = [0u8; 24];
         m.read(phys(&w, layout::OS_VE_HANDLER_GVA), &mut hook);
         assert_eq!(
             hook,
             [
                 0xE8, 0x03, 0x00, 0x00, 0x00, 0x0F, 0xAE, 0xE8, 0xC7, 0x04, 0x24, 0x00, 0x10, 0x00,
-                0x10, 0xC7, 0x44, 0x24, 0x04, 0x00, 0xF8, 0xFF, 0xFF, 0xC3
+                0x00, 0xC7, 0x44, 0x24, 0x04, 0x80, 0xF8, 0xFF, 0xFF, 0xC3
             ]
         );
         // B11: VCPU i at the slot of its index (i with the default descriptors).

@@ -5,7 +5,9 @@
 pub mod cache;
 pub mod emulate;
 pub mod hooks;
+pub mod lifecycle;
 pub mod ptm;
+pub mod pts;
 
 use crate::guest::{cpu_index_of_lsl, software_translate, GuestConfig};
 use crate::layout::{self, veinfo};
@@ -77,6 +79,18 @@ pub struct Introcore {
     pub callbacks: Vec<CallbackRecord>,
     /// The EPTP index introcore believes current while dispatching (Q24).
     pub dispatch_view: Option<ViewId>,
+    /// Translation hooks.
+    pub pts: pts::Pts,
+    /// Swap callbacks, in order.
+    pub swaps: Vec<pts::SwapRecord>,
+    /// GPA of the last real EPT violation (`ExitGpa`), which page-rights validation reuses.
+    pub last_exit_gpa: Option<Gpa>,
+    /// The OS handler bytes the trampoline replaced (`VeCoreReplacedCode`).
+    pub replaced_code: Vec<u8>,
+    /// Deploy attempts refused by the unload gate, and other lifecycle notes.
+    pub unload_refusals: u64,
+    /// The GPA hooks the deploy placed on the agent (removed on unload).
+    pub agent_hooks: Vec<(Gfn, HookKind)>,
 }
 
 impl Introcore {
@@ -95,6 +109,12 @@ impl Introcore {
             slots: Vec::new(),
             callbacks: Vec::new(),
             dispatch_view: None,
+            pts: pts::Pts::default(),
+            swaps: Vec::new(),
+            last_exit_gpa: None,
+            replaced_code: Vec::new(),
+            unload_refusals: 0,
+            agent_hooks: Vec::new(),
         }
     }
 }
@@ -306,6 +326,10 @@ impl World {
             self.vcpus[i].ve_info = Some(page);
             self.vcpus[i].ve_enabled = true;
         }
+        // 11. Swap hooks on every agent page (B91).
+        for off in (0..layout::AGENT_SIZE).step_by(0x1000) {
+            self.hook_translation(self.guest.cr3, layout::AGENT_GVA + off, pts::Owner::Agent);
+        }
         self.intro.deployed = true;
         Ok(())
     }
@@ -354,7 +378,14 @@ impl World {
 
     /// Places a monitor on the page-table entry at `entry` (B131, B76).
     pub fn place_monitor(&mut self, entry: Gpa) -> MonitorId {
-        let p = self.intro.ptm.place(entry);
+        self.place_monitor_flagged(entry, false)
+    }
+
+    /// Places a monitor; `user_root` marks an entry of a user PML4, whose table hook covers
+    /// only its low half (PT_UM_ROOT, B131).
+    pub fn place_monitor_flagged(&mut self, entry: Gpa, user_root: bool) -> MonitorId {
+        let cover = if user_root { 0x800 } else { 0x1000 };
+        let p = self.intro.ptm.place_covering(entry, cover);
         if p.hook_table {
             self.intro.hooks.set(
                 &mut self.machine.ept,
@@ -389,6 +420,15 @@ impl World {
                     self.update_cache(e, false);
                 }
             }
+            WriteAction::Uncovered(entries) => {
+                // Q27: outside the PT_UM_ROOT range no callback runs; HVMI never caches these
+                // entries, `fixed` caches them like any unmonitored entry.
+                if !self.quirks.q27_user_pml4 {
+                    for e in entries {
+                        self.update_cache(e, false);
+                    }
+                }
+            }
             WriteAction::Callbacks(ids) => {
                 for id in ids {
                     let r = CallbackRecord {
@@ -400,6 +440,7 @@ impl World {
                     self.intro.callbacks.push(r);
                     self.counters.callbacks += 1;
                     self.events.push(Event::Callback(r));
+                    self.pts_write(id, old, new);
                 }
             }
         }
@@ -488,7 +529,9 @@ impl World {
             self.pt_write_callbacks(gpa, old, new);
             0
         };
-        self.intro.dispatch_view = None;
+        if let Some(view) = self.intro.dispatch_view.take() {
+            self.validate_page_rights(view);
+        }
         status
     }
 
@@ -549,6 +592,7 @@ impl World {
         if idt_vectoring.is_some() {
             return Err(Stop::Guest(outcome));
         }
+        self.intro.last_exit_gpa = Some(v.gpa);
         if vcpu.eptp_index == self.intro.protected {
             // B119: nothing but agent code may run in the protected view.
             self.events.push(Event::Alert {

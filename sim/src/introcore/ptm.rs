@@ -27,6 +27,9 @@ pub struct CallbackRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Table {
     entries: BTreeMap<u16, Vec<MonitorId>>,
+    /// Bytes the table's write hook covers: 0x1000, or 0x800 for the low half of a user PML4
+    /// (PT_UM_ROOT, B131).
+    cover: u64,
 }
 
 /// What a write to a monitored table page amounts to (B132).
@@ -39,6 +42,8 @@ pub enum WriteAction {
     CacheAdd(Vec<Gpa>),
     /// These monitors' callbacks run.
     Callbacks(Vec<MonitorId>),
+    /// The write lies outside the table hook's range (entries 256..511 of a user PML4, Q27).
+    Uncovered(Vec<Gpa>),
 }
 
 /// What placing a monitor requires of the caller.
@@ -63,10 +68,19 @@ pub struct Ptm {
 impl Ptm {
     /// Subscribes a new monitor to the entry at `entry`.
     pub fn place(&mut self, entry: Gpa) -> Placed {
+        self.place_covering(entry, 0x1000)
+    }
+
+    /// Subscribes a new monitor; a table created now covers `cover` bytes (0x800 for a user
+    /// PML4, whose hook is PT_UM_ROOT).
+    pub fn place_covering(&mut self, entry: Gpa, cover: u64) -> Placed {
         let gfn = entry.gfn();
         let index = ((entry.0 & 0xFFF) >> 3) as u16;
         let hook_table = !self.tables.contains_key(&gfn);
-        let table = self.tables.entry(gfn).or_default();
+        let table = self.tables.entry(gfn).or_insert_with(|| Table {
+            entries: BTreeMap::new(),
+            cover,
+        });
         let list = table.entries.entry(index).or_default();
         let evict = list.is_empty();
         let id = MonitorId(self.next);
@@ -153,7 +167,11 @@ impl Ptm {
                     .map(|k| base.wrapping_add(k * 8))
                     .filter(|e| !self.is_monitored(*e))
                     .collect();
-                WriteAction::CacheAdd(adds)
+                if addr.0 & 0xFFF >= table.cover {
+                    WriteAction::Uncovered(adds)
+                } else {
+                    WriteAction::CacheAdd(adds)
+                }
             }
         }
     }

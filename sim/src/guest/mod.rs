@@ -1,7 +1,11 @@
-//! The minimal Windows-like guest the agent runs in: one kernel CR3 with a self-map slot, an
+//! The Windows-like guest the agent runs in: a kernel address space with a self-map slot, an
 //! IDT whose entry 20 leads to the OS #VE handler (which the engine hooks), per-VCPU 0x50
-//! descriptors and kernel stacks (TSS.RSP0), KiKernelExit, and the agent image at a fixed
-//! linear and physical place. All addresses are in [`crate::layout`].
+//! descriptors and kernel stacks (TSS.RSP0), KiKernelExit, the loader's non-paged allocation
+//! that hosts the agent image, processes with their own CR3 (and a user CR3 under KPTI), and a
+//! memory manager whose every page-table write is a real guest instruction (`mm`). All
+//! addresses are in [`crate::layout`].
+
+pub mod mm;
 
 use crate::layout;
 use vesim_model::ept::{EptEntry, EptFlags, EptView};
@@ -23,6 +27,8 @@ pub struct GuestConfig {
     /// The 0x50 descriptor of each VCPU; `None` gives VCPU i the limit whose LSL value maps
     /// to index i under B10.
     pub seg50: Option<Vec<SegmentLimit>>,
+    /// Kernel page-table isolation: processes get a separate user CR3.
+    pub kpti: bool,
 }
 
 impl Default for GuestConfig {
@@ -33,6 +39,7 @@ impl Default for GuestConfig {
             untrusted_view: ViewId(0),
             protected_view: ViewId(1),
             seg50: None,
+            kpti: false,
         }
     }
 }
@@ -61,6 +68,16 @@ pub struct Guest {
     pub tables: PageTableBuilder,
     /// Next free data frame.
     next_data: Gpa,
+    /// Frames for process paging structures.
+    pub(crate) proc_tables: FrameAllocator,
+    /// Frames processes map.
+    pub(crate) pages: FrameAllocator,
+    /// Frames given back by the memory manager, reused first (lowest first).
+    pub(crate) free_pages: std::collections::BTreeSet<Gpa>,
+    /// The processes, by pid (index).
+    pub processes: Vec<mm::Process>,
+    /// Swapped-out page contents (the pagefile), by (pid, linear address).
+    pub(crate) pagefile: std::collections::BTreeMap<(u32, u64), Box<[u8; 4096]>>,
 }
 
 /// Errors building the guest.
@@ -112,11 +129,25 @@ impl Guest {
         let alloc = FrameAllocator::new(layout::GUEST_TABLES_START, layout::GUEST_TABLES_END);
         let mut tables = PageTableBuilder::new(&mut machine.mem, alloc)?;
         tables.install_self_map(&mut machine.mem, config.self_map_index)?;
+        // The self-map entry has been used by the kernel: A and D are set.
+        let slot = Gpa(tables.cr3() + config.self_map_index * 8);
+        let e = machine.mem.read_u64(slot);
+        machine
+            .mem
+            .write_u64(slot, e | (PteFlags::ACCESSED | PteFlags::DIRTY).bits());
         let mut g = Guest {
             cr3: tables.cr3(),
             tables,
             next_data: layout::GUEST_DATA_START,
             config,
+            proc_tables: FrameAllocator::new(
+                layout::PROCESS_TABLES_START,
+                layout::PROCESS_TABLES_END,
+            ),
+            pages: FrameAllocator::new(layout::PROCESS_PAGES_START, layout::PROCESS_PAGES_END),
+            free_pages: std::collections::BTreeSet::new(),
+            processes: Vec::new(),
+            pagefile: std::collections::BTreeMap::new(),
         };
         // IDT, OS code page (handler and KiKernelExit), kernel stacks.
         g.map_new(
@@ -124,7 +155,14 @@ impl Guest {
             layout::IDT_GVA,
             PteFlags::WRITABLE | PteFlags::NO_EXECUTE,
         )?;
-        g.map_new(machine, layout::OS_VE_HANDLER_GVA, PteFlags::empty())?;
+        let os_code = g.map_new(machine, layout::OS_VE_HANDLER_GVA, PteFlags::empty())?;
+        // The OS #VE handler and KiKernelExit: code the engine hooks (INT3 filler here).
+        machine.mem.write(os_code, &[0xCC; 0x1000]);
+        let mm_code = g.map_new(machine, layout::MM_CODE_GVA, PteFlags::empty())?;
+        machine.mem.write(mm_code, &[0xCC; 0x1000]);
+        for (off, bytes) in layout::mm_code::ALL {
+            machine.mem.write(mm_code.wrapping_add(off), bytes);
+        }
         for i in 0..g.config.vcpus as u64 {
             for p in 0..layout::KERNEL_STACK_PAGES {
                 let gva = layout::KERNEL_STACKS_GVA + i * layout::KERNEL_STACK_STRIDE + p * 0x1000;
@@ -140,6 +178,26 @@ impl Guest {
                 PageSize::Size4K,
                 PteFlags::WRITABLE,
             )?;
+        }
+        // The guest ran before introcore attached: everything mapped so far has been used, so
+        // its entries carry A (and D in the leaves).
+        let mut used = vec![
+            layout::IDT_GVA,
+            layout::OS_VE_HANDLER_GVA,
+            layout::MM_CODE_GVA,
+        ];
+        for i in 0..g.config.vcpus as u64 {
+            for p in 0..layout::KERNEL_STACK_PAGES {
+                used.push(layout::KERNEL_STACKS_GVA + i * layout::KERNEL_STACK_STRIDE + p * 0x1000);
+            }
+        }
+        used.extend(
+            (0..layout::AGENT_SIZE)
+                .step_by(0x1000)
+                .map(|o| layout::AGENT_GVA + o),
+        );
+        for gva in used {
+            g.mark_used(machine, gva);
         }
         // IDT[20]: a 64-bit interrupt gate to the OS #VE handler.
         let gate = idt_gate(layout::OS_VE_HANDLER_GVA, layout::KERNEL_CS);
@@ -172,6 +230,25 @@ impl Guest {
         Ok((g, vcpus))
     }
 
+    /// Sets A on every entry translating `gva` and D on its leaf, as the walker of a write
+    /// would (physical writes: set-up only).
+    pub fn mark_used(&self, machine: &mut Machine, gva: u64) {
+        let ctx = software_ctx(self.cr3);
+        if let Ok(w) = vesim_model::paging::walk(
+            &machine.mem,
+            |_, _| vesim_model::ept::EptCheck::Allowed,
+            &ctx,
+            Gla(gva),
+            vesim_model::paging::AccessType::Write,
+        ) {
+            for ad in w.ad_writes() {
+                let v = machine.mem.read_u64(ad.gpa);
+                machine.mem.write_u64(ad.gpa, v | ad.set.bits());
+            }
+        }
+        self.mark_upper_used(machine, gva);
+    }
+
     /// Maps a fresh zeroed data frame at `gva` (4K, supervisor) and returns its GPA.
     pub fn map_new(
         &mut self,
@@ -186,7 +263,21 @@ impl Guest {
         self.next_data = gpa.wrapping_add(0x1000);
         self.tables
             .map(&mut machine.mem, Gla(gva), gpa, PageSize::Size4K, flags)?;
+        self.mark_upper_used(machine, gva);
         Ok(gpa)
+    }
+
+    /// Sets A and D on the upper-level entries translating `gva` (the kernel used the region
+    /// before, also through the self-map, where an upper entry is the leaf; D is ignored in a
+    /// non-leaf entry): only the leaf's A and D are left to the walker.
+    pub fn mark_upper_used(&self, machine: &mut Machine, gva: u64) {
+        let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
+        for level in 2..=4u8 {
+            if let Some(g) = self.entry_gpa(machine, gva, level) {
+                let v = machine.mem.read_u64(g);
+                machine.mem.write_u64(g, v | ad);
+            }
+        }
     }
 
     /// Maps `gva` (4K) to a given frame.
@@ -199,6 +290,7 @@ impl Guest {
     ) -> Result<(), GuestError> {
         self.tables
             .map(&mut machine.mem, Gla(gva), gpa, PageSize::Size4K, flags)?;
+        self.mark_upper_used(machine, gva);
         Ok(())
     }
 

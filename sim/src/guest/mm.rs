@@ -1,0 +1,392 @@
+//! Processes and the memory manager. Every page-table write the memory manager makes is a real
+//! guest instruction from the MM code page ([`crate::layout::mm_code`]), executed by the
+//! reference CPU on a VCPU through the process's self-map, so it faults, #VEs and exits
+//! exactly as the hardware would. Frames come from a free list (the PFN database hands out
+//! zeroed pages); swapped-out contents go to a pagefile kept by the model.
+
+use crate::layout::{self, mm_code};
+use crate::world::{Stop, World};
+use std::collections::BTreeMap;
+use vesim_model::paging::self_map_entry_address;
+use vesim_model::vcpu::Gpr;
+use vesim_model::{Gla, Gpa};
+
+/// Entry bits the memory manager uses.
+pub mod bits {
+    /// Present.
+    pub const P: u64 = 1;
+    /// Writable.
+    pub const RW: u64 = 1 << 1;
+    /// User.
+    pub const US: u64 = 1 << 2;
+    /// Write-through.
+    pub const PWT: u64 = 1 << 3;
+    /// Cache disable.
+    pub const PCD: u64 = 1 << 4;
+    /// Accessed.
+    pub const A: u64 = 1 << 5;
+    /// Dirty.
+    pub const D: u64 = 1 << 6;
+    /// PAT (4K leaf).
+    pub const PAT: u64 = 1 << 7;
+    /// Software bit marking a swapped-out entry (not present).
+    pub const SWAPPED: u64 = 1 << 10;
+    /// Execute disable.
+    pub const XD: u64 = 1 << 63;
+    /// The caching-attribute bits of a 4K leaf.
+    pub const CACHING: u64 = PWT | PCD | PAT;
+}
+
+/// A process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// Process id (index in `Guest::processes`).
+    pub pid: u32,
+    /// The kernel CR3 (its PML4 has the kernel half and the self-map).
+    pub cr3: u64,
+    /// The user CR3 under KPTI.
+    pub user_cr3: Option<u64>,
+    /// Introcore protects this process (monitors its translations).
+    pub protected: bool,
+    /// Mapped pages: linear address → frame.
+    pub pages: BTreeMap<u64, Gpa>,
+    /// Swapped-out pages.
+    pub swapped: BTreeMap<u64, ()>,
+    /// The process has exited.
+    pub exited: bool,
+}
+
+/// Errors of memory-manager operations.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MmError {
+    /// No such process.
+    #[error("process {0} does not exist or has exited")]
+    NoProcess(u32),
+    /// Out of frames.
+    #[error("the guest ran out of page frames")]
+    OutOfFrames,
+    /// The page is not in the expected state.
+    #[error("page {0:#x} is not in a state that allows this operation")]
+    State(u64),
+    /// The VCPU stopped.
+    #[error("the VCPU stopped: {0:?}")]
+    Stopped(Stop),
+}
+
+impl From<Stop> for MmError {
+    fn from(s: Stop) -> Self {
+        MmError::Stopped(s)
+    }
+}
+
+/// Steps the memory-manager instruction may take, #VEs and the agent included.
+pub const MM_STEPS_MAX: u64 = 10_000;
+
+impl World {
+    fn zeroed_frame(&mut self, table: bool) -> Result<Gpa, MmError> {
+        let g = if table {
+            self.guest
+                .proc_tables
+                .alloc()
+                .map_err(|_| MmError::OutOfFrames)?
+                .gpa()
+        } else if let Some(f) = self.guest.free_pages.pop_first() {
+            f
+        } else {
+            self.guest
+                .pages
+                .alloc()
+                .map_err(|_| MmError::OutOfFrames)?
+                .gpa()
+        };
+        self.machine.mem.write(g, &[0u8; 0x1000]);
+        Ok(g)
+    }
+
+    /// Creates a process: a PML4 with the kernel half of the System PML4 and its own
+    /// self-map entry (and a user PML4 under KPTI, mapped for the kernel at
+    /// [`layout::KPTI_SHADOW_GVA`]).
+    pub fn create_process(&mut self, protected: bool) -> Result<u32, MmError> {
+        let pid = self.guest.processes.len() as u32;
+        let pml4 = self.zeroed_frame(true)?;
+        let sys = Gpa(self.guest.cr3 & !0xFFF);
+        for i in 256..512u64 {
+            let e = self.machine.mem.read_u64(sys.wrapping_add(i * 8));
+            self.machine.mem.write_u64(pml4.wrapping_add(i * 8), e);
+        }
+        let s = self.guest.config.self_map_index;
+        self.machine
+            .mem
+            .write_u64(pml4.wrapping_add(s * 8), pml4.0 | bits::P | bits::RW);
+        let user_cr3 = if self.guest.config.kpti {
+            let upml4 = self.zeroed_frame(true)?;
+            for i in 256..512u64 {
+                if i == s {
+                    continue;
+                }
+                let e = self.machine.mem.read_u64(sys.wrapping_add(i * 8));
+                self.machine.mem.write_u64(upml4.wrapping_add(i * 8), e);
+            }
+            let gva = layout::KPTI_SHADOW_GVA + u64::from(pid) * 0x1000;
+            self.guest
+                .map_at(
+                    &mut self.machine,
+                    gva,
+                    upml4,
+                    vesim_model::paging::PteFlags::WRITABLE,
+                )
+                .map_err(|_| MmError::OutOfFrames)?;
+            Some(upml4.0)
+        } else {
+            None
+        };
+        self.guest.processes.push(Process {
+            pid,
+            cr3: pml4.0,
+            user_cr3,
+            protected,
+            pages: BTreeMap::new(),
+            swapped: BTreeMap::new(),
+            exited: false,
+        });
+        Ok(pid)
+    }
+
+    fn process(&self, pid: u32) -> Result<&Process, MmError> {
+        self.guest
+            .processes
+            .get(pid as usize)
+            .filter(|p| !p.exited)
+            .ok_or(MmError::NoProcess(pid))
+    }
+
+    /// Runs one memory-manager instruction on VCPU `cpu` in process `pid`'s address space
+    /// with RDI, RSI and RAX as given, until RIP passes it.
+    pub fn mm_exec(
+        &mut self,
+        cpu: usize,
+        pid: u32,
+        instr: (u64, &[u8]),
+        rdi: u64,
+        rsi: u64,
+        rax: u64,
+    ) -> Result<(), MmError> {
+        let cr3 = self.process(pid)?.cr3;
+        let start = layout::MM_CODE_GVA + instr.0;
+        let end = start + instr.1.len() as u64;
+        {
+            let v = self
+                .vcpus
+                .get_mut(cpu)
+                .ok_or(MmError::Stopped(Stop::AgentFault(format!("no VCPU {cpu}"))))?;
+            v.cr3 = cr3;
+            v.rip = start;
+            v.set_reg(Gpr::Rdi, rdi);
+            v.set_reg(Gpr::Rsi, rsi);
+            v.set_reg(Gpr::Rax, rax);
+        }
+        for _ in 0..MM_STEPS_MAX {
+            if self.vcpus[cpu].rip == end {
+                return Ok(());
+            }
+            self.step(cpu)?;
+        }
+        Err(MmError::Stopped(Stop::AgentFault(format!(
+            "the memory-manager instruction at {start:#x} did not complete in {MM_STEPS_MAX} steps"
+        ))))
+    }
+
+    /// The entry of `level` for `va` in process `pid`, read the way the memory manager reads
+    /// it (through its page tables; software, no A/D).
+    pub fn entry_value(&self, pid: u32, va: u64, level: u8) -> Option<(u64, Gpa)> {
+        let p = self.process(pid).ok()?;
+        let gla = self_map_entry_address(self.guest.config.self_map_index, Gla(va), level);
+        let gpa = crate::guest::software_translate(&self.machine, p.cr3, gla.0)?;
+        Some((self.machine.mem.read_u64(gpa), gpa))
+    }
+
+    /// The self-map linear address of the entry of `level` for `va`.
+    pub fn entry_gla(&self, va: u64, level: u8) -> u64 {
+        self_map_entry_address(self.guest.config.self_map_index, Gla(va), level).0
+    }
+
+    /// Maps a fresh zeroed page at `va` in process `pid` with the leaf `flags` (P and US are
+    /// added for user addresses). Missing tables are allocated and linked top-down, each with a
+    /// MOV through the self-map; under KPTI a new user-half PML4 entry is also written into the
+    /// user PML4. Returns the frame.
+    pub fn mm_map(&mut self, cpu: usize, pid: u32, va: u64, flags: u64) -> Result<Gpa, MmError> {
+        let user = va >> 63 == 0;
+        let us = if user { bits::US } else { 0 };
+        for level in [4u8, 3, 2] {
+            let present = self
+                .entry_value(pid, va, level)
+                .is_some_and(|(e, _)| e & bits::P != 0);
+            if !present {
+                let t = self.zeroed_frame(true)?;
+                let value = t.0 | bits::P | bits::RW | us;
+                self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, level), value, 0)?;
+                if level == 4 && user {
+                    if self.process(pid)?.user_cr3.is_some() {
+                        let shadow = layout::KPTI_SHADOW_GVA
+                            + u64::from(pid) * 0x1000
+                            + ((va >> 39) & 0x1FF) * 8;
+                        self.mm_exec(cpu, pid, mm_code::MOV, shadow, value, 0)?;
+                    }
+                }
+            }
+        }
+        let frame = self.zeroed_frame(false)?;
+        let value = frame.0 | flags | bits::P | us;
+        self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, 1), value, 0)?;
+        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
+            p.pages.insert(va, frame);
+        }
+        Ok(frame)
+    }
+
+    fn leaf(&self, pid: u32, va: u64) -> Result<u64, MmError> {
+        self.entry_value(pid, va, 1)
+            .map(|(e, _)| e)
+            .ok_or(MmError::State(va))
+    }
+
+    /// Unmaps `va` (XCHG of the PTE with 0) and frees its frame.
+    pub fn mm_unmap(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+        let e = self.leaf(pid, va)?;
+        self.mm_exec(cpu, pid, mm_code::XCHG, self.entry_gla(va, 1), 0, 0)?;
+        if e & bits::P != 0 {
+            self.guest.free_pages.insert(Gpa(e & 0x000F_FFFF_FFFF_F000));
+        }
+        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
+            p.pages.remove(&va);
+            p.swapped.remove(&va);
+        }
+        self.guest.pagefile.remove(&(pid, va));
+        Ok(())
+    }
+
+    /// Changes write permission (LOCK OR / LOCK AND of RW) or execute permission (LOCK XOR of
+    /// XD when it differs).
+    pub fn mm_protect(
+        &mut self,
+        cpu: usize,
+        pid: u32,
+        va: u64,
+        writable: bool,
+        executable: bool,
+    ) -> Result<(), MmError> {
+        let e = self.leaf(pid, va)?;
+        if e & bits::P == 0 {
+            return Err(MmError::State(va));
+        }
+        let gla = self.entry_gla(va, 1);
+        if writable {
+            self.mm_exec(cpu, pid, mm_code::LOCK_OR, gla, bits::RW, 0)?;
+        } else {
+            self.mm_exec(cpu, pid, mm_code::LOCK_AND, gla, !bits::RW, 0)?;
+        }
+        if (e & bits::XD == 0) != executable {
+            self.mm_exec(cpu, pid, mm_code::LOCK_XOR, gla, bits::XD, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the caching attributes (PWT, PCD, PAT) of `va`'s PTE to `attrs`, with the
+    /// instruction form `form % 3`: MOV, LOCK CMPXCHG, or LOCK XOR.
+    pub fn mm_set_caching(
+        &mut self,
+        cpu: usize,
+        pid: u32,
+        va: u64,
+        attrs: u64,
+        form: u32,
+    ) -> Result<(), MmError> {
+        let e = self.leaf(pid, va)?;
+        if e & bits::P == 0 {
+            return Err(MmError::State(va));
+        }
+        let new = (e & !bits::CACHING) | (attrs & bits::CACHING);
+        let gla = self.entry_gla(va, 1);
+        match form % 3 {
+            0 => self.mm_exec(cpu, pid, mm_code::MOV, gla, new, 0),
+            1 => self.mm_exec(cpu, pid, mm_code::LOCK_CMPXCHG, gla, new, e),
+            _ => self.mm_exec(cpu, pid, mm_code::LOCK_XOR, gla, e ^ new, 0),
+        }
+    }
+
+    /// Clears the accessed bit of `va`'s PTE (working-set trim: LOCK BTR 5).
+    pub fn mm_trim(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+        self.leaf(pid, va)?;
+        self.mm_exec(cpu, pid, mm_code::LOCK_BTR_A, self.entry_gla(va, 1), 0, 0)
+    }
+
+    /// Swaps `va` out: its contents go to the pagefile, the PTE becomes a not-present swap
+    /// entry (MOV), the frame is freed.
+    pub fn mm_swap_out(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+        let e = self.leaf(pid, va)?;
+        if e & bits::P == 0 {
+            return Err(MmError::State(va));
+        }
+        let frame = Gpa(e & 0x000F_FFFF_FFFF_F000);
+        let mut page = Box::new([0u8; 4096]);
+        self.machine.mem.read(frame, &mut page[..]);
+        self.guest.pagefile.insert((pid, va), page);
+        let swap_entry = ((va >> 12) & 0xF_FFFF) << 12 | bits::SWAPPED;
+        self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, 1), swap_entry, 0)?;
+        self.guest.free_pages.insert(frame);
+        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
+            p.pages.remove(&va);
+            p.swapped.insert(va, ());
+        }
+        Ok(())
+    }
+
+    /// Swaps `va` back in: a new frame gets the pagefile contents and the PTE points at it
+    /// (MOV), present and writable.
+    pub fn mm_swap_in(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+        let Some(page) = self.guest.pagefile.remove(&(pid, va)) else {
+            return Err(MmError::State(va));
+        };
+        let frame = self.zeroed_frame(false)?;
+        self.machine.mem.write(frame, &page[..]);
+        let us = if va >> 63 == 0 { bits::US } else { 0 };
+        let value = frame.0 | bits::P | bits::RW | us;
+        self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, 1), value, 0)?;
+        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
+            p.swapped.remove(&va);
+            p.pages.insert(va, frame);
+        }
+        Ok(())
+    }
+
+    /// Touches `va` (a read, or a write of RAX), so the page walker sets A (and D).
+    pub fn mm_touch(
+        &mut self,
+        cpu: usize,
+        pid: u32,
+        va: u64,
+        write: bool,
+        value: u64,
+    ) -> Result<(), MmError> {
+        let instr = if write {
+            mm_code::TOUCH_WRITE
+        } else {
+            mm_code::TOUCH_READ
+        };
+        self.mm_exec(cpu, pid, instr, 0, va, value)
+    }
+
+    /// Process exit: every page is unmapped; the process is marked exited.
+    pub fn exit_process(&mut self, cpu: usize, pid: u32) -> Result<(), MmError> {
+        let vas: Vec<u64> = self.process(pid)?.pages.keys().copied().collect();
+        let swapped: Vec<u64> = self.process(pid)?.swapped.keys().copied().collect();
+        for va in vas.into_iter().chain(swapped) {
+            self.mm_unmap(cpu, pid, va)?;
+        }
+        self.unhook_process(pid);
+        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
+            p.exited = true;
+        }
+        Ok(())
+    }
+}
