@@ -21,4 +21,5 @@ pub mod introcore;
 pub mod layout;
 pub mod quirks;
 pub mod verdict;
+pub mod workload;
 pub mod world;

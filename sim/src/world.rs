@@ -79,6 +79,8 @@ pub struct Counters {
     pub cache_hits: u64,
     /// Introcore monitor callbacks invoked.
     pub callbacks: u64,
+    /// Page-table-writing instructions the guest memory manager executed.
+    pub pt_writes: u64,
 }
 
 impl Counters {

@@ -5,6 +5,7 @@
 
 mod agent;
 mod exec;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ pub enum Command {
     Exec(exec::ExecArgs),
     /// Send one #VE through the agent and show its verdict.
     Agent(agent::AgentArgs),
+    /// Run a scenario with #VE on, off, or both, and print its figures.
+    Run(run::RunArgs),
 }
 
 /// Parses a number: hex with a 0x prefix, or decimal.
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Exec(args) => exec::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Run(args) => run::run(args),
     }
 }
 

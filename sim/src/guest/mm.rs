@@ -174,6 +174,9 @@ impl World {
         let cr3 = self.process(pid)?.cr3;
         let start = layout::MM_CODE_GVA + instr.0;
         let end = start + instr.1.len() as u64;
+        if instr != mm_code::TOUCH_READ && instr != mm_code::TOUCH_WRITE {
+            self.counters.pt_writes += 1;
+        }
         {
             let v = self
                 .vcpus

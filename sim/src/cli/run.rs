@@ -1,0 +1,208 @@
+//! `vesim run`: a built-in scenario with #VE on, off, or both, and its figures.
+
+use super::{parse_u64, EXIT_USAGE};
+use crate::quirks::Profile;
+use crate::workload::{resolve_params, run_builtin, Builtin, RunResult};
+use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+/// Which worlds to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VeMode {
+    /// #VE on.
+    On,
+    /// #VE off (the baseline).
+    Off,
+    /// Both, same scenario and seed.
+    Both,
+}
+
+fn set_value(s: &str) -> Result<(String, u64), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))?;
+    Ok((k.trim().to_string(), parse_u64(v)?))
+}
+
+fn builtin(s: &str) -> Result<Builtin, String> {
+    Builtin::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Builtin::ALL.iter().map(|(n, _)| *n).collect();
+        format!("'{s}' is not a built-in scenario ({})", names.join(", "))
+    })
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  vesim run --builtin paper-synthetic
+  vesim run --builtin paper-synthetic --set pages=100 --set changes=1000 --ve both --json
+  vesim run --builtin paper-synthetic --profile hvmi --ve on --seed 7
+
+Exit status: 0 when the runs completed, 1 when a run failed, 2 for bad arguments.";
+
+/// Arguments of `vesim run`.
+#[derive(Debug, Args)]
+#[command(after_help = EXAMPLES)]
+pub struct RunArgs {
+    /// The built-in scenario.
+    #[arg(long, value_name = "NAME", value_parser = builtin)]
+    builtin: Builtin,
+    /// Overrides a scenario parameter.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = set_value)]
+    sets: Vec<(String, u64)>,
+    /// Run with #VE on, off, or both.
+    #[arg(long, value_enum, default_value = "both")]
+    ve: VeMode,
+    /// Quirk profile.
+    #[arg(long, value_name = "fixed|hvmi", default_value = "fixed")]
+    profile: Profile,
+    /// Seed of every random stream.
+    #[arg(long, value_name = "S", value_parser = parse_u64, default_value = "0")]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The figures of one run, in a fixed order.
+pub fn run_figures(r: &RunResult) -> Vec<(&'static str, u64)> {
+    let c = &r.counters;
+    vec![
+        ("pt_writes", c.pt_writes),
+        ("vm_exits_total", c.exits_total()),
+        (
+            "ept_violation_exits",
+            c.exits.get(&48).copied().unwrap_or(0),
+        ),
+        ("ve_delivered", c.ve_total),
+        ("ve_page_walk", c.ve_page_walk),
+        ("ve_pt_write", c.ve_pt_write),
+        ("agent_raised", c.raised),
+        ("agent_ignored_irrelevant", c.ignored_irrelevant),
+        ("agent_ignored_cache", c.ignored_cache),
+        ("agent_emulated_by_introcore", c.emulated_by_introcore),
+        ("agent_rejected", c.rejected),
+        ("agent_page_walk_set", c.page_walk_set),
+        ("agent_page_walk_raised", c.page_walk_raised),
+        ("vmcalls", c.vmcalls.values().sum()),
+        ("cache_lookups", c.cache_lookups),
+        ("cache_hits", c.cache_hits),
+        ("cache_inserts", r.cache.inserts),
+        ("cache_removals", r.cache.removals),
+        ("cache_random_replacements", r.cache.random_replacements),
+        ("callbacks", c.callbacks),
+        ("swap_callbacks", r.swaps),
+    ]
+}
+
+fn run_json(r: &RunResult) -> Value {
+    let mut m = Map::new();
+    for (k, v) in run_figures(r) {
+        m.insert(k.into(), Value::from(v));
+    }
+    let exits: Map<String, Value> = r
+        .counters
+        .exits
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    m.insert("exits_by_reason".into(), Value::Object(exits));
+    Value::Object(m)
+}
+
+/// Runs `vesim run`.
+pub fn run(args: RunArgs) -> ExitCode {
+    let mut sets = BTreeMap::new();
+    for (k, v) in args.sets {
+        if sets.insert(k.clone(), v).is_some() {
+            eprintln!("vesim: parameter {k} is set twice.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let params = match resolve_params(args.builtin, &sets) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vesim: {e}.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let modes: Vec<(&str, bool)> = match args.ve {
+        VeMode::On => vec![("ve_on", true)],
+        VeMode::Off => vec![("ve_off", false)],
+        VeMode::Both => vec![("ve_on", true), ("ve_off", false)],
+    };
+    let mut results = Vec::new();
+    for (name, ve) in modes {
+        match run_builtin(args.builtin, &params, ve, args.profile, args.seed) {
+            Ok(r) => results.push((name, r)),
+            Err(e) => {
+                eprintln!("vesim: the {name} run failed: {e}.");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let on = results
+        .iter()
+        .find(|(n, _)| *n == "ve_on")
+        .map(|(_, r)| r.counters.exits_total());
+    let off = results
+        .iter()
+        .find(|(n, _)| *n == "ve_off")
+        .map(|(_, r)| r.counters.exits_total());
+    if args.json {
+        let mut m = Map::new();
+        m.insert("scenario".into(), Value::from(args.builtin.name()));
+        m.insert("seed".into(), Value::from(args.seed));
+        m.insert("profile".into(), Value::from(args.profile.to_string()));
+        let p: Map<String, Value> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
+            .collect();
+        m.insert("params".into(), Value::Object(p));
+        let runs: Map<String, Value> = results
+            .iter()
+            .map(|(n, r)| ((*n).to_string(), run_json(r)))
+            .collect();
+        m.insert("runs".into(), Value::Object(runs));
+        if let (Some(on), Some(off)) = (on, off) {
+            m.insert("exits_saved".into(), Value::from(off as i64 - on as i64));
+        }
+        println!("{}", Value::Object(m));
+    } else {
+        let p: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{}  seed {}  profile {}  {}",
+            args.builtin.name(),
+            args.seed,
+            args.profile,
+            p.join(" ")
+        );
+        let header: Vec<&str> = results.iter().map(|(n, _)| *n).collect();
+        print!("{:<30}", "");
+        for h in &header {
+            print!("{h:>14}");
+        }
+        println!();
+        let figures: Vec<Vec<(&str, u64)>> = results.iter().map(|(_, r)| run_figures(r)).collect();
+        if let Some(first) = figures.first() {
+            for (i, (k, _)) in first.iter().enumerate() {
+                print!("{k:<30}");
+                for f in &figures {
+                    print!("{:>14}", f[i].1);
+                }
+                println!();
+            }
+        }
+        if let (Some(on), Some(off)) = (on, off) {
+            let saved = off as i64 - on as i64;
+            let pct = if off == 0 {
+                0.0
+            } else {
+                saved as f64 * 100.0 / off as f64
+            };
+            println!("exits saved by #VE: {saved} ({pct:.2}% of the #VE-off exits)");
+        }
+    }
+    ExitCode::SUCCESS
+}
