@@ -228,13 +228,11 @@ impl World {
                 let t = self.zeroed_frame(true)?;
                 let value = t.0 | bits::P | bits::RW | us;
                 self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, level), value, 0)?;
-                if level == 4 && user {
-                    if self.process(pid)?.user_cr3.is_some() {
-                        let shadow = layout::KPTI_SHADOW_GVA
-                            + u64::from(pid) * 0x1000
-                            + ((va >> 39) & 0x1FF) * 8;
-                        self.mm_exec(cpu, pid, mm_code::MOV, shadow, value, 0)?;
-                    }
+                if level == 4 && user && self.process(pid)?.user_cr3.is_some() {
+                    let shadow = layout::KPTI_SHADOW_GVA
+                        + u64::from(pid) * 0x1000
+                        + ((va >> 39) & 0x1FF) * 8;
+                    self.mm_exec(cpu, pid, mm_code::MOV, shadow, value, 0)?;
                 }
             }
         }

@@ -510,8 +510,7 @@ impl World {
         let gla = Gla(self.page_u64(page, 0x10));
         let gpa = Gpa(self.page_u64(page, 0x18));
         if !qual.contains(EptQualification::GLA_TRANSLATED) {
-            // B104: the page-walk case; the guest model has no separate user CR3 here, so
-            // there is no user PML4 entry to set A in.
+            self.raise_page_walk(cpu, gla);
             return 0;
         }
         self.intro.dispatch_view = Some(if self.quirks.q24_eptp_zero {
@@ -533,6 +532,31 @@ impl World {
             self.validate_page_rights(view);
         }
         status
+    }
+
+    /// B104: a raised page walk. Find the process by the current CR3; if it has a separate
+    /// user CR3, set A (one CAS, no retry, D and lower levels untouched) in the user PML4 entry
+    /// of the GLA when it is present.
+    fn raise_page_walk(&mut self, cpu: usize, gla: Gla) {
+        let Some(cr3) = self.vcpus.get(cpu).map(|v| v.cr3 & !0xFFF) else {
+            return;
+        };
+        let Some(p) = self
+            .guest
+            .processes
+            .iter()
+            .find(|p| p.cr3 & !0xFFF == cr3 && !p.exited)
+        else {
+            return;
+        };
+        let Some(user) = p.user_cr3.filter(|u| *u != p.cr3 && *u >= 0x1000) else {
+            return;
+        };
+        let entry = Gpa((user & 0x0000_3FFF_FFFF_F000) | (((gla.0 >> 39) & 0x1FF) * 8));
+        let v = self.machine.mem.read_u64(entry);
+        if v & 1 != 0 {
+            self.machine.mem.write_u64(entry, v | 0x20);
+        }
     }
 
     /// The saved guest state in the #VE page as a VCPU value (for emulation).
