@@ -193,6 +193,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
         p4 == layout::DEFAULT_SELF_MAP_INDEX
             || (layout::IDT_GVA..layout::IDT_GVA + 0x1000).contains(&a)
             || (layout::OS_VE_HANDLER_GVA..layout::OS_VE_HANDLER_GVA + 0x1000).contains(&a)
+            || (layout::MM_CODE_GVA..layout::MM_CODE_GVA + 0x1000).contains(&a)
             || (layout::KERNEL_STACKS_GVA..layout::KERNEL_STACKS_GVA + layout::KERNEL_STACK_STRIDE)
                 .contains(&a)
             || (layout::AGENT_GVA..layout::AGENT_GVA + layout::AGENT_SIZE).contains(&a)

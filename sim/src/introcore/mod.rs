@@ -628,12 +628,40 @@ impl World {
         let agent_page =
             v.gpa >= layout::AGENT_GPA && v.gpa.0 < layout::AGENT_GPA.0 + layout::AGENT_SIZE;
         if agent_page {
-            // B118: the untrusted view touched the agent; not allowed.
-            self.events.push(Event::Alert {
-                cpu,
-                detail: format!("untrusted access to agent page {}", v.gpa),
-            });
-            return Err(Stop::Guest(outcome));
+            // B118: the untrusted view touched the agent. The action is NotAllowed: a read is
+            // blocked silently, a write is blocked with an alert (the instruction is skipped
+            // without effect); an execute is an alert and the VCPU cannot go on.
+            let fetch = v.qualification.contains(EptQualification::FETCH);
+            let write = v.qualification.contains(EptQualification::WRITE);
+            if fetch || write {
+                self.events.push(Event::Alert {
+                    cpu,
+                    detail: format!(
+                        "untrusted {} of agent page {}",
+                        if fetch { "execute" } else { "write" },
+                        v.gpa
+                    ),
+                });
+            }
+            if fetch {
+                return Err(Stop::Guest(outcome));
+            }
+            let mut bytes = [0u8; 15];
+            let len = software_translate(&self.machine, vcpu.cr3, vcpu.rip)
+                .map(|g| {
+                    self.machine.mem.read(g, &mut bytes);
+                    vesim_model::cpu::decode::describe(&bytes, vcpu.rip)
+                        .map(|d| d.0)
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            if len == 0 {
+                return Err(Stop::Guest(outcome));
+            }
+            if let Some(t) = self.vcpus.get_mut(cpu) {
+                t.rip = t.rip.wrapping_add(len as u64);
+            }
+            return Ok(());
         }
         let counts = self.intro.hooks.counts(v.gpa.gfn());
         let translated = v.qualification.contains(EptQualification::GLA_TRANSLATED);
