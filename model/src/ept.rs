@@ -7,8 +7,8 @@
 //! convertible, HW §1.4).
 
 use crate::addr::{Gfn, Gpa, ViewId, PHYS_ADDR_MASK};
+use crate::fastmap::FastMap;
 use bitflags::bitflags;
-use std::collections::BTreeMap;
 
 bitflags! {
     /// Bits of an EPT leaf entry (HW §1.3).
@@ -168,7 +168,7 @@ impl EptEntry {
 /// One EPT view: a leaf entry per guest frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EptView {
-    entries: BTreeMap<Gfn, EptEntry>,
+    entries: FastMap<Gfn, EptEntry>,
     default: EptEntry,
 }
 
@@ -176,7 +176,7 @@ impl EptView {
     /// A view in which every frame uses `default` until set.
     pub fn new(default: EptEntry) -> Self {
         EptView {
-            entries: BTreeMap::new(),
+            entries: FastMap::default(),
             default,
         }
     }
@@ -214,14 +214,20 @@ impl EptView {
     }
     /// The frames that have an explicit entry, in ascending order.
     pub fn entries(&self) -> impl Iterator<Item = (Gfn, EptEntry)> + '_ {
-        self.entries.iter().map(|(g, e)| (*g, *e))
+        let mut v: Vec<(Gfn, EptEntry)> = self.entries.iter().map(|(g, e)| (*g, *e)).collect();
+        v.sort_unstable_by_key(|(g, _)| *g);
+        v.into_iter()
+    }
+    /// The entry used for frames without an explicit one.
+    pub fn default_entry(&self) -> EptEntry {
+        self.default
     }
 }
 
 /// The EPTP list: up to 512 views. A missing index is an invalid list entry (VMFUNC exits).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ept {
-    views: BTreeMap<ViewId, EptView>,
+    views: Vec<Option<EptView>>,
 }
 
 impl Ept {
@@ -234,24 +240,36 @@ impl Ept {
         if id.0 as usize >= ViewId::COUNT {
             return Err(EptError::IndexOutOfRange(id.0));
         }
-        self.views.insert(id, view);
+        let i = id.0 as usize;
+        if self.views.len() <= i {
+            self.views.resize_with(i + 1, || None);
+        }
+        self.views[i] = Some(view);
         Ok(())
     }
     /// The view at `id`, if the list entry is valid.
     pub fn view(&self, id: ViewId) -> Option<&EptView> {
-        self.views.get(&id)
+        self.views.get(id.0 as usize).and_then(Option::as_ref)
     }
     /// The view at `id`, mutably.
     pub fn view_mut(&mut self, id: ViewId) -> Option<&mut EptView> {
-        self.views.get_mut(&id)
+        self.views.get_mut(id.0 as usize).and_then(Option::as_mut)
     }
     /// Whether list entry `id` holds a valid EPTP.
     pub fn is_valid(&self, id: ViewId) -> bool {
-        self.views.contains_key(&id)
+        self.view(id).is_some()
+    }
+    /// The valid view indices, ascending.
+    pub fn view_ids(&self) -> impl Iterator<Item = ViewId> + '_ {
+        self.views
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some())
+            .map(|(i, _)| ViewId(i as u16))
     }
     /// Checks an access in view `id`; a missing view behaves as all-zero entries.
     pub fn check(&self, id: ViewId, gpa: Gpa, access: EptAccess) -> EptCheck {
-        match self.views.get(&id) {
+        match self.view(id) {
             Some(v) => v.check(gpa, access),
             None => EptEntry(0).check(access),
         }

@@ -9,6 +9,7 @@
 //! - [`ve_info`]: the hardware bytes of the #VE information area.
 //! - [`cpu`]: the reference CPU (iced-x86 adapter, MMU, semantics, event delivery, VMFUNC).
 //! - [`exit`]: the outcomes of an access or an instruction, as values.
+//! - [`fastmap`]: the integer-keyed hash map behind memory and EPT lookups.
 //!
 //! The semantics are those of `VE-SEMANTICS.md` section 1; `HW §n` in the docs refers to
 //! `INTEL-VMX.md`.
@@ -17,6 +18,7 @@ pub mod addr;
 pub mod cpu;
 pub mod ept;
 pub mod exit;
+pub mod fastmap;
 pub mod memory;
 pub mod paging;
 pub mod vcpu;

@@ -6,7 +6,7 @@
 //! hardware makes by physical address, such as the #VE information area, HW §2.2).
 
 use crate::addr::{Gfn, Gpa, PAGE_SIZE};
-use std::collections::BTreeMap;
+use crate::fastmap::FastMap;
 
 /// One 4 KiB frame.
 pub type Frame = [u8; PAGE_SIZE as usize];
@@ -14,7 +14,7 @@ pub type Frame = [u8; PAGE_SIZE as usize];
 /// Sparse guest-physical memory.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct GuestMemory {
-    frames: BTreeMap<u64, Box<Frame>>,
+    frames: FastMap<u64, Box<Frame>>,
 }
 
 impl std::fmt::Debug for GuestMemory {
@@ -36,7 +36,10 @@ impl GuestMemory {
 
     /// The allocated frames in ascending frame order.
     pub fn frames(&self) -> impl Iterator<Item = (Gfn, &Frame)> {
-        self.frames.iter().map(|(k, v)| (Gfn(*k), &**v))
+        let mut keys: Vec<u64> = self.frames.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .filter_map(move |k| self.frames.get(&k).map(|v| (Gfn(k), &**v)))
     }
 
     /// The frame `gfn`, if it was ever written.
