@@ -255,8 +255,8 @@ impl World {
     /// its delivered kind to `ve_unknown`.
     pub fn recount_ve_unknown(&mut self) {
         match self.last_ve_walk.take() {
-            Some(true) => self.counters.ve_page_walk -= 1,
-            Some(false) => self.counters.ve_pt_write -= 1,
+            Some(true) => self.counters.ve_page_walk = self.counters.ve_page_walk.saturating_sub(1),
+            Some(false) => self.counters.ve_pt_write = self.counters.ve_pt_write.saturating_sub(1),
             None => return,
         }
         self.counters.ve_unknown += 1;

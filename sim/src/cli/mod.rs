@@ -88,10 +88,16 @@ pub fn main() -> ExitCode {
                 };
             }
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad arguments");
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+            let first = lines.next().unwrap_or("bad arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            let stop = if first.ends_with('.') { "" } else { "." };
-            eprintln!("vesim: {first}{stop}");
+            // "the following required arguments were not provided:" names them on the next line.
+            let msg = match (first.strip_suffix(':'), lines.next()) {
+                (Some(head), Some(next)) => format!("{head}: {}", next.trim()),
+                _ => first.to_string(),
+            };
+            let stop = if msg.ends_with('.') { "" } else { "." };
+            eprintln!("vesim: {msg}{stop}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
