@@ -306,9 +306,14 @@ impl World {
         };
         self.tsc += 1;
         let rip = vcpu.rip;
+        // Agent code runs as agent steps: VESTUB in either view, the rest only in the protected
+        // view. Anything else at an agent RIP is the guest fetching agent code (B118).
+        let stub = (layout::AGENT_GVA + layout::AGENT_VESTUB
+            ..layout::AGENT_GVA + layout::AGENT_VESTUB + 0x1000)
+            .contains(&rip);
         let r = if self.intro.deployed && rip == layout::OS_VE_HANDLER_GVA {
             self.trampoline_step(cpu)
-        } else if self.rip_in_agent(rip) {
+        } else if self.rip_in_agent(rip) && (stub || vcpu.eptp_index == self.intro.protected) {
             self.agent_step(cpu)
         } else {
             self.guest_step(cpu)

@@ -66,16 +66,18 @@ impl CacheWriter {
         self.indexes = [[0; BUCKETS as usize]; LINES as usize];
     }
 
-    fn slot_gpa(base: Gpa, entry: Gpa, slot: u64) -> Gpa {
-        base.wrapping_add(slot_offset(line_of(entry), bucket_of(entry), slot))
+    /// `line_page` is the guest-physical address of the entry's line page.
+    fn slot_gpa(line_page: Gpa, entry: Gpa, slot: u64) -> Gpa {
+        line_page.wrapping_add(slot_offset(0, bucket_of(entry), slot))
     }
 
-    /// Whether `entry` is in its bucket (what the agent's lookup answers, B71).
+    /// Whether `entry` is in its bucket (what the agent's lookup answers, B71); `base` is the
+    /// guest-physical address of the entry's line page.
     pub fn contains(mem: &GuestMemory, base: Gpa, entry: Gpa) -> bool {
         (0..SLOTS).any(|s| mem.read_u64(Self::slot_gpa(base, entry, s)) == entry.0)
     }
 
-    /// Adds `entry` (B74): nothing if present; otherwise the next slot by the fill counter, or
+    /// Adds `entry` (B74) to its bucket in the line page at `base`: nothing if present; otherwise the next slot by the fill counter, or
     /// a random slot once the counter reached 8. In `fixed` (Q17 off) the first empty slot is
     /// used before any random replacement.
     pub fn add(&mut self, mem: &mut GuestMemory, base: Gpa, q: &Quirks, entry: Gpa) {
@@ -106,7 +108,8 @@ impl CacheWriter {
         self.stats.inserts += 1;
     }
 
-    /// Removes `entry` (B73): the first slot equal to it gets the empty marker; the fill
+    /// Removes `entry` (B73) from the line page at `base`: the first slot equal to it gets the
+    /// empty marker; the fill
     /// counter is not decremented.
     pub fn remove(&mut self, mem: &mut GuestMemory, base: Gpa, q: &Quirks, entry: Gpa) {
         for s in 0..SLOTS {
@@ -125,6 +128,11 @@ mod tests {
     use super::*;
 
     const BASE: Gpa = Gpa(0x10_0000);
+
+    /// The line page of `e` in a cache at BASE.
+    fn lp(e: Gpa) -> Gpa {
+        BASE.wrapping_add(line_of(e) * 0x1000)
+    }
 
     fn fresh(q: &Quirks) -> GuestMemory {
         let mut mem = GuestMemory::new();
@@ -151,10 +159,10 @@ mod tests {
         // Eight entries of one bucket: same bits 3..17, different pages above bit 18.
         let e = |k: u64| Gpa(0x1000 + (k << 18));
         for k in 0..8 {
-            c.add(&mut mem, BASE, &q, e(k));
+            c.add(&mut mem, lp(e(k)), &q, e(k));
         }
-        c.remove(&mut mem, BASE, &q, e(0));
-        c.add(&mut mem, BASE, &q, e(8));
+        c.remove(&mut mem, lp(e(0)), &q, e(0));
+        c.add(&mut mem, lp(e(8)), &q, e(8));
         assert_eq!(c.stats.random_replacements, 1, "hole at slot 0 not reused");
     }
 
@@ -165,21 +173,21 @@ mod tests {
         let mut c = CacheWriter::new(1);
         let e = |k: u64| Gpa(0x1000 + (k << 18));
         for k in 0..8 {
-            c.add(&mut mem, BASE, &q, e(k));
+            c.add(&mut mem, lp(e(k)), &q, e(k));
         }
-        c.remove(&mut mem, BASE, &q, e(3));
-        c.add(&mut mem, BASE, &q, e(8));
+        c.remove(&mut mem, lp(e(3)), &q, e(3));
+        c.add(&mut mem, lp(e(8)), &q, e(8));
         assert_eq!(c.stats.random_replacements, 0);
         for k in (0..9).filter(|k| *k != 3) {
-            assert!(CacheWriter::contains(&mem, BASE, e(k)), "{k}");
+            assert!(CacheWriter::contains(&mem, lp(e(k)), e(k)), "{k}");
         }
     }
 
     #[test]
     fn q15_zero_entry_aliases_an_empty_slot_only_in_hvmi() {
         let h = Quirks::hvmi();
-        assert!(CacheWriter::contains(&fresh(&h), BASE, Gpa(0)));
+        assert!(CacheWriter::contains(&fresh(&h), lp(Gpa(0)), Gpa(0)));
         let f = Quirks::fixed();
-        assert!(!CacheWriter::contains(&fresh(&f), BASE, Gpa(0)));
+        assert!(!CacheWriter::contains(&fresh(&f), lp(Gpa(0)), Gpa(0)));
     }
 }

@@ -225,6 +225,9 @@ impl World {
         if let Some(h) =
             software_translate(&self.machine, self.guest.cr3, layout::OS_VE_HANDLER_GVA)
         {
+            let mut original = vec![0u8; 24];
+            self.machine.mem.read(h, &mut original);
+            self.intro.replaced_code = original;
             let t = retpoline(layout::AGENT_GVA + crate::agent::STUB_ENTRY);
             self.machine.mem.write(h, &t);
         }
@@ -274,17 +277,15 @@ impl World {
             execute: false,
             ..all
         };
-        self.intro.hooks.set(
-            &mut self.machine.ept,
-            Self::agent_gpa(layout::AGENT_HEADER).gfn(),
-            all,
-        );
+        let header = Self::agent_gpa(layout::AGENT_HEADER).gfn();
+        self.intro.hooks.set(&mut self.machine.ept, header, all);
+        self.intro.agent_hooks = vec![(header, all)];
         for (off, size, _, _, stub) in SECTIONS {
             for p in (0..size).step_by(0x1000) {
                 let gfn = Self::agent_gpa(off + p).gfn();
-                self.intro
-                    .hooks
-                    .set(&mut self.machine.ept, gfn, if stub { rw_only } else { all });
+                let kind = if stub { rw_only } else { all };
+                self.intro.hooks.set(&mut self.machine.ept, gfn, kind);
+                self.intro.agent_hooks.push((gfn, kind));
             }
         }
         // 10. Protected view (B90).
@@ -339,14 +340,11 @@ impl World {
         self.intro.hooks.enable_ve(&mut self.machine.ept);
     }
 
-    /// The guest-physical address of VECACHE as introcore maps it (through the System CR3
-    /// GVA, B72).
-    fn cache_base(&self) -> Option<Gpa> {
-        software_translate(
-            &self.machine,
-            self.guest.cr3,
-            layout::AGENT_GVA + layout::AGENT_VECACHE,
-        )
+    /// The guest-physical address of the cache line page holding `entry`, as introcore maps
+    /// it: through the System CR3 GVA of that line (B72), so a remapped line is found again.
+    fn cache_line_page(&self, entry: Gpa) -> Option<Gpa> {
+        let gva = layout::AGENT_GVA + layout::AGENT_VECACHE + cache::line_of(entry) * 0x1000;
+        software_translate(&self.machine, self.guest.cr3, gva)
     }
 
     /// `IntVeUpdateCacheEntry(entry, monitored)` (B72–B74, Q16).
@@ -358,22 +356,22 @@ impl World {
         if self.intro.pending_unload && (q.q16_no_evict_on_unload || !monitored) {
             return;
         }
-        let Some(base) = self.cache_base() else {
+        let Some(page) = self.cache_line_page(entry) else {
             return;
         };
         if monitored {
             self.intro
                 .cache
-                .remove(&mut self.machine.mem, base, &q, entry);
+                .remove(&mut self.machine.mem, page, &q, entry);
         } else {
-            self.intro.cache.add(&mut self.machine.mem, base, &q, entry);
+            self.intro.cache.add(&mut self.machine.mem, page, &q, entry);
         }
     }
 
     /// Whether `entry` is in the agent cache right now.
     pub fn cache_contains(&self, entry: Gpa) -> bool {
-        self.cache_base()
-            .is_some_and(|b| CacheWriter::contains(&self.machine.mem, b, entry))
+        self.cache_line_page(entry)
+            .is_some_and(|p| CacheWriter::contains(&self.machine.mem, p, entry))
     }
 
     /// Places a monitor on the page-table entry at `entry` (B131, B76).
@@ -625,8 +623,12 @@ impl World {
             });
             return Err(Stop::Guest(outcome));
         }
-        let agent_page =
-            v.gpa >= layout::AGENT_GPA && v.gpa.0 < layout::AGENT_GPA.0 + layout::AGENT_SIZE;
+        // Agent pages are the frames carrying the agent's protection (it moves on a remap).
+        let agent_page = self
+            .intro
+            .agent_hooks
+            .iter()
+            .any(|(g, _)| *g == v.gpa.gfn());
         if agent_page {
             // B118: the untrusted view touched the agent. The action is NotAllowed: a read is
             // blocked silently, a write is blocked with an alert (the instruction is skipped
