@@ -75,6 +75,9 @@ pub enum VerdictError {
     /// A non-canonical address.
     #[error("{0} {1:#x} is not a canonical address")]
     NotCanonical(&'static str, u64),
+    /// The instruction would run past the canonical range.
+    #[error("the instruction at --rip {0:#x} runs past the end of the canonical address range")]
+    RipWraps(u64),
     /// The GLA overlaps the instruction.
     #[error("the entry at {0:#x} overlaps the instruction bytes")]
     GlaOverlapsCode(u64),
@@ -182,6 +185,10 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
             .unwrap_or(code_len),
         _ => code_len,
     };
+    let last = req.rip.wrapping_add(length as u64 - 1);
+    if last < req.rip || !Gla(last).is_canonical() {
+        return Err(VerdictError::RipWraps(req.rip));
+    }
     if overlaps(gla, 8, req.rip, length as u64) {
         return Err(VerdictError::GlaOverlapsCode(gla));
     }
@@ -201,7 +208,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
     if reserved(gla) {
         return Err(VerdictError::GlaReserved(gla));
     }
-    for (what, a) in [("--rip", req.rip), ("--rip", req.rip + length as u64 - 1)] {
+    for (what, a) in [("--rip", req.rip), ("--rip", last)] {
         if reserved(a) {
             return Err(VerdictError::Reserved(what, a));
         }
@@ -225,7 +232,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
         .map_err(err)?;
     w.machine.mem.write_u64(Gpa(gpa & !7), req.old);
     // Code pages and the stack pages (RSP's page and the one below), unless the guest has them.
-    let mut pages = vec![req.rip & !0xFFF, (req.rip + length as u64 - 1) & !0xFFF];
+    let mut pages = vec![req.rip & !0xFFF, last & !0xFFF];
     for p in [rsp & !0xFFF, rsp.wrapping_sub(0x1000) & !0xFFF] {
         if !reserved(p) {
             pages.push(p);
@@ -242,7 +249,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
         }
     }
     for (i, b) in code.iter().enumerate() {
-        if let Some(g) = w.guest.phys(&w.machine, req.rip + i as u64) {
+        if let Some(g) = w.guest.phys(&w.machine, req.rip.wrapping_add(i as u64)) {
             w.machine.mem.write(g, &[*b]);
         }
     }
@@ -350,4 +357,76 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
         }
     }
     Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reg() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(0x10000u64),
+            Just(u64::MAX),
+            Just(0x7FFF_FFFF_FFF8u64),
+            Just(0xFFFF_8000_0000_0000u64),
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// I9: no request, however odd, makes the verdict panic; it is a verdict or an error.
+        #[test]
+        fn i9_any_request_is_a_verdict_or_an_error(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..18),
+                Just(vec![0x48u8, 0x89, 0x18]),
+                Just(vec![0xF0u8, 0x48, 0x0F, 0xAB, 0x18]),
+                Just(vec![0x48u8, 0xAB]),
+                Just(vec![0x48u8, 0x87, 0x18]),
+                Just(vec![0x65u8, 0x48, 0x89, 0x18]),
+            ],
+            rax in reg(), rbx in reg(), rdi in reg(), rsp in reg(),
+            rip in prop_oneof![Just(0x40_0000u64), reg()],
+            gla in proptest::option::of(prop_oneof![Just(0x10000u64), Just(0x10004u64), reg()]),
+            old in any::<u64>(),
+            cs in any::<u16>(), rflags in any::<u64>(), hvmi in any::<bool>(),
+            cached in any::<bool>(),
+        ) {
+            let mut regs = BTreeMap::new();
+            regs.insert(Gpr::Rax, rax);
+            regs.insert(Gpr::Rbx, rbx);
+            regs.insert(Gpr::Rdi, rdi);
+            if rsp % 3 != 0 {
+                regs.insert(Gpr::Rsp, rsp);
+            }
+            let req = VerdictRequest {
+                bytes,
+                regs,
+                rflags: rflags & 0xED5,
+                rip,
+                old,
+                gla,
+                cs,
+                cached,
+                monitored: !cached,
+                profile: if hvmi { Profile::Hvmi } else { Profile::Fixed },
+            };
+            let _ = run(&req);
+        }
+    }
+
+    #[test]
+    fn an_instruction_running_off_the_address_space_is_refused() {
+        let req = VerdictRequest {
+            bytes: vec![0x48, 0x89, 0x18],
+            rip: u64::MAX,
+            gla: Some(0x10000),
+            ..VerdictRequest::default()
+        };
+        assert_eq!(run(&req), Err(VerdictError::RipWraps(u64::MAX)));
+    }
 }
