@@ -4,26 +4,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on a broken binary
 
+mod common;
+
+use common::vesim;
 use serde_json::Value;
-use std::process::Command;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn vesim(args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_vesim"))
-        .args(args)
-        .output()
-        .expect("the vesim binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn agent(args: &[&str]) -> Value {
     let mut a = vec!["agent", "--json"];

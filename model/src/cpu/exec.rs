@@ -3,7 +3,7 @@
 //! registers, flags and value to store. Memory accesses and their faults happen before, in
 //! `step`; committing happens after.
 
-use super::decode::{gpr_of, read_register, write_register};
+use super::decode::{gpr_of, is_memory_kind as is_memory, read_register, write_register};
 use crate::vcpu::{Rflags, Vcpu};
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
@@ -64,22 +64,6 @@ pub fn logic_flags(f: &mut Rflags, r: u64, size: u32) {
     set_szp(f, r, size);
 }
 
-fn is_memory(k: OpKind) -> bool {
-    matches!(
-        k,
-        OpKind::Memory
-            | OpKind::MemorySegSI
-            | OpKind::MemorySegESI
-            | OpKind::MemorySegRSI
-            | OpKind::MemorySegDI
-            | OpKind::MemorySegEDI
-            | OpKind::MemorySegRDI
-            | OpKind::MemoryESDI
-            | OpKind::MemoryESEDI
-            | OpKind::MemoryESRDI
-    )
-}
-
 struct Ops<'a> {
     instr: &'a Instruction,
     vcpu: &'a Vcpu,
@@ -92,16 +76,7 @@ impl Ops<'_> {
     fn size(&self, op: u32) -> u32 {
         match self.instr.op_kind(op) {
             OpKind::Register => gpr_of(self.instr.op_register(op)).map_or(8, |(_, s, _)| s as u32),
-            OpKind::Memory
-            | OpKind::MemorySegSI
-            | OpKind::MemorySegESI
-            | OpKind::MemorySegRSI
-            | OpKind::MemorySegDI
-            | OpKind::MemorySegEDI
-            | OpKind::MemorySegRDI
-            | OpKind::MemoryESDI
-            | OpKind::MemoryESEDI
-            | OpKind::MemoryESRDI => (self.instr.memory_size().size() as u32).clamp(1, 8),
+            k if is_memory(k) => (self.instr.memory_size().size() as u32).clamp(1, 8),
             // Immediates take the size of the destination.
             _ if op != 0 => self.size(0),
             _ => 8,

@@ -78,7 +78,8 @@ impl GpaHooks {
         self.entries.iter().map(|(g, c)| (*g, *c))
     }
 
-    fn rights(c: &HookCounts) -> EptFlags {
+    /// The untrusted-view rights the counts imply (B124): R, W, X where no hook of that kind.
+    pub fn rights(c: &HookCounts) -> EptFlags {
         let mut f = EptFlags::empty();
         if c.read == 0 {
             f |= EptFlags::READ;

@@ -130,17 +130,7 @@ impl World {
         let Some(gpa) = self.intro.last_exit_gpa else {
             return;
         };
-        let c = self.intro.hooks.counts(gpa.gfn());
-        let mut f = EptFlags::empty();
-        if c.read == 0 {
-            f |= EptFlags::READ;
-        }
-        if c.write == 0 {
-            f |= EptFlags::WRITE;
-        }
-        if c.execute == 0 {
-            f |= EptFlags::EXECUTE;
-        }
+        let f = super::hooks::GpaHooks::rights(&self.intro.hooks.counts(gpa.gfn()));
         if let Some(v) = self.machine.ept.view_mut(view) {
             v.set_rights(gpa.gfn(), f);
         }
