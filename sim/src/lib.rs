@@ -10,7 +10,10 @@
 //!   hypercalls, dispatch, emulation).
 //! - [`agent`]: the in-guest #VE agent, step by step.
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
+//! - [`sched`]: deterministic VCPU schedulers with replayable schedule strings.
+//! - [`workload`]: built-in scenarios.
 //! - [`world`]: one machine with all of the above, stepped deterministically.
+//! - [`verdict`]: one #VE through the agent, the engine behind `vesim agent`.
 //! - [`cli`]: the `vesim` command line.
 
 pub mod agent;
@@ -20,6 +23,7 @@ pub mod guest;
 pub mod introcore;
 pub mod layout;
 pub mod quirks;
+pub mod sched;
 pub mod verdict;
 pub mod workload;
 pub mod world;
