@@ -10,7 +10,7 @@ use std::fmt;
 pub const PAGE_SIZE: u64 = 0x1000;
 /// Mask of the offset bits inside a 4 KiB page.
 pub const PAGE_MASK: u64 = PAGE_SIZE - 1;
-/// Number of physical-address bits of the modelled processor (CPUID 80000008H:EAX[7:0]).
+/// Number of physical-address bits of the modelled processor (CPUID 80000008H:EAX\[7:0\]).
 pub const MAXPHYADDR: u32 = 46;
 /// Mask of the bits a guest-physical address may use (bits `MAXPHYADDR-1:0`).
 pub const PHYS_ADDR_MASK: u64 = (1u64 << MAXPHYADDR) - 1;

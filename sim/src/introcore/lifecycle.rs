@@ -150,7 +150,7 @@ impl World {
         self.intro.hooks.disable_ve(&mut self.machine.ept);
     }
 
-    /// B140: whether some VCPU's RIP is in the agent, its IDT[20] handler (+0x80) or the
+    /// B140: whether some VCPU's RIP is in the agent, its IDT\[20\] handler (+0x80) or the
     /// cloaked handler region (the unload gate).
     pub fn rip_in_ve_code(&self) -> bool {
         self.vcpus.iter().any(|v| {
