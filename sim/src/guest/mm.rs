@@ -82,6 +82,96 @@ impl From<Stop> for MmError {
 /// Steps the memory-manager instruction may take, #VEs and the agent included.
 pub const MM_STEPS_MAX: u64 = 10_000;
 
+/// One memory-manager instruction with its operands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Micro {
+    /// Offset of the instruction in the MM code page.
+    pub offset: u64,
+    /// RDI (the entry's linear address).
+    pub rdi: u64,
+    /// RSI (the value, or the page for touches).
+    pub rsi: u64,
+    /// RAX (the comparand, or the value a touch writes).
+    pub rax: u64,
+}
+
+impl Micro {
+    fn new(instr: (u64, &[u8]), rdi: u64, rsi: u64, rax: u64) -> Self {
+        Micro {
+            offset: instr.0,
+            rdi,
+            rsi,
+            rax,
+        }
+    }
+    /// The instruction (offset, bytes).
+    pub fn instr(&self) -> (u64, &'static [u8]) {
+        mm_code::ALL
+            .iter()
+            .copied()
+            .find(|(o, _)| *o == self.offset)
+            .unwrap_or(mm_code::MOV)
+    }
+}
+
+/// What the memory manager records once a plan's instructions have all run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Nothing.
+    Nothing,
+    /// `va` is mapped to `frame`.
+    Mapped {
+        /// Page.
+        va: u64,
+        /// Frame.
+        frame: Gpa,
+    },
+    /// `va` is unmapped; its frame (if present) is free.
+    Unmapped {
+        /// Page.
+        va: u64,
+        /// The frame it had.
+        frame: Option<Gpa>,
+    },
+    /// `va` is swapped out; `frame` is free.
+    SwappedOut {
+        /// Page.
+        va: u64,
+        /// The frame it had.
+        frame: Gpa,
+    },
+    /// `va` is back in `frame`.
+    SwappedIn {
+        /// Page.
+        va: u64,
+        /// Its new frame.
+        frame: Gpa,
+    },
+}
+
+/// A memory-manager operation as data: the instructions it executes, in order, in process
+/// `pid`'s address space, and its bookkeeping. Plans run to completion ([`World::run_plan`])
+/// or one hardware step at a time, interleaved with other VCPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The process.
+    pub pid: u32,
+    /// The instructions.
+    pub micros: Vec<Micro>,
+    /// The bookkeeping.
+    pub finish: Finish,
+}
+
+impl Plan {
+    fn one(pid: u32, m: Micro, finish: Finish) -> Plan {
+        Plan {
+            pid,
+            micros: vec![m],
+            finish,
+        }
+    }
+}
+
 impl World {
     fn zeroed_frame(&mut self, table: bool) -> Result<Gpa, MmError> {
         let g = if table {
@@ -218,52 +308,19 @@ impl World {
     /// MOV through the self-map; under KPTI a new user-half PML4 entry is also written into the
     /// user PML4. Returns the frame.
     pub fn mm_map(&mut self, cpu: usize, pid: u32, va: u64, flags: u64) -> Result<Gpa, MmError> {
-        let user = va >> 63 == 0;
-        let us = if user { bits::US } else { 0 };
-        for level in [4u8, 3, 2] {
-            let present = self
-                .entry_value(pid, va, level)
-                .is_some_and(|(e, _)| e & bits::P != 0);
-            if !present {
-                let t = self.zeroed_frame(true)?;
-                let value = t.0 | bits::P | bits::RW | us;
-                self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, level), value, 0)?;
-                if level == 4 && user && self.process(pid)?.user_cr3.is_some() {
-                    let shadow = layout::KPTI_SHADOW_GVA
-                        + u64::from(pid) * 0x1000
-                        + ((va >> 39) & 0x1FF) * 8;
-                    self.mm_exec(cpu, pid, mm_code::MOV, shadow, value, 0)?;
-                }
-            }
-        }
-        let frame = self.zeroed_frame(false)?;
-        let value = frame.0 | flags | bits::P | us;
-        self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, 1), value, 0)?;
-        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
-            p.pages.insert(va, frame);
-        }
+        let plan = self.plan_map(pid, va, flags)?;
+        let frame = match plan.finish {
+            Finish::Mapped { frame, .. } => frame,
+            _ => Gpa(0),
+        };
+        self.run_plan(cpu, plan)?;
         Ok(frame)
-    }
-
-    fn leaf(&self, pid: u32, va: u64) -> Result<u64, MmError> {
-        self.entry_value(pid, va, 1)
-            .map(|(e, _)| e)
-            .ok_or(MmError::State(va))
     }
 
     /// Unmaps `va` (XCHG of the PTE with 0) and frees its frame.
     pub fn mm_unmap(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let e = self.leaf(pid, va)?;
-        self.mm_exec(cpu, pid, mm_code::XCHG, self.entry_gla(va, 1), 0, 0)?;
-        if e & bits::P != 0 {
-            self.guest.free_pages.insert(Gpa(e & 0x000F_FFFF_FFFF_F000));
-        }
-        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
-            p.pages.remove(&va);
-            p.swapped.remove(&va);
-        }
-        self.guest.pagefile.remove(&(pid, va));
-        Ok(())
+        let plan = self.plan_unmap(pid, va)?;
+        self.run_plan(cpu, plan)
     }
 
     /// Changes write permission (LOCK OR / LOCK AND of RW) or execute permission (LOCK XOR of
@@ -276,20 +333,8 @@ impl World {
         writable: bool,
         executable: bool,
     ) -> Result<(), MmError> {
-        let e = self.leaf(pid, va)?;
-        if e & bits::P == 0 {
-            return Err(MmError::State(va));
-        }
-        let gla = self.entry_gla(va, 1);
-        if writable {
-            self.mm_exec(cpu, pid, mm_code::LOCK_OR, gla, bits::RW, 0)?;
-        } else {
-            self.mm_exec(cpu, pid, mm_code::LOCK_AND, gla, !bits::RW, 0)?;
-        }
-        if (e & bits::XD == 0) != executable {
-            self.mm_exec(cpu, pid, mm_code::LOCK_XOR, gla, bits::XD, 0)?;
-        }
-        Ok(())
+        let plan = self.plan_protect(pid, va, writable, executable)?;
+        self.run_plan(cpu, plan)
     }
 
     /// Sets the caching attributes (PWT, PCD, PAT) of `va`'s PTE to `attrs`, with the
@@ -302,62 +347,28 @@ impl World {
         attrs: u64,
         form: u32,
     ) -> Result<(), MmError> {
-        let e = self.leaf(pid, va)?;
-        if e & bits::P == 0 {
-            return Err(MmError::State(va));
-        }
-        let new = (e & !bits::CACHING) | (attrs & bits::CACHING);
-        let gla = self.entry_gla(va, 1);
-        match form % 3 {
-            0 => self.mm_exec(cpu, pid, mm_code::MOV, gla, new, 0),
-            1 => self.mm_exec(cpu, pid, mm_code::LOCK_CMPXCHG, gla, new, e),
-            _ => self.mm_exec(cpu, pid, mm_code::LOCK_XOR, gla, e ^ new, 0),
-        }
+        let plan = self.plan_set_caching(pid, va, attrs, form)?;
+        self.run_plan(cpu, plan)
     }
 
     /// Clears the accessed bit of `va`'s PTE (working-set trim: LOCK BTR 5).
     pub fn mm_trim(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        self.leaf(pid, va)?;
-        self.mm_exec(cpu, pid, mm_code::LOCK_BTR_A, self.entry_gla(va, 1), 0, 0)
+        let plan = self.plan_trim(pid, va)?;
+        self.run_plan(cpu, plan)
     }
 
     /// Swaps `va` out: its contents go to the pagefile, the PTE becomes a not-present swap
     /// entry (MOV), the frame is freed.
     pub fn mm_swap_out(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let e = self.leaf(pid, va)?;
-        if e & bits::P == 0 {
-            return Err(MmError::State(va));
-        }
-        let frame = Gpa(e & 0x000F_FFFF_FFFF_F000);
-        let mut page = Box::new([0u8; 4096]);
-        self.machine.mem.read(frame, &mut page[..]);
-        self.guest.pagefile.insert((pid, va), page);
-        let swap_entry = ((va >> 12) & 0xF_FFFF) << 12 | bits::SWAPPED;
-        self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, 1), swap_entry, 0)?;
-        self.guest.free_pages.insert(frame);
-        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
-            p.pages.remove(&va);
-            p.swapped.insert(va, ());
-        }
-        Ok(())
+        let plan = self.plan_swap_out(pid, va)?;
+        self.run_plan(cpu, plan)
     }
 
     /// Swaps `va` back in: a new frame gets the pagefile contents and the PTE points at it
     /// (MOV), present and writable.
     pub fn mm_swap_in(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let Some(page) = self.guest.pagefile.remove(&(pid, va)) else {
-            return Err(MmError::State(va));
-        };
-        let frame = self.zeroed_frame(false)?;
-        self.machine.mem.write(frame, &page[..]);
-        let us = if va >> 63 == 0 { bits::US } else { 0 };
-        let value = frame.0 | bits::P | bits::RW | us;
-        self.mm_exec(cpu, pid, mm_code::MOV, self.entry_gla(va, 1), value, 0)?;
-        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
-            p.swapped.remove(&va);
-            p.pages.insert(va, frame);
-        }
-        Ok(())
+        let plan = self.plan_swap_in(pid, va)?;
+        self.run_plan(cpu, plan)
     }
 
     /// Touches `va` (a read, or a write of RAX), so the page walker sets A (and D).
@@ -369,12 +380,213 @@ impl World {
         write: bool,
         value: u64,
     ) -> Result<(), MmError> {
+        self.process(pid)?;
         let instr = if write {
             mm_code::TOUCH_WRITE
         } else {
             mm_code::TOUCH_READ
         };
-        self.mm_exec(cpu, pid, instr, 0, va, value)
+        let plan = Plan::one(pid, Micro::new(instr, 0, va, value), Finish::Nothing);
+        self.run_plan(cpu, plan)
+    }
+
+    /// Runs a plan to completion on VCPU `cpu`, then does its bookkeeping.
+    pub fn run_plan(&mut self, cpu: usize, plan: Plan) -> Result<(), MmError> {
+        for m in &plan.micros {
+            self.mm_exec(cpu, plan.pid, m.instr(), m.rdi, m.rsi, m.rax)?;
+        }
+        self.finish_plan(plan.pid, plan.finish);
+        Ok(())
+    }
+
+    /// The bookkeeping of a completed plan.
+    pub fn finish_plan(&mut self, pid: u32, finish: Finish) {
+        let p = self.guest.processes.get_mut(pid as usize);
+        match (finish, p) {
+            (Finish::Mapped { va, frame }, Some(p)) => {
+                p.pages.insert(va, frame);
+            }
+            (Finish::Unmapped { va, frame }, Some(p)) => {
+                p.pages.remove(&va);
+                p.swapped.remove(&va);
+                self.guest.pagefile.remove(&(pid, va));
+                if let Some(f) = frame {
+                    self.guest.free_pages.insert(f);
+                }
+            }
+            (Finish::SwappedOut { va, frame }, Some(p)) => {
+                p.pages.remove(&va);
+                p.swapped.insert(va, ());
+                self.guest.free_pages.insert(frame);
+            }
+            (Finish::SwappedIn { va, frame }, Some(p)) => {
+                p.swapped.remove(&va);
+                p.pages.insert(va, frame);
+            }
+            _ => {}
+        }
+    }
+
+    /// The plan of [`World::mm_map`]; frames and tables are allocated now.
+    pub fn plan_map(&mut self, pid: u32, va: u64, flags: u64) -> Result<Plan, MmError> {
+        self.process(pid)?;
+        let user = va >> 63 == 0;
+        let us = if user { bits::US } else { 0 };
+        let mut micros = Vec::new();
+        for level in [4u8, 3, 2] {
+            let present = self
+                .entry_value(pid, va, level)
+                .is_some_and(|(e, _)| e & bits::P != 0);
+            if !present {
+                let t = self.zeroed_frame(true)?;
+                let value = t.0 | bits::P | bits::RW | us;
+                micros.push(Micro::new(
+                    mm_code::MOV,
+                    self.entry_gla(va, level),
+                    value,
+                    0,
+                ));
+                if level == 4 && user && self.process(pid)?.user_cr3.is_some() {
+                    let shadow = layout::KPTI_SHADOW_GVA
+                        + u64::from(pid) * 0x1000
+                        + ((va >> 39) & 0x1FF) * 8;
+                    micros.push(Micro::new(mm_code::MOV, shadow, value, 0));
+                }
+                // Below a table written only now the walk cannot see further: the lower
+                // tables are new as well.
+                for lower in (2..level).rev() {
+                    let t = self.zeroed_frame(true)?;
+                    let value = t.0 | bits::P | bits::RW | us;
+                    micros.push(Micro::new(
+                        mm_code::MOV,
+                        self.entry_gla(va, lower),
+                        value,
+                        0,
+                    ));
+                }
+                break;
+            }
+        }
+        let frame = self.zeroed_frame(false)?;
+        let value = frame.0 | flags | bits::P | us;
+        micros.push(Micro::new(mm_code::MOV, self.entry_gla(va, 1), value, 0));
+        Ok(Plan {
+            pid,
+            micros,
+            finish: Finish::Mapped { va, frame },
+        })
+    }
+
+    /// The plan of [`World::mm_unmap`].
+    pub fn plan_unmap(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
+        let e = self.leaf(pid, va)?;
+        let frame = (e & bits::P != 0).then_some(Gpa(e & 0x000F_FFFF_FFFF_F000));
+        Ok(Plan::one(
+            pid,
+            Micro::new(mm_code::XCHG, self.entry_gla(va, 1), 0, 0),
+            Finish::Unmapped { va, frame },
+        ))
+    }
+
+    /// The plan of [`World::mm_protect`].
+    pub fn plan_protect(
+        &mut self,
+        pid: u32,
+        va: u64,
+        writable: bool,
+        executable: bool,
+    ) -> Result<Plan, MmError> {
+        let e = self.leaf(pid, va)?;
+        if e & bits::P == 0 {
+            return Err(MmError::State(va));
+        }
+        let gla = self.entry_gla(va, 1);
+        let mut micros = vec![if writable {
+            Micro::new(mm_code::LOCK_OR, gla, bits::RW, 0)
+        } else {
+            Micro::new(mm_code::LOCK_AND, gla, !bits::RW, 0)
+        }];
+        if (e & bits::XD == 0) != executable {
+            micros.push(Micro::new(mm_code::LOCK_XOR, gla, bits::XD, 0));
+        }
+        Ok(Plan {
+            pid,
+            micros,
+            finish: Finish::Nothing,
+        })
+    }
+
+    /// The plan of [`World::mm_set_caching`].
+    pub fn plan_set_caching(
+        &mut self,
+        pid: u32,
+        va: u64,
+        attrs: u64,
+        form: u32,
+    ) -> Result<Plan, MmError> {
+        let e = self.leaf(pid, va)?;
+        if e & bits::P == 0 {
+            return Err(MmError::State(va));
+        }
+        let new = (e & !bits::CACHING) | (attrs & bits::CACHING);
+        let gla = self.entry_gla(va, 1);
+        let m = match form % 3 {
+            0 => Micro::new(mm_code::MOV, gla, new, 0),
+            1 => Micro::new(mm_code::LOCK_CMPXCHG, gla, new, e),
+            _ => Micro::new(mm_code::LOCK_XOR, gla, e ^ new, 0),
+        };
+        Ok(Plan::one(pid, m, Finish::Nothing))
+    }
+
+    /// The plan of [`World::mm_trim`].
+    pub fn plan_trim(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
+        self.leaf(pid, va)?;
+        Ok(Plan::one(
+            pid,
+            Micro::new(mm_code::LOCK_BTR_A, self.entry_gla(va, 1), 0, 0),
+            Finish::Nothing,
+        ))
+    }
+
+    /// The plan of [`World::mm_swap_out`]; the contents go to the pagefile now.
+    pub fn plan_swap_out(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
+        let e = self.leaf(pid, va)?;
+        if e & bits::P == 0 {
+            return Err(MmError::State(va));
+        }
+        let frame = Gpa(e & 0x000F_FFFF_FFFF_F000);
+        let mut page = Box::new([0u8; 4096]);
+        self.machine.mem.read(frame, &mut page[..]);
+        self.guest.pagefile.insert((pid, va), page);
+        let swap_entry = (((va >> 12) & 0xF_FFFF) << 12) | bits::SWAPPED;
+        Ok(Plan::one(
+            pid,
+            Micro::new(mm_code::MOV, self.entry_gla(va, 1), swap_entry, 0),
+            Finish::SwappedOut { va, frame },
+        ))
+    }
+
+    /// The plan of [`World::mm_swap_in`]; the new frame gets the contents now.
+    pub fn plan_swap_in(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
+        self.process(pid)?;
+        let Some(page) = self.guest.pagefile.remove(&(pid, va)) else {
+            return Err(MmError::State(va));
+        };
+        let frame = self.zeroed_frame(false)?;
+        self.machine.mem.write(frame, &page[..]);
+        let us = if va >> 63 == 0 { bits::US } else { 0 };
+        let value = frame.0 | bits::P | bits::RW | us;
+        Ok(Plan::one(
+            pid,
+            Micro::new(mm_code::MOV, self.entry_gla(va, 1), value, 0),
+            Finish::SwappedIn { va, frame },
+        ))
+    }
+
+    fn leaf(&self, pid: u32, va: u64) -> Result<u64, MmError> {
+        self.entry_value(pid, va, 1)
+            .map(|(e, _)| e)
+            .ok_or(MmError::State(va))
     }
 
     /// Process exit: every page is unmapped; the process is marked exited.
