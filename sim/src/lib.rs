@@ -10,6 +10,7 @@
 //!   hypercalls, dispatch, emulation).
 //! - [`agent`]: the in-guest #VE agent, step by step.
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
+//! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
 //! - [`sched`]: deterministic VCPU schedulers with replayable schedule strings.
 //! - [`workload`]: built-in scenarios.
 //! - [`world`]: one machine with all of the above, stepped deterministically.
@@ -22,6 +23,7 @@ pub mod exec;
 pub mod guest;
 pub mod introcore;
 pub mod layout;
+pub mod ops;
 pub mod quirks;
 pub mod sched;
 pub mod verdict;

@@ -1,0 +1,327 @@
+//! Guest operations as data, and running per-VCPU queues of them interleaved by a scheduler,
+//! one hardware-visible step at a time: a guest instruction (with its walk and access), one
+//! agent step, or one introcore handler (which runs atomically inside the step that exits).
+//!
+//! An operation becomes a [`Plan`] when its VCPU starts it, so it sees the page tables as they
+//! are then (another VCPU may have changed them since the operation was queued).
+
+use crate::guest::mm::{MmError, Plan};
+use crate::introcore::pts::Owner;
+use crate::sched::Scheduler;
+use crate::world::{Stop, World};
+use std::collections::VecDeque;
+use vesim_model::vcpu::Gpr;
+
+/// One guest operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestOp {
+    /// Create a process (protected: introcore monitors its translations).
+    CreateProcess {
+        /// Protected.
+        protected: bool,
+    },
+    /// Map a fresh page (flags: leaf bits besides P/US).
+    Map {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+        /// Leaf flags.
+        flags: u64,
+    },
+    /// Unmap a page.
+    Unmap {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+    },
+    /// Change write and execute permission.
+    Protect {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+        /// Writable.
+        writable: bool,
+        /// Executable.
+        executable: bool,
+    },
+    /// Change the caching attributes with instruction form `form % 3`.
+    SetCaching {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+        /// PWT/PCD/PAT bits.
+        attrs: u64,
+        /// Instruction form.
+        form: u32,
+    },
+    /// Clear the accessed bit.
+    Trim {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+    },
+    /// Swap out.
+    SwapOut {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+    },
+    /// Swap in.
+    SwapIn {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+    },
+    /// Touch a page (read, or write of `value`).
+    Touch {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+        /// Write.
+        write: bool,
+        /// Value written.
+        value: u64,
+    },
+    /// Introcore starts monitoring the translation of a page of a protected process.
+    Hook {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+    },
+}
+
+/// How an operation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpEnd {
+    /// Completed.
+    Done,
+    /// Not possible in the state it found (skipped, nothing executed).
+    Skipped(String),
+}
+
+/// A VCPU's operation in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Active {
+    op: GuestOp,
+    plan: Plan,
+    /// Index of the next instruction to start.
+    next: usize,
+    /// RIP at which the instruction in flight is complete.
+    end: Option<u64>,
+}
+
+/// Per-VCPU queues of operations and their progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpRunner {
+    queues: Vec<VecDeque<GuestOp>>,
+    active: Vec<Option<Active>>,
+    /// How each operation ended, in completion order: (VCPU, operation, end).
+    pub ended: Vec<(usize, GuestOp, OpEnd)>,
+}
+
+impl OpRunner {
+    /// Queues for `vcpus` VCPUs.
+    pub fn new(queues: Vec<Vec<GuestOp>>) -> Self {
+        let n = queues.len();
+        OpRunner {
+            queues: queues.into_iter().map(VecDeque::from).collect(),
+            active: vec![None; n],
+            ended: Vec::new(),
+        }
+    }
+
+    /// Whether VCPU `cpu` has work left.
+    pub fn busy(&self, cpu: usize) -> bool {
+        self.active.get(cpu).is_some_and(Option::is_some)
+            || self.queues.get(cpu).is_some_and(|q| !q.is_empty())
+    }
+
+    /// The VCPUs with work left, ascending.
+    pub fn runnable(&self, world: &World) -> Vec<usize> {
+        (0..self.queues.len())
+            .filter(|c| self.busy(*c) && world.stopped.get(*c).is_some_and(Option::is_none))
+            .collect()
+    }
+}
+
+impl World {
+    /// The plan of an operation, made now; `None` for operations that are instant world
+    /// actions (process creation, hooks), which are applied here.
+    pub fn start_op(&mut self, op: GuestOp) -> Result<Option<Plan>, MmError> {
+        Ok(match op {
+            GuestOp::CreateProcess { protected } => {
+                self.create_process(protected)?;
+                None
+            }
+            GuestOp::Hook { pid, va } => {
+                let cr3 = self
+                    .guest
+                    .processes
+                    .get(pid as usize)
+                    .filter(|p| !p.exited)
+                    .map(|p| p.cr3)
+                    .ok_or(MmError::NoProcess(pid))?;
+                self.hook_translation(cr3, va, Owner::Process(pid));
+                self.commit_hooks();
+                None
+            }
+            GuestOp::Map { pid, va, flags } => Some(self.plan_map(pid, va, flags)?),
+            GuestOp::Unmap { pid, va } => Some(self.plan_unmap(pid, va)?),
+            GuestOp::Protect {
+                pid,
+                va,
+                writable,
+                executable,
+            } => Some(self.plan_protect(pid, va, writable, executable)?),
+            GuestOp::SetCaching {
+                pid,
+                va,
+                attrs,
+                form,
+            } => Some(self.plan_set_caching(pid, va, attrs, form)?),
+            GuestOp::Trim { pid, va } => Some(self.plan_trim(pid, va)?),
+            GuestOp::SwapOut { pid, va } => Some(self.plan_swap_out(pid, va)?),
+            GuestOp::SwapIn { pid, va } => Some(self.plan_swap_in(pid, va)?),
+            GuestOp::Touch {
+                pid,
+                va,
+                write,
+                value,
+            } => {
+                let instr = if write {
+                    crate::layout::mm_code::TOUCH_WRITE
+                } else {
+                    crate::layout::mm_code::TOUCH_READ
+                };
+                if self
+                    .guest
+                    .processes
+                    .get(pid as usize)
+                    .is_none_or(|p| p.exited)
+                {
+                    return Err(MmError::NoProcess(pid));
+                }
+                Some(Plan {
+                    pid,
+                    micros: vec![crate::guest::mm::Micro {
+                        offset: instr.0,
+                        rdi: 0,
+                        rsi: va,
+                        rax: value,
+                    }],
+                    finish: crate::guest::mm::Finish::Nothing,
+                })
+            }
+        })
+    }
+
+    /// One scheduling step of VCPU `cpu` in `runner`: start its next operation or
+    /// instruction if needed, then one hardware-visible step.
+    pub fn op_step(&mut self, runner: &mut OpRunner, cpu: usize) -> Result<(), Stop> {
+        let Some(slot) = runner.active.get(cpu) else {
+            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+        };
+        if slot.is_none() {
+            let Some(op) = runner.queues[cpu].pop_front() else {
+                return Ok(());
+            };
+            match self.start_op(op) {
+                Ok(Some(plan)) => {
+                    runner.active[cpu] = Some(Active {
+                        op,
+                        plan,
+                        next: 0,
+                        end: None,
+                    })
+                }
+                Ok(None) => {
+                    runner.ended.push((cpu, op, OpEnd::Done));
+                    return Ok(());
+                }
+                Err(e) => {
+                    runner.ended.push((cpu, op, OpEnd::Skipped(e.to_string())));
+                    return Ok(());
+                }
+            }
+        }
+        let Some(active) = runner.active[cpu].as_mut() else {
+            return Ok(());
+        };
+        if active.end.is_none() {
+            let Some(m) = active.plan.micros.get(active.next).copied() else {
+                return Ok(());
+            };
+            let Some(cr3) = self
+                .guest
+                .processes
+                .get(active.plan.pid as usize)
+                .map(|p| p.cr3)
+            else {
+                return Err(Stop::AgentFault(format!(
+                    "process {} vanished",
+                    active.plan.pid
+                )));
+            };
+            let (off, bytes) = m.instr();
+            let start = crate::layout::MM_CODE_GVA + off;
+            let v = &mut self.vcpus[cpu];
+            v.cr3 = cr3;
+            v.rip = start;
+            v.set_reg(Gpr::Rdi, m.rdi);
+            v.set_reg(Gpr::Rsi, m.rsi);
+            v.set_reg(Gpr::Rax, m.rax);
+            let touch = off == crate::layout::mm_code::TOUCH_READ.0
+                || off == crate::layout::mm_code::TOUCH_WRITE.0;
+            if !touch {
+                self.counters.pt_writes += 1;
+            }
+            active.end = Some(start + bytes.len() as u64);
+            active.next += 1;
+        }
+        self.step(cpu)?;
+        let rip = self.vcpus[cpu].rip;
+        let finished = match runner.active[cpu].as_mut() {
+            Some(a) if a.end == Some(rip) => {
+                a.end = None;
+                a.next >= a.plan.micros.len()
+            }
+            _ => false,
+        };
+        if finished {
+            if let Some(a) = runner.active[cpu].take() {
+                self.finish_plan(a.plan.pid, a.plan.finish);
+                runner.ended.push((cpu, a.op, OpEnd::Done));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs every queue to completion under `sched`, at most `steps_max` steps. Returns the
+    /// steps taken.
+    pub fn run_ops(
+        &mut self,
+        runner: &mut OpRunner,
+        sched: &mut Scheduler,
+        steps_max: u64,
+    ) -> Result<u64, (usize, Stop)> {
+        let mut steps = 0;
+        while steps < steps_max {
+            let runnable = runner.runnable(self);
+            let Some(cpu) = sched.next(&runnable) else {
+                return Ok(steps);
+            };
+            self.op_step(runner, cpu).map_err(|s| (cpu, s))?;
+            steps += 1;
+        }
+        Ok(steps)
+    }
+}
