@@ -9,6 +9,7 @@
 //! - [`introcore`]: the hypervisor-side engine (hooks, monitors, cache writer, deploy,
 //!   hypercalls, dispatch, emulation).
 //! - [`agent`]: the in-guest #VE agent, step by step.
+//! - [`check`]: the invariants evaluated after every step.
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
 //! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
 //! - [`sched`]: deterministic VCPU schedulers with replayable schedule strings.
@@ -18,6 +19,7 @@
 //! - [`cli`]: the `vesim` command line.
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod exec;
 pub mod guest;

@@ -325,3 +325,43 @@ impl World {
         Ok(steps)
     }
 }
+
+/// Why a checked run stopped early.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunFailure {
+    /// Invariants failed after a step.
+    Violations(Vec<crate::check::Violation>),
+    /// A VCPU stopped.
+    Stopped(usize, Stop),
+}
+
+impl World {
+    /// Like [`World::run_ops`], evaluating every invariant of `checker` after every step and
+    /// stopping at the first failing step.
+    pub fn run_ops_checked(
+        &mut self,
+        runner: &mut OpRunner,
+        sched: &mut Scheduler,
+        checker: &mut crate::check::Checker,
+        steps_max: u64,
+    ) -> Result<u64, RunFailure> {
+        let mut steps = 0;
+        while steps < steps_max {
+            let runnable = runner.runnable(self);
+            let Some(cpu) = sched.next(&runnable) else {
+                return Ok(steps);
+            };
+            checker.before_step(self, cpu);
+            let r = self.op_step(runner, cpu);
+            let v = checker.after_step(self, cpu, &r);
+            steps += 1;
+            if !v.is_empty() {
+                return Err(RunFailure::Violations(v));
+            }
+            if let Err(s) = r {
+                return Err(RunFailure::Stopped(cpu, s));
+            }
+        }
+        Ok(steps)
+    }
+}

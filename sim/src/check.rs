@@ -1,0 +1,276 @@
+//! Invariants evaluated after every step (ARCHITECTURE "check"): I1 notification soundness,
+//! I4 the #VE protocol, I5 the statistics identities, I7 cache soundness and I10 progress.
+//! Each failure carries its id, the step and the VCPU. (I2 is checked by the fidelity oracle,
+//! I3 by the alerts and blocked accesses, I6 by running both worlds, I8 by replaying, I9 by not
+//! panicking.)
+
+use crate::agent::rip as agent_rip;
+use crate::layout;
+use crate::quirks::MONITORED_BITS_FIXED;
+use crate::world::{Event, Stop, World};
+use std::collections::BTreeMap;
+use std::fmt;
+use vesim_model::ve_info::VeInfo;
+use vesim_model::{Gpa, ViewId};
+
+/// An invariant of ARCHITECTURE.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Invariant {
+    /// Notification soundness.
+    I1,
+    /// The #VE protocol.
+    I4,
+    /// Statistics identities.
+    I5,
+    /// Cache soundness.
+    I7,
+    /// Progress.
+    I10,
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Invariant::I1 => "I1",
+            Invariant::I4 => "I4",
+            Invariant::I5 => "I5",
+            Invariant::I7 => "I7",
+            Invariant::I10 => "I10",
+        })
+    }
+}
+
+/// One failed check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: Invariant,
+    /// Step number (1-based) after which it failed.
+    pub step: u64,
+    /// The VCPU that took the step.
+    pub cpu: usize,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// Per-VCPU protocol state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct CpuState {
+    semaphore: u32,
+    /// The view the VCPU was in when its current #VE was delivered.
+    view_at_delivery: Option<ViewId>,
+    /// RIP of the last fault (#VE or exit) and how many in a row.
+    fault_rip: u64,
+    faults_in_row: u32,
+}
+
+/// The checker: call [`Checker::before_step`] and [`Checker::after_step`] around each step.
+#[derive(Clone, Debug)]
+pub struct Checker {
+    /// Consecutive #VEs or exits on one RIP that make an I10 failure.
+    pub faults_in_row_max: u32,
+    cpus: Vec<CpuState>,
+    monitored: BTreeMap<Gpa, u64>,
+    events_seen: usize,
+    rip_before: u64,
+    step: u64,
+}
+
+fn semaphore(w: &World, cpu: usize) -> u32 {
+    w.vcpus
+        .get(cpu)
+        .and_then(|v| v.ve_info)
+        .map_or(0, |p| VeInfo::semaphore(&w.machine.mem, p))
+}
+
+impl Checker {
+    /// A checker for `w` with the default progress bound (16).
+    pub fn new(w: &World) -> Self {
+        let mut c = Checker {
+            faults_in_row_max: 16,
+            cpus: vec![CpuState::default(); w.vcpus.len()],
+            monitored: BTreeMap::new(),
+            events_seen: w.events.len(),
+            rip_before: 0,
+            step: 0,
+        };
+        for (i, s) in c.cpus.iter_mut().enumerate() {
+            s.semaphore = semaphore(w, i);
+        }
+        c
+    }
+
+    /// Snapshots what the next step of `cpu` is checked against.
+    pub fn before_step(&mut self, w: &World, cpu: usize) {
+        self.monitored = w
+            .intro
+            .ptm
+            .monitored_entries()
+            .into_iter()
+            .map(|e| (e, w.machine.mem.read_u64(e)))
+            .collect();
+        self.events_seen = w.events.len();
+        self.rip_before = w.vcpus.get(cpu).map_or(0, |v| v.rip);
+    }
+
+    /// Checks the step `cpu` just took (`result` is what `World::step` returned).
+    pub fn after_step(
+        &mut self,
+        w: &World,
+        cpu: usize,
+        result: &Result<(), Stop>,
+    ) -> Vec<Violation> {
+        self.step += 1;
+        let mut out = Vec::new();
+        let fail = |inv: Invariant, detail: String| Violation {
+            invariant: inv,
+            step: self.step,
+            cpu,
+            detail,
+        };
+        let new_events = w.events.get(self.events_seen..).unwrap_or(&[]);
+        // I10: an agent fault, or too many faults in a row on one RIP.
+        if let Err(Stop::AgentFault(d)) = result {
+            out.push(fail(Invariant::I10, format!("agent_fault: {d}")));
+        }
+        let faulted = new_events.iter().any(|e| {
+            matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == cpu)
+        });
+        let in_agent = |rip: u64| w.rip_in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
+        if let Some(s) = self.cpus.get_mut(cpu) {
+            if faulted && !in_agent(self.rip_before) {
+                if s.fault_rip == self.rip_before {
+                    s.faults_in_row += 1;
+                } else {
+                    s.fault_rip = self.rip_before;
+                    s.faults_in_row = 1;
+                }
+                if s.faults_in_row > self.faults_in_row_max {
+                    out.push(fail(
+                        Invariant::I10,
+                        format!(
+                            "{} faults in a row at RIP {:#x}",
+                            s.faults_in_row, self.rip_before
+                        ),
+                    ));
+                }
+            } else if !in_agent(self.rip_before)
+                && w.vcpus.get(cpu).is_some_and(|v| v.rip != self.rip_before)
+            {
+                s.faults_in_row = 0;
+            }
+        }
+        // I4: the semaphore is set only by delivery and cleared only by the agent's exit; no
+        // #VE while it is set; the agent returns to the view it came from.
+        let delivered = new_events
+            .iter()
+            .any(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == cpu));
+        let now = semaphore(w, cpu);
+        if let Some(s) = self.cpus.get_mut(cpu) {
+            if delivered && s.semaphore != 0 {
+                out.push(fail(
+                    Invariant::I4,
+                    "a #VE was delivered while the semaphore was set".into(),
+                ));
+            }
+            if s.semaphore == 0 && now != 0 && !delivered {
+                out.push(fail(
+                    Invariant::I4,
+                    "the semaphore was set without a delivery".into(),
+                ));
+            }
+            let exit_step = self.rip_before == layout::AGENT_GVA + agent_rip::STUB_EXIT;
+            if s.semaphore != 0 && now == 0 && !exit_step && !delivered {
+                out.push(fail(
+                    Invariant::I4,
+                    format!("the semaphore was cleared at RIP {:#x}", self.rip_before),
+                ));
+            }
+            if delivered {
+                // The view the VCPU was in when the #VE arrived (the step does not change it).
+                s.view_at_delivery = w.vcpus.get(cpu).map(|v| v.eptp_index);
+            }
+            let returned = self.rip_before == layout::AGENT_GVA + agent_rip::STUB_RETURN;
+            if returned {
+                if let (Some(view), Some(v)) = (s.view_at_delivery.take(), w.vcpus.get(cpu)) {
+                    if v.eptp_index != view {
+                        out.push(fail(
+                            Invariant::I4,
+                            format!(
+                                "the agent returned to view {} instead of {}",
+                                v.eptp_index, view
+                            ),
+                        ));
+                    }
+                }
+            }
+            s.semaphore = now;
+        }
+        // I1: every relevant change of a monitored entry reaches introcore in the same step.
+        for (entry, old) in &self.monitored {
+            let new = w.machine.mem.read_u64(*entry);
+            let relevant = (old ^ new) & MONITORED_BITS_FIXED != 0 && (old | new) & 1 != 0;
+            if !relevant {
+                continue;
+            }
+            let seen = new_events
+                .iter()
+                .any(|e| matches!(e, Event::Callback(r) if r.entry == *entry && r.new == new));
+            if !seen {
+                out.push(fail(
+                    Invariant::I1,
+                    format!("entry {entry} changed {old:#x} -> {new:#x} without a callback"),
+                ));
+            }
+        }
+        // I7: no monitored entry is in the cache.
+        if !w.quirks.q16_no_evict_on_unload || !w.intro.pending_unload {
+            for e in w.cached_monitored_entries() {
+                out.push(fail(
+                    Invariant::I7,
+                    format!("monitored entry {e} is in the cache"),
+                ));
+            }
+        }
+        // I5: the identities of VE-SEMANTICS section 3, whenever no VCPU is inside the agent.
+        if !w.vcpus.iter().any(|v| in_agent(v.rip)) {
+            let c = &w.counters;
+            if c.ve_total != c.ve_page_walk + c.ve_pt_write + c.ve_unknown {
+                out.push(fail(
+                    Invariant::I5,
+                    "total #VEs != page walk + PT write + unknown".into(),
+                ));
+            }
+            let five = c.ignored_irrelevant
+                + c.ignored_cache
+                + c.raised
+                + c.emulated_by_introcore
+                + c.rejected;
+            if c.ve_pt_write != five {
+                out.push(fail(
+                    Invariant::I5,
+                    format!(
+                        "PT-write #VEs {} != the five outcomes {five}",
+                        c.ve_pt_write
+                    ),
+                ));
+            }
+            if !w.quirks.q18_stats && c.ve_unknown == 0 {
+                let stats = w.ve_stats();
+                let sum = |f: fn(&crate::introcore::lifecycle::CpuStats) -> u64| {
+                    stats.iter().map(f).sum::<u64>()
+                };
+                let ignored = sum(|s| s.ignored_total);
+                let want =
+                    sum(|s| s.ignored_irrelevant) + sum(|s| s.ignored_cache) + c.page_walk_set;
+                if ignored != want {
+                    out.push(fail(
+                        Invariant::I5,
+                        format!("VeIgnoredTotal {ignored} != irrelevant + cache + unraised walks {want}"),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}

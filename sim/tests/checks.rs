@@ -1,0 +1,256 @@
+//! The invariant checker after every step: `fixed` passes interleaved multi-VCPU workloads, and
+//! each check can fail: Q9 (`hvmi` ignores XD changes) breaks I1, Q1 (`hvmi`'s break loop)
+//! breaks I10.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use vesim::check::{Checker, Invariant};
+use vesim::guest::mm::bits;
+use vesim::layout;
+use vesim::ops::{GuestOp, OpRunner, RunFailure};
+use vesim::quirks::Quirks;
+use vesim::sched::{Schedule, Scheduler};
+use vesim::world::{World, WorldConfig};
+use vesim_model::vcpu::Gpr;
+
+fn world(q: Quirks, vcpus: usize) -> World {
+    let mut c = WorldConfig {
+        quirks: q,
+        ..WorldConfig::default()
+    };
+    c.guest.vcpus = vcpus;
+    World::new(c).unwrap()
+}
+
+fn va(pid: u32, i: u64) -> u64 {
+    layout::USER_BASE + (u64::from(pid) << 30) + i * 0x1000
+}
+
+fn workload(pid: u32) -> Vec<GuestOp> {
+    let mut q = Vec::new();
+    for i in 0..4 {
+        q.push(GuestOp::Map {
+            pid,
+            va: va(pid, i),
+            flags: bits::RW,
+        });
+        q.push(GuestOp::Hook {
+            pid,
+            va: va(pid, i),
+        });
+        q.push(GuestOp::Touch {
+            pid,
+            va: va(pid, i),
+            write: true,
+            value: i,
+        });
+        q.push(GuestOp::Trim {
+            pid,
+            va: va(pid, i),
+        });
+        q.push(GuestOp::Touch {
+            pid,
+            va: va(pid, i),
+            write: false,
+            value: 0,
+        });
+        q.push(GuestOp::SetCaching {
+            pid,
+            va: va(pid, i),
+            attrs: bits::PWT,
+            form: i as u32,
+        });
+        q.push(GuestOp::Protect {
+            pid,
+            va: va(pid, i),
+            writable: false,
+            executable: false,
+        });
+    }
+    q.push(GuestOp::SwapOut {
+        pid,
+        va: va(pid, 0),
+    });
+    q.push(GuestOp::SwapIn {
+        pid,
+        va: va(pid, 0),
+    });
+    q.push(GuestOp::Unmap {
+        pid,
+        va: va(pid, 1),
+    });
+    q
+}
+
+#[test]
+fn fixed_passes_every_check_under_every_scheduler() {
+    for s in ["rr", "random:3", "random:4", "pct:7:2:3000", "pct:8:3:3000"] {
+        let mut w = world(Quirks::fixed(), 2);
+        let p0 = w.create_process(true).unwrap();
+        let p1 = w.create_process(true).unwrap();
+        let mut runner = OpRunner::new(vec![workload(p0), workload(p1)]);
+        let mut sched = Scheduler::new(s.parse::<Schedule>().unwrap(), 2);
+        let mut checker = Checker::new(&w);
+        let r = w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000);
+        assert!(r.is_ok(), "{s}: {r:?}");
+        assert!(
+            w.counters.ve_page_walk > 0,
+            "{s}: the touches after trims walk"
+        );
+    }
+}
+
+#[test]
+fn q9_hvmi_xd_change_breaks_i1() {
+    let mut w = world(Quirks::hvmi(), 1);
+    let p = w.create_process(true).unwrap();
+    let ops = vec![
+        GuestOp::Map {
+            pid: p,
+            va: va(p, 0),
+            flags: bits::RW,
+        },
+        GuestOp::Map {
+            pid: p,
+            va: va(p, 1),
+            flags: bits::RW,
+        },
+        GuestOp::Hook {
+            pid: p,
+            va: va(p, 1),
+        },
+        GuestOp::Protect {
+            pid: p,
+            va: va(p, 1),
+            writable: true,
+            executable: false,
+        },
+    ];
+    let mut runner = OpRunner::new(vec![ops.clone()]);
+    let mut checker = Checker::new(&w);
+    let r = w.run_ops_checked(
+        &mut runner,
+        &mut Scheduler::new(Schedule::RoundRobin, 1),
+        &mut checker,
+        100_000,
+    );
+    match r {
+        Err(RunFailure::Violations(v)) => assert_eq!(v[0].invariant, Invariant::I1, "{v:?}"),
+        other => panic!("expected an I1 failure, got {other:?}"),
+    }
+    // The same operations in fixed pass.
+    let mut w = world(Quirks::fixed(), 1);
+    let p = w.create_process(true).unwrap();
+    let mut runner = OpRunner::new(vec![ops]);
+    let mut checker = Checker::new(&w);
+    let r = w.run_ops_checked(
+        &mut runner,
+        &mut Scheduler::new(Schedule::RoundRobin, 1),
+        &mut checker,
+        100_000,
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let _ = p;
+}
+
+#[test]
+fn q1_hvmi_break_loop_breaks_i10() {
+    for (q, fails) in [(Quirks::hvmi(), true), (Quirks::fixed(), false)] {
+        let mut w = world(q, 1);
+        let code = 0xFFFF_F800_0030_0000;
+        let data = 0xFFFF_F800_0040_0000;
+        let cg = w
+            .guest
+            .map_new(&mut w.machine, code, vesim_model::paging::PteFlags::empty())
+            .unwrap();
+        w.guest
+            .map_new(
+                &mut w.machine,
+                data,
+                vesim_model::paging::PteFlags::WRITABLE,
+            )
+            .unwrap();
+        // mov dword [rax], ebx: the agent refuses a 4-byte write (B37); in fixed introcore
+        // emulates it (Q1), in hvmi it breaks and the #VE repeats forever.
+        w.machine.mem.write(cg, &[0x89, 0x18]);
+        let pte = w.guest.entry_gpa(&w.machine, data, 1).unwrap();
+        w.place_monitor(pte);
+        w.commit_hooks();
+        w.vcpus[0].rip = code;
+        let gla = w.entry_gla(data, 1);
+        w.vcpus[0].set_reg(Gpr::Rax, gla);
+        w.vcpus[0].set_reg(Gpr::Rbx, 0x1000);
+        let mut checker = Checker::new(&w);
+        let mut failed = None;
+        for _ in 0..5000 {
+            if w.vcpus[0].rip == code + 2 {
+                break;
+            }
+            checker.before_step(&w, 0);
+            let r = w.step(0);
+            let v = checker.after_step(&w, 0, &r);
+            if !v.is_empty() {
+                failed = Some(v);
+                break;
+            }
+        }
+        match (fails, failed) {
+            (true, Some(v)) => assert!(v.iter().any(|x| x.invariant == Invariant::I10), "{v:?}"),
+            (false, None) => assert_eq!(
+                w.vcpus[0].rip,
+                code + 2,
+                "fixed: introcore emulates the write"
+            ),
+            (f, got) => panic!("profile {f}: {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn i4_and_i7_fail_when_the_semaphore_or_the_cache_is_forged() {
+    let mut w = world(Quirks::fixed(), 1);
+    let p = w.create_process(true).unwrap();
+    let ops = vec![
+        GuestOp::Map {
+            pid: p,
+            va: va(p, 0),
+            flags: bits::RW,
+        },
+        GuestOp::Hook {
+            pid: p,
+            va: va(p, 0),
+        },
+        GuestOp::Touch {
+            pid: p,
+            va: va(p, 0),
+            write: false,
+            value: 0,
+        },
+    ];
+    let mut runner = OpRunner::new(vec![ops]);
+    let mut sched = Scheduler::new(Schedule::RoundRobin, 1);
+    let mut checker = Checker::new(&w);
+    // The two maps and the hook run clean.
+    assert!(w
+        .run_ops_checked(&mut runner, &mut sched, &mut checker, 2)
+        .is_ok());
+    // Forge the semaphore behind the hardware's back (no delivery).
+    let page = w.vcpus[0].ve_info.unwrap();
+    vesim_model::ve_info::VeInfo::set_semaphore(&mut w.machine.mem, page, 1);
+    let r = w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000);
+    match r {
+        Err(RunFailure::Violations(v)) => {
+            assert!(v.iter().any(|x| x.invariant == Invariant::I4), "{v:?}")
+        }
+        other => panic!("expected I4, got {other:?}"),
+    }
+    // Forge a cache slot for a monitored entry.
+    let mut w = world(Quirks::fixed(), 1);
+    let entry = w.guest.entry_gpa(&w.machine, layout::IDT_GVA, 1).unwrap();
+    w.place_monitor(entry);
+    w.update_cache(entry, false);
+    let mut checker = Checker::new(&w);
+    checker.before_step(&w, 0);
+    let v = checker.after_step(&w, 0, &Ok(()));
+    assert!(v.iter().any(|x| x.invariant == Invariant::I7), "{v:?}");
+}
