@@ -287,7 +287,22 @@ impl World {
             active.end = Some(start + bytes.len() as u64);
             active.next += 1;
         }
-        self.step(cpu)?;
+        if let Err(stop) = self.step(cpu) {
+            // A page fault is the guest OS's business (another VCPU unmapped or swapped the
+            // page since the operation was planned): the operation ends without effect.
+            if let Stop::Guest(vesim_model::Outcome::PageFault { .. }) = stop {
+                if let Some(s) = self.stopped.get_mut(cpu) {
+                    *s = None;
+                }
+                if let Some(a) = runner.active[cpu].take() {
+                    runner
+                        .ended
+                        .push((cpu, a.op, OpEnd::Skipped("page fault".into())));
+                }
+                return Ok(());
+            }
+            return Err(stop);
+        }
         let rip = self.vcpus[cpu].rip;
         let finished = match runner.active[cpu].as_mut() {
             Some(a) if a.end == Some(rip) => {

@@ -20,11 +20,17 @@ use std::collections::BTreeMap;
 pub enum Builtin {
     /// The paper's synthetic paging test.
     PaperSynthetic,
+    /// Several processes, some protected, on several VCPUs, with KPTI: a memory manager mixing
+    /// map, unmap, protect, caching changes, A-bit trims, swap out and in, and touches.
+    DesktopMix,
 }
 
 impl Builtin {
     /// Every built-in, by name.
-    pub const ALL: [(&'static str, Builtin); 1] = [("paper-synthetic", Builtin::PaperSynthetic)];
+    pub const ALL: [(&'static str, Builtin); 2] = [
+        ("paper-synthetic", Builtin::PaperSynthetic),
+        ("desktop-mix", Builtin::DesktopMix),
+    ];
 
     /// The built-in called `name`.
     pub fn from_name(name: &str) -> Option<Builtin> {
@@ -35,6 +41,7 @@ impl Builtin {
     pub fn name(self) -> &'static str {
         match self {
             Builtin::PaperSynthetic => "paper-synthetic",
+            Builtin::DesktopMix => "desktop-mix",
         }
     }
 
@@ -45,6 +52,13 @@ impl Builtin {
                 ("pages", 100, 4096),
                 ("changes", 100, 100_000),
                 ("pat", 0, 1),
+            ],
+            Builtin::DesktopMix => &[
+                ("vcpus", 4, 64),
+                ("processes", 4, 32),
+                ("pages", 16, 512),
+                ("ops", 400, 100_000),
+                ("kpti", 1, 1),
             ],
         }
     }
@@ -65,6 +79,96 @@ pub enum RunError {
     /// A guest operation failed.
     #[error("the guest memory manager failed: {0}")]
     Mm(#[from] MmError),
+    /// A VCPU stopped.
+    #[error("VCPU {0} stopped: {1}")]
+    Stopped(usize, String),
+}
+
+/// Steps a multi-VCPU run may take.
+pub const STEPS_MAX: u64 = 50_000_000;
+
+/// Draws the parameters not given in `sets` from `seed` (swarm testing): each within its
+/// range, the defaults of [`Builtin::params`] being the upper values drawn towards.
+pub fn swarm_params(
+    b: Builtin,
+    sets: &BTreeMap<String, u64>,
+    seed: u64,
+) -> Result<BTreeMap<&'static str, u64>, RunError> {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5357_4152_4d00);
+    let mut drawn = sets.clone();
+    for (n, d, max) in b.params() {
+        let v = if *max == 1 {
+            rng.next_u64() % 2
+        } else {
+            1 + rng.next_u64() % (*d).min(*max).max(1)
+        };
+        drawn.entry((*n).to_string()).or_insert(v);
+    }
+    resolve_params(b, &drawn)
+}
+
+/// Builds desktop-mix: the processes, and per-VCPU queues of operations drawn from `seed`.
+pub fn desktop_mix(
+    w: &mut World,
+    params: &BTreeMap<&'static str, u64>,
+    seed: u64,
+) -> Result<crate::ops::OpRunner, MmError> {
+    use crate::ops::GuestOp;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x4445_534b_544f_5000);
+    let vcpus = w.vcpus.len();
+    let processes = params.get("processes").copied().unwrap_or(2).max(1) as u32;
+    let pages = params.get("pages").copied().unwrap_or(8).max(1);
+    let ops = params.get("ops").copied().unwrap_or(100);
+    let mut protected = Vec::new();
+    for i in 0..processes {
+        let p = w.create_process(i % 2 == 0 || rng.next_u64() % 2 == 0)?;
+        protected.push(w.guest.processes[p as usize].protected);
+    }
+    let mut queues: Vec<Vec<GuestOp>> = vec![Vec::new(); vcpus];
+    for k in 0..ops {
+        // Each process's memory manager runs on one VCPU (its page-table updates are
+        // serialized, as the guest's working-set lock does); processes run concurrently.
+        let pid = (rng.next_u64() % u64::from(processes)) as u32;
+        let cpu = pid as usize % vcpus;
+        let va = layout::USER_BASE + (u64::from(pid) << 30) + (rng.next_u64() % pages) * 0x1000;
+        let r = rng.next_u64();
+        let op = match r % 16 {
+            0..=3 => GuestOp::Map {
+                pid,
+                va,
+                flags: bits::RW,
+            },
+            4 => GuestOp::Unmap { pid, va },
+            5 | 6 => GuestOp::Protect {
+                pid,
+                va,
+                writable: r & 0x100 != 0,
+                executable: r & 0x200 != 0,
+            },
+            7 | 8 => GuestOp::SetCaching {
+                pid,
+                va,
+                attrs: (r >> 12) & bits::CACHING,
+                form: k as u32,
+            },
+            9 => GuestOp::Trim { pid, va },
+            10 => GuestOp::SwapOut { pid, va },
+            11 => GuestOp::SwapIn { pid, va },
+            _ => GuestOp::Touch {
+                pid,
+                va,
+                write: r & 0x400 != 0,
+                value: r,
+            },
+        };
+        queues[cpu].push(op);
+        if matches!(op, GuestOp::Map { .. }) && protected[pid as usize] {
+            queues[cpu].push(GuestOp::Hook { pid, va });
+        }
+    }
+    Ok(crate::ops::OpRunner::new(queues))
 }
 
 /// The result of one run.
@@ -114,15 +218,48 @@ pub fn run_builtin(
     profile: Profile,
     seed: u64,
 ) -> Result<RunResult, RunError> {
-    let config = WorldConfig {
+    let w = build_world(b, params, ve, profile, seed)?;
+    run_built(b, params, w, seed)
+}
+
+/// The world a built-in runs in.
+pub fn build_world(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    ve: bool,
+    profile: Profile,
+    seed: u64,
+) -> Result<World, RunError> {
+    let mut config = WorldConfig {
         quirks: profile.quirks(),
         seed,
         ve,
         ..WorldConfig::default()
     };
-    let mut w = World::new(config)?;
+    if b == Builtin::DesktopMix {
+        config.guest.vcpus = params.get("vcpus").copied().unwrap_or(1).max(1) as usize;
+        config.guest.kpti = params.get("kpti").copied().unwrap_or(0) != 0;
+    }
+    Ok(World::new(config)?)
+}
+
+fn run_built(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    mut w: World,
+    seed: u64,
+) -> Result<RunResult, RunError> {
     match b {
         Builtin::PaperSynthetic => paper_synthetic(&mut w, params)?,
+        Builtin::DesktopMix => {
+            let mut runner = desktop_mix(&mut w, params, seed)?;
+            let mut sched = crate::sched::Scheduler::new(
+                crate::sched::Schedule::Random { seed },
+                w.vcpus.len(),
+            );
+            w.run_ops(&mut runner, &mut sched, STEPS_MAX)
+                .map_err(|(cpu, s)| RunError::Stopped(cpu, format!("{s:?}")))?;
+        }
     }
     Ok(RunResult {
         counters: w.counters.clone(),

@@ -4,6 +4,7 @@
 //! 2 bad arguments or input (one sentence on stderr, nothing on stdout).
 
 mod agent;
+mod check;
 mod exec;
 mod run;
 
@@ -31,6 +32,8 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Run a scenario with #VE on, off, or both, and print its figures.
     Run(run::RunArgs),
+    /// Run seeded scenarios and check every invariant after every step.
+    Check(check::CheckArgs),
 }
 
 /// Parses a number: hex with a 0x prefix, or decimal.
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Exec(args) => exec::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
     }
 }
 

@@ -1,0 +1,52 @@
+//! The `vesim check` contract: passing seeds exit 0, a failing seed exits 1 with the lowest
+//! failing seed and a replay command that reproduces the same failure.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use common::vesim;
+use serde_json::Value;
+
+#[test]
+fn fixed_seeds_pass() {
+    let r = vesim(&["check", "--seeds", "3"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("desktop-mix: 3 passed, 0 failed"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn hvmi_failure_reports_a_replay_that_reproduces_it() {
+    let r = vesim(&["check", "--seeds", "4", "--profile", "hvmi", "--json"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let first = &v["failures"][0];
+    let replay = first["replay"].as_str().unwrap().to_string();
+    let args: Vec<&str> = replay.split_whitespace().skip(1).collect();
+    let mut args = args.clone();
+    args.push("--json");
+    let again = vesim(&args);
+    assert_eq!(again.code, 1);
+    let w: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(w["failures"][0]["invariant"], first["invariant"]);
+    assert_eq!(w["failures"][0]["step"], first["step"]);
+    assert_eq!(w["failures"][0]["detail"], first["detail"]);
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    for args in [
+        &["check", "--seeds", "x"][..],
+        &["check", "--builtin", "paper-synthetic"],
+        &["check", "--profile", "xen"],
+    ] {
+        let r = vesim(args);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stdout.is_empty());
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    }
+}
