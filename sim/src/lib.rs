@@ -13,6 +13,7 @@
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
 //! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
 //! - [`sched`]: deterministic VCPU schedulers with replayable schedule strings.
+//! - [`trace`]: the event log as stable text lines, and its SHA-256 trace hash.
 //! - [`workload`]: built-in scenarios.
 //! - [`world`]: one machine with all of the above, stepped deterministically.
 //! - [`verdict`]: one #VE through the agent, the engine behind `vesim agent`.
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod ops;
 pub mod quirks;
 pub mod sched;
+pub mod trace;
 pub mod verdict;
 pub mod workload;
 pub mod world;

@@ -180,6 +180,8 @@ pub struct RunResult {
     pub cache: crate::introcore::cache::CacheStats,
     /// Monitor callbacks and swap callbacks introcore ran.
     pub swaps: u64,
+    /// The trace hash of the run's events ([`crate::trace`]).
+    pub trace_hash: String,
 }
 
 /// Resolves `sets` against the scenario's parameters.
@@ -265,6 +267,7 @@ fn run_built(
         counters: w.counters.clone(),
         cache: w.intro.cache.stats,
         swaps: w.intro.swaps.len() as u64,
+        trace_hash: crate::trace::trace_hash(&w.events),
     })
 }
 

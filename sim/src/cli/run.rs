@@ -108,6 +108,7 @@ fn run_json(r: &RunResult) -> Value {
         .map(|(k, v)| (k.to_string(), Value::from(*v)))
         .collect();
     m.insert("exits_by_reason".into(), Value::Object(exits));
+    m.insert("trace_hash".into(), Value::from(r.trace_hash.clone()));
     Value::Object(m)
 }
 
@@ -168,6 +169,11 @@ pub fn run(args: RunArgs) -> ExitCode {
         if let (Some(on), Some(off)) = (on, off) {
             m.insert("exits_saved".into(), Value::from(off as i64 - on as i64));
         }
+        let hashes: Vec<String> = results.iter().map(|(_, r)| r.trace_hash.clone()).collect();
+        m.insert(
+            "trace_hash".into(),
+            Value::from(crate::trace::combined_hash(&hashes)),
+        );
         println!("{}", Value::Object(m));
     } else {
         let p: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -193,6 +199,9 @@ pub fn run(args: RunArgs) -> ExitCode {
                 }
                 println!();
             }
+        }
+        for (n, r) in &results {
+            println!("trace hash {n:<8} {}", r.trace_hash);
         }
         if let (Some(on), Some(off)) = (on, off) {
             let saved = off as i64 - on as i64;
