@@ -182,6 +182,8 @@ pub struct RunResult {
     pub swaps: u64,
     /// The trace hash of the run's events ([`crate::trace`]).
     pub trace_hash: String,
+    /// Simulated steps (hardware-visible events) the run took.
+    pub steps: u64,
 }
 
 /// Resolves `sets` against the scenario's parameters.
@@ -220,8 +222,27 @@ pub fn run_builtin(
     profile: Profile,
     seed: u64,
 ) -> Result<RunResult, RunError> {
+    run_builtin_with(
+        b,
+        params,
+        ve,
+        profile,
+        seed,
+        &crate::sched::Schedule::Random { seed },
+    )
+}
+
+/// [`run_builtin`] with the VCPU schedule of multi-VCPU scenarios given.
+pub fn run_builtin_with(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    ve: bool,
+    profile: Profile,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+) -> Result<RunResult, RunError> {
     let w = build_world(b, params, ve, profile, seed)?;
-    run_built(b, params, w, seed)
+    run_built(b, params, w, seed, schedule)
 }
 
 /// The world a built-in runs in.
@@ -250,15 +271,13 @@ fn run_built(
     params: &BTreeMap<&'static str, u64>,
     mut w: World,
     seed: u64,
+    schedule: &crate::sched::Schedule,
 ) -> Result<RunResult, RunError> {
     match b {
         Builtin::PaperSynthetic => paper_synthetic(&mut w, params)?,
         Builtin::DesktopMix => {
             let mut runner = desktop_mix(&mut w, params, seed)?;
-            let mut sched = crate::sched::Scheduler::new(
-                crate::sched::Schedule::Random { seed },
-                w.vcpus.len(),
-            );
+            let mut sched = crate::sched::Scheduler::new(schedule.clone(), w.vcpus.len());
             w.run_ops(&mut runner, &mut sched, STEPS_MAX)
                 .map_err(|(cpu, s)| RunError::Stopped(cpu, format!("{s:?}")))?;
         }
@@ -268,6 +287,7 @@ fn run_built(
         cache: w.intro.cache.stats,
         swaps: w.intro.swaps.len() as u64,
         trace_hash: crate::trace::trace_hash(&w.events),
+        steps: w.tsc,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use super::{parse_u64, EXIT_USAGE};
 use crate::quirks::Profile;
-use crate::workload::{resolve_params, run_builtin, Builtin, RunResult};
+use crate::workload::{resolve_params, run_builtin_with, Builtin, RunResult};
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -35,6 +35,8 @@ fn builtin(s: &str) -> Result<Builtin, String> {
 
 const EXAMPLES: &str = "\
 Examples:
+  vesim run                                   (desktop-mix, 4 VCPUs, #VE on and off)
+  vesim run --vcpus 8 --sched pct:1:3:20000
   vesim run --builtin paper-synthetic
   vesim run --builtin paper-synthetic --set pages=100 --set changes=1000 --ve both --json
   vesim run --builtin paper-synthetic --profile hvmi --ve on --seed 7
@@ -45,9 +47,15 @@ Exit status: 0 when the runs completed, 1 when a run failed, 2 for bad arguments
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct RunArgs {
-    /// The built-in scenario.
-    #[arg(long, value_name = "NAME", value_parser = builtin)]
+    /// The built-in scenario (default: desktop-mix).
+    #[arg(long, value_name = "NAME", value_parser = builtin, default_value = "desktop-mix")]
     builtin: Builtin,
+    /// VCPUs of a multi-VCPU scenario (desktop-mix).
+    #[arg(long, value_name = "N", value_parser = parse_u64)]
+    vcpus: Option<u64>,
+    /// VCPU schedule: rr, random:SEED, pct:SEED:DEPTH:STEPS, list:... (default random:SEED).
+    #[arg(long, value_name = "SCHEDULE", value_parser = |s: &str| s.parse::<crate::sched::Schedule>().map_err(|e| e.to_string()))]
+    sched: Option<crate::sched::Schedule>,
     /// Overrides a scenario parameter.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = set_value)]
     sets: Vec<(String, u64)>,
@@ -115,6 +123,13 @@ fn run_json(r: &RunResult) -> Value {
 /// Runs `vesim run`.
 pub fn run(args: RunArgs) -> ExitCode {
     let mut sets = BTreeMap::new();
+    if let Some(n) = args.vcpus {
+        if args.builtin != Builtin::DesktopMix {
+            eprintln!("vesim: --vcpus applies to desktop-mix only.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        sets.insert("vcpus".to_string(), n);
+    }
     for (k, v) in args.sets {
         if sets.insert(k.clone(), v).is_some() {
             eprintln!("vesim: parameter {k} is set twice.");
@@ -133,10 +148,29 @@ pub fn run(args: RunArgs) -> ExitCode {
         VeMode::Off => vec![("ve_off", false)],
         VeMode::Both => vec![("ve_on", true), ("ve_off", false)],
     };
+    let schedule = args
+        .sched
+        .clone()
+        .unwrap_or(crate::sched::Schedule::Random { seed: args.seed });
     let mut results = Vec::new();
+    let mut perf = Vec::new();
     for (name, ve) in modes {
-        match run_builtin(args.builtin, &params, ve, args.profile, args.seed) {
-            Ok(r) => results.push((name, r)),
+        // Wall-clock speed is reported apart from every counted figure and hash.
+        let t0 = std::time::Instant::now();
+        let r = run_builtin_with(
+            args.builtin,
+            &params,
+            ve,
+            args.profile,
+            args.seed,
+            &schedule,
+        );
+        let secs = t0.elapsed().as_secs_f64();
+        match r {
+            Ok(r) => {
+                perf.push((name, secs, r.steps));
+                results.push((name, r))
+            }
             Err(e) => {
                 eprintln!("vesim: the {name} run failed: {e}.");
                 return ExitCode::from(1);
@@ -174,6 +208,20 @@ pub fn run(args: RunArgs) -> ExitCode {
             "trace_hash".into(),
             Value::from(crate::trace::combined_hash(&hashes)),
         );
+        let p: Map<String, Value> = perf
+            .iter()
+            .map(|(n, secs, steps)| {
+                let mut x = Map::new();
+                x.insert("wall_seconds".into(), Value::from(*secs));
+                x.insert("steps".into(), Value::from(*steps));
+                x.insert(
+                    "steps_per_second".into(),
+                    Value::from(*steps as f64 / secs.max(1e-9)),
+                );
+                ((*n).to_string(), Value::Object(x))
+            })
+            .collect();
+        m.insert("perf".into(), Value::Object(p));
         println!("{}", Value::Object(m));
     } else {
         let p: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -202,6 +250,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
         for (n, r) in &results {
             println!("trace hash {n:<8} {}", r.trace_hash);
+        }
+        println!("schedule {schedule}");
+        for (n, secs, steps) in &perf {
+            println!(
+                "speed {n:<8} {steps} simulated steps in {secs:.3} s ({:.0} steps/s, wall clock)",
+                *steps as f64 / secs.max(1e-9)
+            );
         }
         if let (Some(on), Some(off)) = (on, off) {
             let saved = off as i64 - on as i64;
