@@ -148,7 +148,11 @@ impl OpRunner {
     /// The VCPUs with work left, ascending.
     pub fn runnable(&self, world: &World) -> Vec<usize> {
         (0..self.queues.len())
-            .filter(|c| self.busy(*c) && world.stopped.get(*c).is_some_and(Option::is_none))
+            .filter(|c| {
+                *c < world.vcpus.len()
+                    && self.busy(*c)
+                    && world.stopped.get(*c).is_some_and(Option::is_none)
+            })
             .collect()
     }
 }

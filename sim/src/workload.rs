@@ -9,7 +9,6 @@
 //!   relevant and raised.
 
 use crate::guest::mm::{bits, MmError};
-use crate::introcore::pts::Owner;
 use crate::layout;
 use crate::quirks::Profile;
 use crate::world::{Counters, World, WorldConfig, WorldError};
@@ -82,6 +81,9 @@ pub enum RunError {
     /// A VCPU stopped.
     #[error("VCPU {0} stopped: {1}")]
     Stopped(usize, String),
+    /// The scenario does not fit the machine.
+    #[error("{0}")]
+    Scenario(String),
 }
 
 /// Steps a multi-VCPU run may take.
@@ -108,24 +110,35 @@ pub fn swarm_params(
     resolve_params(b, &drawn)
 }
 
-/// Builds desktop-mix: the processes, and per-VCPU queues of operations drawn from `seed`.
-pub fn desktop_mix(
-    w: &mut World,
-    params: &BTreeMap<&'static str, u64>,
-    seed: u64,
-) -> Result<crate::ops::OpRunner, MmError> {
+/// A scenario as data: the processes to create (protected or not) and each VCPU's queue of
+/// operations. It runs without its generator, so a trace can carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    /// Whether each process is protected, by pid.
+    pub processes: Vec<bool>,
+    /// The operations of each VCPU.
+    pub queues: Vec<Vec<crate::ops::GuestOp>>,
+}
+
+/// The scenario of a built-in, drawn from `seed` where it is random.
+pub fn generate(b: Builtin, params: &BTreeMap<&'static str, u64>, seed: u64) -> Scenario {
+    match b {
+        Builtin::PaperSynthetic => paper_synthetic(params),
+        Builtin::DesktopMix => desktop_mix_scenario(params, seed),
+    }
+}
+
+fn desktop_mix_scenario(params: &BTreeMap<&'static str, u64>, seed: u64) -> Scenario {
     use crate::ops::GuestOp;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x4445_534b_544f_5000);
-    let vcpus = w.vcpus.len();
+    let vcpus = params.get("vcpus").copied().unwrap_or(1).max(1) as usize;
     let processes = params.get("processes").copied().unwrap_or(2).max(1) as u32;
     let pages = params.get("pages").copied().unwrap_or(8).max(1);
     let ops = params.get("ops").copied().unwrap_or(100);
-    let mut protected = Vec::new();
-    for i in 0..processes {
-        let p = w.create_process(i % 2 == 0 || rng.next_u64() % 2 == 0)?;
-        protected.push(w.guest.processes[p as usize].protected);
-    }
+    let protected: Vec<bool> = (0..processes)
+        .map(|i| i % 2 == 0 || rng.next_u64() % 2 == 0)
+        .collect();
     let mut queues: Vec<Vec<GuestOp>> = vec![Vec::new(); vcpus];
     for k in 0..ops {
         // Each process's memory manager runs on one VCPU (its page-table updates are
@@ -168,7 +181,23 @@ pub fn desktop_mix(
             queues[cpu].push(GuestOp::Hook { pid, va });
         }
     }
-    Ok(crate::ops::OpRunner::new(queues))
+    Scenario {
+        processes: protected,
+        queues,
+    }
+}
+
+/// Builds desktop-mix in `w`: its processes, and the per-VCPU queues drawn from `seed`.
+pub fn desktop_mix(
+    w: &mut World,
+    params: &BTreeMap<&'static str, u64>,
+    seed: u64,
+) -> Result<crate::ops::OpRunner, MmError> {
+    let sc = desktop_mix_scenario(params, seed);
+    for p in &sc.processes {
+        w.create_process(*p)?;
+    }
+    Ok(crate::ops::OpRunner::new(sc.queues))
 }
 
 /// The result of one run.
@@ -269,19 +298,12 @@ pub fn build_world(
 fn run_built(
     b: Builtin,
     params: &BTreeMap<&'static str, u64>,
-    mut w: World,
+    w: World,
     seed: u64,
     schedule: &crate::sched::Schedule,
 ) -> Result<RunResult, RunError> {
-    match b {
-        Builtin::PaperSynthetic => paper_synthetic(&mut w, params)?,
-        Builtin::DesktopMix => {
-            let mut runner = desktop_mix(&mut w, params, seed)?;
-            let mut sched = crate::sched::Scheduler::new(schedule.clone(), w.vcpus.len());
-            w.run_ops(&mut runner, &mut sched, STEPS_MAX)
-                .map_err(|(cpu, s)| RunError::Stopped(cpu, format!("{s:?}")))?;
-        }
-    }
+    let sc = generate(b, params, seed);
+    let w = run_scenario(w, &sc, schedule)?;
     Ok(RunResult {
         counters: w.counters.clone(),
         cache: w.intro.cache.stats,
@@ -291,17 +313,47 @@ fn run_built(
     })
 }
 
-fn paper_synthetic(w: &mut World, params: &BTreeMap<&'static str, u64>) -> Result<(), MmError> {
+/// Runs a scenario in `w` under `schedule`: its processes are created, then its queues run
+/// interleaved. Returns the world.
+pub fn run_scenario(
+    mut w: World,
+    sc: &Scenario,
+    schedule: &crate::sched::Schedule,
+) -> Result<World, RunError> {
+    for p in &sc.processes {
+        w.create_process(*p)?;
+    }
+    if sc.queues.len() > w.vcpus.len() {
+        return Err(RunError::Scenario(format!(
+            "the scenario has queues for {} VCPUs but the machine has {}",
+            sc.queues.len(),
+            w.vcpus.len()
+        )));
+    }
+    let mut queues = sc.queues.clone();
+    queues.resize(w.vcpus.len(), Vec::new());
+    let mut runner = crate::ops::OpRunner::new(queues);
+    let mut sched = crate::sched::Scheduler::new(schedule.clone(), w.vcpus.len());
+    w.run_ops(&mut runner, &mut sched, STEPS_MAX)
+        .map_err(|(cpu, s)| RunError::Stopped(cpu, format!("{s:?}")))?;
+    Ok(w)
+}
+
+fn paper_synthetic(params: &BTreeMap<&'static str, u64>) -> Scenario {
+    use crate::ops::GuestOp;
     let pages = params.get("pages").copied().unwrap_or(1);
     let changes = params.get("changes").copied().unwrap_or(1);
-    let pid = w.create_process(true)?;
-    let cr3 = w.guest.processes[pid as usize].cr3;
+    let pid = 0;
     let vas: Vec<u64> = (0..pages).map(|i| layout::USER_BASE + i * 0x1000).collect();
+    let mut q = Vec::new();
     for &va in &vas {
-        w.mm_map(0, pid, va, bits::RW)?;
-        w.hook_translation(cr3, va, Owner::Process(pid));
+        q.push(GuestOp::Map {
+            pid,
+            va,
+            flags: bits::RW,
+        });
+        q.push(GuestOp::Hook { pid, va });
     }
-    w.commit_hooks();
     let pat = params.get("pat").copied().unwrap_or(0) != 0;
     let attrs: &[u64] = if pat {
         &[bits::PWT, bits::PCD, bits::PWT | bits::PCD, bits::PAT, 0]
@@ -310,8 +362,16 @@ fn paper_synthetic(w: &mut World, params: &BTreeMap<&'static str, u64>) -> Resul
     };
     for j in 0..changes {
         for &va in &vas {
-            w.mm_set_caching(0, pid, va, attrs[(j as usize) % attrs.len()], j as u32)?;
+            q.push(GuestOp::SetCaching {
+                pid,
+                va,
+                attrs: attrs[(j as usize) % attrs.len()],
+                form: j as u32,
+            });
         }
     }
-    Ok(())
+    Scenario {
+        processes: vec![true],
+        queues: vec![q],
+    }
 }
