@@ -384,3 +384,129 @@ impl World {
         Ok(steps)
     }
 }
+
+impl std::fmt::Display for GuestOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            GuestOp::CreateProcess { protected } => {
+                write!(f, "create protected={}", u8::from(protected))
+            }
+            GuestOp::Map { pid, va, flags } => {
+                write!(f, "map pid={pid} va={va:#x} flags={flags:#x}")
+            }
+            GuestOp::Unmap { pid, va } => write!(f, "unmap pid={pid} va={va:#x}"),
+            GuestOp::Protect {
+                pid,
+                va,
+                writable,
+                executable,
+            } => write!(
+                f,
+                "protect pid={pid} va={va:#x} writable={} executable={}",
+                u8::from(writable),
+                u8::from(executable)
+            ),
+            GuestOp::SetCaching {
+                pid,
+                va,
+                attrs,
+                form,
+            } => {
+                write!(
+                    f,
+                    "caching pid={pid} va={va:#x} attrs={attrs:#x} form={form}"
+                )
+            }
+            GuestOp::Trim { pid, va } => write!(f, "trim pid={pid} va={va:#x}"),
+            GuestOp::SwapOut { pid, va } => write!(f, "swapout pid={pid} va={va:#x}"),
+            GuestOp::SwapIn { pid, va } => write!(f, "swapin pid={pid} va={va:#x}"),
+            GuestOp::Touch {
+                pid,
+                va,
+                write,
+                value,
+            } => {
+                write!(
+                    f,
+                    "touch pid={pid} va={va:#x} write={} value={value:#x}",
+                    u8::from(write)
+                )
+            }
+            GuestOp::Hook { pid, va } => write!(f, "hook pid={pid} va={va:#x}"),
+        }
+    }
+}
+
+impl std::str::FromStr for GuestOp {
+    type Err = String;
+    /// Parses the form [`GuestOp`]'s `Display` writes; every key must be present once and no
+    /// other key may appear.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut words = s.split_whitespace();
+        let kind = words.next().ok_or("an empty operation")?;
+        let mut kv = std::collections::BTreeMap::new();
+        for w in words {
+            let (k, v) = w
+                .split_once('=')
+                .ok_or_else(|| format!("'{w}' is not KEY=VALUE"))?;
+            let v = crate::cli::parse_u64(v)?;
+            if kv.insert(k, v).is_some() {
+                return Err(format!("key {k} is given twice"));
+            }
+        }
+        let mut take = |k: &str| kv.remove(k).ok_or_else(|| format!("{kind} needs {k}="));
+        let op = match kind {
+            "create" => GuestOp::CreateProcess {
+                protected: take("protected")? != 0,
+            },
+            "map" => GuestOp::Map {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+                flags: take("flags")?,
+            },
+            "unmap" => GuestOp::Unmap {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+            },
+            "protect" => GuestOp::Protect {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+                writable: take("writable")? != 0,
+                executable: take("executable")? != 0,
+            },
+            "caching" => GuestOp::SetCaching {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+                attrs: take("attrs")?,
+                form: take("form")? as u32,
+            },
+            "trim" => GuestOp::Trim {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+            },
+            "swapout" => GuestOp::SwapOut {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+            },
+            "swapin" => GuestOp::SwapIn {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+            },
+            "touch" => GuestOp::Touch {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+                write: take("write")? != 0,
+                value: take("value")?,
+            },
+            "hook" => GuestOp::Hook {
+                pid: take("pid")? as u32,
+                va: take("va")?,
+            },
+            other => return Err(format!("'{other}' is not an operation")),
+        };
+        if let Some(k) = kv.keys().next() {
+            return Err(format!("{kind} has no key {k}"));
+        }
+        Ok(op)
+    }
+}

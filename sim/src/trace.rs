@@ -106,6 +106,16 @@ pub fn combined_hash(hashes: &[String]) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, failure_persistence: None, ..Default::default() })]
+
+        /// I9: any text is a trace or a parse error, never a panic.
+        #[test]
+        fn i9_any_text_parses_or_is_refused(text in "(vesim-trace 1\n)?(scenario [a-z-]{0,16}\n)?(seed [0-9a-fx]{0,6}\n)?[ -~\n]{0,200}") {
+            let _ = TraceFile::parse(&text);
+        }
+    }
+
     #[test]
     fn the_hash_of_no_events_is_sha256_of_nothing() {
         // FIPS 180-2 test vector: SHA-256("").
@@ -140,4 +150,374 @@ mod tests {
             "b3c229cf9b9599c8ae3cdc855bfff3d9bd5a827f1d5b714fa32c133b9220433b"
         );
     }
+}
+
+/// A trace file: the header that rebuilds the world, the scenario as data (so it replays
+/// without its generator), and each run's records and hash.
+///
+/// ```text
+/// vesim-trace 1
+/// scenario desktop-mix
+/// seed 0
+/// profile fixed
+/// quirks -                      (or the switches that are on: Q1,Q9)
+/// params kpti=1 ops=400 pages=16 processes=4 vcpus=4
+/// schedule random:0
+/// process 0 protected=1
+/// op 0 map pid=0 va=0x100000000 flags=0x2     (op VCPU operation)
+/// run ve_on                                  (or ve_off)
+/// event exit cpu=0 reason=10                 (one line per event, see event_line)
+/// hash 3d...                                 (the run's trace hash)
+/// end
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceFile {
+    /// The built-in's name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// The profile named at run time.
+    pub profile: String,
+    /// The quirk switches that are on.
+    pub quirks: crate::quirks::Quirks,
+    /// Scenario parameters.
+    pub params: std::collections::BTreeMap<String, u64>,
+    /// The VCPU schedule.
+    pub schedule: crate::sched::Schedule,
+    /// The scenario.
+    pub scenario_data: crate::workload::Scenario,
+    /// The runs.
+    pub runs: Vec<TraceRun>,
+}
+
+/// One run of a trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceRun {
+    /// #VE on.
+    pub ve: bool,
+    /// The event lines.
+    pub lines: Vec<String>,
+    /// The recorded trace hash.
+    pub hash: String,
+}
+
+/// The trace format version.
+pub const TRACE_VERSION: u32 = 1;
+
+/// A trace file that does not parse: the line (1-based) and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("line {line}: {message}")]
+pub struct TraceError {
+    /// Line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl TraceFile {
+    /// The text of the file.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "vesim-trace {TRACE_VERSION}");
+        let _ = writeln!(out, "scenario {}", self.scenario);
+        let _ = writeln!(out, "seed {}", self.seed);
+        let _ = writeln!(out, "profile {}", self.profile);
+        let q = self.quirks.enabled();
+        let _ = writeln!(
+            out,
+            "quirks {}",
+            if q.is_empty() {
+                "-".to_string()
+            } else {
+                q.join(",")
+            }
+        );
+        let p: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(out, "params {}", p.join(" "));
+        let _ = writeln!(out, "schedule {}", self.schedule);
+        for (i, prot) in self.scenario_data.processes.iter().enumerate() {
+            let _ = writeln!(out, "process {i} protected={}", u8::from(*prot));
+        }
+        for (cpu, q) in self.scenario_data.queues.iter().enumerate() {
+            for op in q {
+                let _ = writeln!(out, "op {cpu} {op}");
+            }
+        }
+        for r in &self.runs {
+            let _ = writeln!(out, "run {}", if r.ve { "ve_on" } else { "ve_off" });
+            for l in &r.lines {
+                let _ = writeln!(out, "event {l}");
+            }
+            let _ = writeln!(out, "hash {}", r.hash);
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// Parses a trace file.
+    pub fn parse(text: &str) -> Result<TraceFile, TraceError> {
+        let err = |line: usize, m: String| TraceError { line, message: m };
+        let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+        let mut next = |what: &str| -> Result<(usize, String), TraceError> {
+            lines
+                .next()
+                .map(|(n, l)| (n, l.to_string()))
+                .ok_or_else(|| err(0, format!("the file ends before {what}")))
+        };
+        let field = |n: usize, l: &str, key: &str| -> Result<String, TraceError> {
+            l.strip_prefix(key)
+                .and_then(|r| r.strip_prefix(' '))
+                .map(str::to_string)
+                .ok_or_else(|| err(n, format!("expected '{key} ...'")))
+        };
+        let (n, l) = next("the header")?;
+        if l != format!("vesim-trace {TRACE_VERSION}") {
+            return Err(err(
+                n,
+                format!("not a vesim trace of format {TRACE_VERSION}"),
+            ));
+        }
+        let (n, l) = next("scenario")?;
+        let scenario = field(n, &l, "scenario")?;
+        if crate::workload::Builtin::from_name(&scenario).is_none() {
+            return Err(err(n, format!("'{scenario}' is not a built-in scenario")));
+        }
+        let (n, l) = next("seed")?;
+        let seed = crate::cli::parse_u64(&field(n, &l, "seed")?).map_err(|m| err(n, m))?;
+        let (n, l) = next("profile")?;
+        let profile = field(n, &l, "profile")?;
+        let (n, l) = next("quirks")?;
+        let qs = field(n, &l, "quirks")?;
+        let mut quirks = crate::quirks::Quirks::fixed();
+        if qs != "-" {
+            for name in qs.split(',') {
+                match quirks.switch_mut(name) {
+                    Some(s) => *s = true,
+                    None => return Err(err(n, format!("'{name}' is not a quirk switch"))),
+                }
+            }
+        }
+        let (n, l) = next("params")?;
+        let mut params = std::collections::BTreeMap::new();
+        for kv in field(n, &format!("{l} "), "params")?.split_whitespace() {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| err(n, format!("'{kv}' is not KEY=VALUE")))?;
+            let v = crate::cli::parse_u64(v).map_err(|m| err(n, m))?;
+            params.insert(k.to_string(), v);
+        }
+        let (n, l) = next("schedule")?;
+        let schedule = field(n, &l, "schedule")?
+            .parse::<crate::sched::Schedule>()
+            .map_err(|e| err(n, e.to_string()))?;
+        let mut processes = Vec::new();
+        let mut queues: Vec<Vec<crate::ops::GuestOp>> = Vec::new();
+        let mut runs: Vec<TraceRun> = Vec::new();
+        let mut ended = false;
+        for (n, l) in lines {
+            if ended {
+                return Err(err(n, "text after 'end'".into()));
+            }
+            let (head, rest) = l.split_once(' ').unwrap_or((l, ""));
+            match head {
+                "process" => {
+                    let (idx, kv) = rest
+                        .split_once(' ')
+                        .ok_or_else(|| err(n, "expected 'process N protected=0|1'".into()))?;
+                    if crate::cli::parse_u64(idx).ok() != Some(processes.len() as u64)
+                        || !runs.is_empty()
+                    {
+                        return Err(err(
+                            n,
+                            "processes must be numbered 0, 1, ... before any run".into(),
+                        ));
+                    }
+                    let prot = match kv {
+                        "protected=1" => true,
+                        "protected=0" => false,
+                        _ => {
+                            return Err(err(n, format!("'{kv}' is not protected=0 or protected=1")))
+                        }
+                    };
+                    processes.push(prot);
+                }
+                "op" => {
+                    if !runs.is_empty() {
+                        return Err(err(n, "operations must come before the runs".into()));
+                    }
+                    let (cpu, op) = rest
+                        .split_once(' ')
+                        .ok_or_else(|| err(n, "expected 'op CPU OPERATION'".into()))?;
+                    let cpu = crate::cli::parse_u64(cpu).map_err(|m| err(n, m))?;
+                    if cpu >= 64 {
+                        return Err(err(n, format!("VCPU {cpu} is out of range")));
+                    }
+                    let op: crate::ops::GuestOp = op.parse().map_err(|m: String| err(n, m))?;
+                    let cpu = cpu as usize;
+                    if queues.len() <= cpu {
+                        queues.resize(cpu + 1, Vec::new());
+                    }
+                    queues[cpu].push(op);
+                }
+                "run" => {
+                    let ve = match rest {
+                        "ve_on" => true,
+                        "ve_off" => false,
+                        _ => return Err(err(n, format!("'{rest}' is not ve_on or ve_off"))),
+                    };
+                    if runs.last().is_some_and(|r| r.hash.is_empty()) {
+                        return Err(err(n, "the previous run has no hash".into()));
+                    }
+                    runs.push(TraceRun {
+                        ve,
+                        lines: Vec::new(),
+                        hash: String::new(),
+                    });
+                }
+                "event" => match runs.last_mut() {
+                    Some(r) if r.hash.is_empty() => r.lines.push(rest.to_string()),
+                    _ => return Err(err(n, "an event outside a run".into())),
+                },
+                "hash" => match runs.last_mut() {
+                    Some(r) if r.hash.is_empty() => {
+                        if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return Err(err(n, "a hash is 64 hex digits".into()));
+                        }
+                        r.hash = rest.to_string();
+                    }
+                    _ => return Err(err(n, "a hash outside a run".into())),
+                },
+                "end" if rest.is_empty() => ended = true,
+                _ => return Err(err(n, format!("'{head}' is not a trace record"))),
+            }
+        }
+        if !ended {
+            return Err(err(
+                text.lines().count(),
+                "the trace is truncated (no 'end')".into(),
+            ));
+        }
+        if runs.is_empty() || runs.iter().any(|r| r.hash.is_empty()) {
+            return Err(err(text.lines().count(), "every run needs its hash".into()));
+        }
+        Ok(TraceFile {
+            scenario,
+            seed,
+            profile,
+            quirks,
+            params,
+            schedule,
+            scenario_data: crate::workload::Scenario { processes, queues },
+            runs,
+        })
+    }
+}
+
+/// Why a replay did not match.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplayError {
+    /// The trace names something this vesim cannot rebuild.
+    #[error("{0}")]
+    Setup(String),
+    /// A record differs (or one side has more records).
+    #[error("run {run}, record {record}: recorded '{recorded}', replayed '{replayed}'")]
+    Record {
+        /// Run name.
+        run: &'static str,
+        /// 1-based record number.
+        record: usize,
+        /// The recorded line (or "(none)").
+        recorded: String,
+        /// The replayed line (or "(none)").
+        replayed: String,
+    },
+    /// Every record matched but the hash line does not.
+    #[error("run {run}: the recorded hash {recorded} is not the replayed {replayed}")]
+    Hash {
+        /// Run name.
+        run: &'static str,
+        /// Recorded.
+        recorded: String,
+        /// Replayed.
+        replayed: String,
+    },
+}
+
+/// Re-runs every run of a trace and checks every record and the hash. Returns the number of
+/// records verified.
+pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
+    use crate::workload::{build_world_quirks, resolve_params, run_scenario, Builtin};
+    let b = Builtin::from_name(&tf.scenario).ok_or_else(|| {
+        ReplayError::Setup(format!("'{}' is not a built-in scenario", tf.scenario))
+    })?;
+    let params = resolve_params(b, &tf.params).map_err(|e| ReplayError::Setup(e.to_string()))?;
+    let mut total = 0;
+    for r in &tf.runs {
+        let name = if r.ve { "ve_on" } else { "ve_off" };
+        let w = build_world_quirks(b, &params, r.ve, tf.quirks, tf.seed)
+            .map_err(|e| ReplayError::Setup(e.to_string()))?;
+        let w = run_scenario(w, &tf.scenario_data, &tf.schedule)
+            .map_err(|e| ReplayError::Setup(e.to_string()))?;
+        let replayed: Vec<String> = w.events.iter().map(event_line).collect();
+        for i in 0..r.lines.len().max(replayed.len()) {
+            let a = r.lines.get(i);
+            let b = replayed.get(i);
+            if a != b {
+                return Err(ReplayError::Record {
+                    run: name,
+                    record: i + 1,
+                    recorded: a.cloned().unwrap_or_else(|| "(none)".into()),
+                    replayed: b.cloned().unwrap_or_else(|| "(none)".into()),
+                });
+            }
+        }
+        let h = trace_hash(&w.events);
+        if h != r.hash {
+            return Err(ReplayError::Hash {
+                run: name,
+                recorded: r.hash.clone(),
+                replayed: h,
+            });
+        }
+        total += r.lines.len();
+    }
+    Ok(total)
+}
+
+/// Runs a built-in with #VE on and/or off and returns its trace file.
+pub fn record(
+    b: crate::workload::Builtin,
+    sets: &std::collections::BTreeMap<String, u64>,
+    ves: &[bool],
+    profile: crate::quirks::Profile,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+) -> Result<TraceFile, crate::workload::RunError> {
+    use crate::workload::{build_world_quirks, generate, resolve_params, run_scenario};
+    let params = resolve_params(b, sets)?;
+    let sc = generate(b, &params, seed);
+    let mut runs = Vec::new();
+    for &ve in ves {
+        let w = build_world_quirks(b, &params, ve, profile.quirks(), seed)?;
+        let w = run_scenario(w, &sc, schedule)?;
+        runs.push(TraceRun {
+            ve,
+            lines: w.events.iter().map(event_line).collect(),
+            hash: trace_hash(&w.events),
+        });
+    }
+    Ok(TraceFile {
+        scenario: b.name().to_string(),
+        seed,
+        profile: profile.to_string(),
+        quirks: profile.quirks(),
+        params: params.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        schedule: schedule.clone(),
+        scenario_data: sc,
+        runs,
+    })
 }

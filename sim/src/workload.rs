@@ -282,8 +282,19 @@ pub fn build_world(
     profile: Profile,
     seed: u64,
 ) -> Result<World, RunError> {
+    build_world_quirks(b, params, ve, profile.quirks(), seed)
+}
+
+/// [`build_world`] with the quirk switches given one by one.
+pub fn build_world_quirks(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    ve: bool,
+    quirks: crate::quirks::Quirks,
+    seed: u64,
+) -> Result<World, RunError> {
     let mut config = WorldConfig {
-        quirks: profile.quirks(),
+        quirks,
         seed,
         ve,
         ..WorldConfig::default()

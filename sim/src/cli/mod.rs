@@ -6,6 +6,7 @@
 mod agent;
 mod check;
 mod exec;
+mod replay;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run seeded scenarios and check every invariant after every step.
     Check(check::CheckArgs),
+    /// Re-run a trace file and verify every record and the hash.
+    Replay(replay::ReplayArgs),
 }
 
 /// Parses a number: hex with a 0x prefix, or decimal.
@@ -109,6 +112,7 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
+        Command::Replay(args) => replay::run(args),
     }
 }
 

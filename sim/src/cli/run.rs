@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the trace (header, scenario, every record, hashes) to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
 }
 
 /// The figures of one run, in a fixed order.
@@ -173,6 +176,28 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("vesim: the {name} run failed: {e}.");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if let Some(path) = &args.trace {
+        let ves: Vec<bool> = results.iter().map(|(n, _)| *n == "ve_on").collect();
+        match crate::trace::record(
+            args.builtin,
+            &sets,
+            &ves,
+            args.profile,
+            args.seed,
+            &schedule,
+        ) {
+            Ok(tf) => {
+                if let Err(e) = std::fs::write(path, tf.to_text()) {
+                    eprintln!("vesim: {} cannot be written: {e}.", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+            Err(e) => {
+                eprintln!("vesim: the trace run failed: {e}.");
                 return ExitCode::from(1);
             }
         }
