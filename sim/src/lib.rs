@@ -11,6 +11,7 @@
 //! - [`agent`]: the in-guest #VE agent, step by step.
 //! - [`check`]: the invariants evaluated after every step.
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
+//! - [`minimize`]: shrinking a failing scenario while the same invariant fails.
 //! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
 //! - [`sched`]: deterministic VCPU schedulers with replayable schedule strings.
 //! - [`trace`]: the event log as stable text lines, and its SHA-256 trace hash.
@@ -26,6 +27,7 @@ pub mod exec;
 pub mod guest;
 pub mod introcore;
 pub mod layout;
+pub mod minimize;
 pub mod ops;
 pub mod quirks;
 pub mod sched;

@@ -497,12 +497,37 @@ pub fn record(
     seed: u64,
     schedule: &crate::sched::Schedule,
 ) -> Result<TraceFile, crate::workload::RunError> {
-    use crate::workload::{build_world_quirks, generate, resolve_params, run_scenario};
+    use crate::workload::{generate, resolve_params};
     let params = resolve_params(b, sets)?;
     let sc = generate(b, &params, seed);
+    record_scenario(
+        b,
+        &params,
+        profile.quirks(),
+        &profile.to_string(),
+        seed,
+        schedule,
+        sc,
+        ves,
+    )
+}
+
+/// Runs a given scenario with #VE on and/or off and returns its trace file.
+#[allow(clippy::too_many_arguments)]
+pub fn record_scenario(
+    b: crate::workload::Builtin,
+    params: &std::collections::BTreeMap<&'static str, u64>,
+    quirks: crate::quirks::Quirks,
+    profile: &str,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+    sc: crate::workload::Scenario,
+    ves: &[bool],
+) -> Result<TraceFile, crate::workload::RunError> {
+    use crate::workload::{build_world_quirks, run_scenario};
     let mut runs = Vec::new();
     for &ve in ves {
-        let w = build_world_quirks(b, &params, ve, profile.quirks(), seed)?;
+        let w = build_world_quirks(b, params, ve, quirks, seed)?;
         let w = run_scenario(w, &sc, schedule)?;
         runs.push(TraceRun {
             ve,
@@ -514,7 +539,7 @@ pub fn record(
         scenario: b.name().to_string(),
         seed,
         profile: profile.to_string(),
-        quirks: profile.quirks(),
+        quirks,
         params: params.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
         schedule: schedule.clone(),
         scenario_data: sc,

@@ -51,6 +51,9 @@ pub struct CheckArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Write the trace of the lowest failing seed to FILE (for replay and minimize).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
 }
 
 /// The outcome of one seed.
@@ -134,6 +137,37 @@ pub fn run(args: CheckArgs) -> ExitCode {
         );
         if let Some(first) = failed.first() {
             println!("lowest failing seed {}: {}", first.seed, replay(first.seed));
+        }
+    }
+    if let (Some(path), Some(first)) = (&args.trace, failed.first()) {
+        let params = swarm_params(args.builtin, &BTreeMap::new(), first.seed);
+        let tf = params.map_err(|e| e.to_string()).and_then(|p| {
+            let sets: BTreeMap<String, u64> =
+                p.iter().map(|(k, v)| ((*k).to_string(), *v)).collect();
+            crate::trace::record(
+                args.builtin,
+                &sets,
+                &[true],
+                args.profile,
+                first.seed,
+                &Schedule::Random { seed: first.seed },
+            )
+            .map_err(|e| e.to_string())
+        });
+        match tf {
+            Ok(tf) => {
+                if let Err(e) = std::fs::write(path, tf.to_text()) {
+                    eprintln!("vesim: {} cannot be written: {e}.", path.display());
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "vesim: the trace of seed {} could not be recorded: {e}.",
+                    first.seed
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
         }
     }
     if failed.is_empty() {

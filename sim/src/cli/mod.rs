@@ -6,6 +6,7 @@
 mod agent;
 mod check;
 mod exec;
+mod minimize;
 mod replay;
 mod run;
 
@@ -37,6 +38,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Re-run a trace file and verify every record and the hash.
     Replay(replay::ReplayArgs),
+    /// Shrink a failing trace to the fewest operations that still fail the same invariant.
+    Minimize(minimize::MinimizeArgs),
 }
 
 /// Parses a number: hex with a 0x prefix, or decimal.
@@ -113,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Minimize(args) => minimize::run(args),
     }
 }
 
