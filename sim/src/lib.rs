@@ -13,6 +13,7 @@
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
 //! - [`minimize`]: shrinking a failing scenario while the same invariant fails.
 //! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
+//! - [`scenario_file`]: scenario files (TOML).
 //! - [`sched`]: deterministic VCPU schedulers with replayable schedule strings.
 //! - [`trace`]: the event log as stable text lines, and its SHA-256 trace hash.
 //! - [`workload`]: built-in scenarios.
@@ -30,6 +31,7 @@ pub mod layout;
 pub mod minimize;
 pub mod ops;
 pub mod quirks;
+pub mod scenario_file;
 pub mod sched;
 pub mod trace;
 pub mod verdict;

@@ -47,9 +47,12 @@ Exit status: 0 when the runs completed, 1 when a run failed, 2 for bad arguments
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct RunArgs {
+    /// A scenario file (TOML; see README). Flags given here override its values.
+    #[arg(value_name = "FILE.toml", conflicts_with = "builtin")]
+    scenario: Option<std::path::PathBuf>,
     /// The built-in scenario (default: desktop-mix).
-    #[arg(long, value_name = "NAME", value_parser = builtin, default_value = "desktop-mix")]
-    builtin: Builtin,
+    #[arg(long, value_name = "NAME", value_parser = builtin)]
+    builtin: Option<Builtin>,
     /// VCPUs of a multi-VCPU scenario (desktop-mix).
     #[arg(long, value_name = "N", value_parser = parse_u64)]
     vcpus: Option<u64>,
@@ -59,15 +62,15 @@ pub struct RunArgs {
     /// Overrides a scenario parameter.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = set_value)]
     sets: Vec<(String, u64)>,
-    /// Run with #VE on, off, or both.
-    #[arg(long, value_enum, default_value = "both")]
-    ve: VeMode,
-    /// Quirk profile.
-    #[arg(long, value_name = "fixed|hvmi", default_value = "fixed")]
-    profile: Profile,
-    /// Seed of every random stream.
-    #[arg(long, value_name = "S", value_parser = parse_u64, default_value = "0")]
-    seed: u64,
+    /// Run with #VE on, off, or both (default both).
+    #[arg(long, value_enum)]
+    ve: Option<VeMode>,
+    /// Quirk profile (default fixed).
+    #[arg(long, value_name = "fixed|hvmi")]
+    profile: Option<Profile>,
+    /// Seed of every random stream (default 0).
+    #[arg(long, value_name = "S", value_parser = parse_u64)]
+    seed: Option<u64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -123,51 +126,113 @@ fn run_json(r: &RunResult) -> Value {
     Value::Object(m)
 }
 
+/// The effective options: flags, then the scenario file, then the defaults.
+struct Effective {
+    builtin: Builtin,
+    ve: VeMode,
+    profile: Profile,
+    seed: u64,
+    sched: Option<crate::sched::Schedule>,
+    file_sets: BTreeMap<String, u64>,
+}
+
+fn effective(args: &RunArgs) -> Result<Effective, String> {
+    let file = match &args.scenario {
+        Some(path) => {
+            let name = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{name} cannot be read: {e}"))?;
+            Some(
+                crate::scenario_file::ScenarioFile::parse(&name, &text)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
+    let f = file.as_ref();
+    let builtin = match (args.builtin, f) {
+        (Some(b), _) => b,
+        (None, Some(f)) => Builtin::from_name(&f.builtin)
+            .ok_or_else(|| format!("'{}' is not a built-in", f.builtin))?,
+        (None, None) => Builtin::DesktopMix,
+    };
+    let ve = match (args.ve, f.and_then(|f| f.ve.as_deref())) {
+        (Some(v), _) => v,
+        (None, Some("on")) => VeMode::On,
+        (None, Some("off")) => VeMode::Off,
+        _ => VeMode::Both,
+    };
+    let profile = match (args.profile, f.and_then(|f| f.profile.as_deref())) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p.parse()?,
+        (None, None) => Profile::Fixed,
+    };
+    let seed = args.seed.or(f.and_then(|f| f.seed)).unwrap_or(0);
+    let sched = match (&args.sched, f.and_then(|f| f.schedule.as_deref())) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(s)) => Some(
+            s.parse()
+                .map_err(|e: crate::sched::ScheduleError| e.to_string())?,
+        ),
+        (None, None) => None,
+    };
+    Ok(Effective {
+        builtin,
+        ve,
+        profile,
+        seed,
+        sched,
+        file_sets: f.map(|f| f.params.clone()).unwrap_or_default(),
+    })
+}
+
 /// Runs `vesim run`.
 pub fn run(args: RunArgs) -> ExitCode {
-    let mut sets = BTreeMap::new();
+    let eff = match effective(&args) {
+        Ok(e) => e,
+        Err(m) => {
+            eprintln!("vesim: {m}.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut sets = eff.file_sets.clone();
     if let Some(n) = args.vcpus {
-        if args.builtin != Builtin::DesktopMix {
+        if eff.builtin != Builtin::DesktopMix {
             eprintln!("vesim: --vcpus applies to desktop-mix only.");
             return ExitCode::from(EXIT_USAGE);
         }
         sets.insert("vcpus".to_string(), n);
     }
+    let mut seen = std::collections::BTreeSet::new();
     for (k, v) in args.sets {
-        if sets.insert(k.clone(), v).is_some() {
+        if !seen.insert(k.clone()) {
             eprintln!("vesim: parameter {k} is set twice.");
             return ExitCode::from(EXIT_USAGE);
         }
+        sets.insert(k, v);
     }
-    let params = match resolve_params(args.builtin, &sets) {
+    let params = match resolve_params(eff.builtin, &sets) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("vesim: {e}.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let modes: Vec<(&str, bool)> = match args.ve {
+    let modes: Vec<(&str, bool)> = match eff.ve {
         VeMode::On => vec![("ve_on", true)],
         VeMode::Off => vec![("ve_off", false)],
         VeMode::Both => vec![("ve_on", true), ("ve_off", false)],
     };
-    let schedule = args
+    let schedule = eff
         .sched
         .clone()
-        .unwrap_or(crate::sched::Schedule::Random { seed: args.seed });
+        .unwrap_or(crate::sched::Schedule::Random { seed: eff.seed });
     let mut results = Vec::new();
     let mut perf = Vec::new();
     for (name, ve) in modes {
         // Wall-clock speed is reported apart from every counted figure and hash.
         let t0 = std::time::Instant::now();
-        let r = run_builtin_with(
-            args.builtin,
-            &params,
-            ve,
-            args.profile,
-            args.seed,
-            &schedule,
-        );
+        let r = run_builtin_with(eff.builtin, &params, ve, eff.profile, eff.seed, &schedule);
         let secs = t0.elapsed().as_secs_f64();
         match r {
             Ok(r) => {
@@ -182,14 +247,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     if let Some(path) = &args.trace {
         let ves: Vec<bool> = results.iter().map(|(n, _)| *n == "ve_on").collect();
-        match crate::trace::record(
-            args.builtin,
-            &sets,
-            &ves,
-            args.profile,
-            args.seed,
-            &schedule,
-        ) {
+        match crate::trace::record(eff.builtin, &sets, &ves, eff.profile, eff.seed, &schedule) {
             Ok(tf) => {
                 if let Err(e) = std::fs::write(path, tf.to_text()) {
                     eprintln!("vesim: {} cannot be written: {e}.", path.display());
@@ -212,9 +270,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         .map(|(_, r)| r.counters.exits_total());
     if args.json {
         let mut m = Map::new();
-        m.insert("scenario".into(), Value::from(args.builtin.name()));
-        m.insert("seed".into(), Value::from(args.seed));
-        m.insert("profile".into(), Value::from(args.profile.to_string()));
+        m.insert("scenario".into(), Value::from(eff.builtin.name()));
+        m.insert("seed".into(), Value::from(eff.seed));
+        m.insert("profile".into(), Value::from(eff.profile.to_string()));
         let p: Map<String, Value> = params
             .iter()
             .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
@@ -252,9 +310,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         let p: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
             "{}  seed {}  profile {}  {}",
-            args.builtin.name(),
-            args.seed,
-            args.profile,
+            eff.builtin.name(),
+            eff.seed,
+            eff.profile,
             p.join(" ")
         );
         let header: Vec<&str> = results.iter().map(|(n, _)| *n).collect();
