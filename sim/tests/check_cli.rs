@@ -50,3 +50,20 @@ fn bad_arguments_exit_2() {
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     }
 }
+
+#[test]
+fn parallel_jobs_report_the_same_in_seed_order() {
+    let one = vesim(&["check", "--seeds", "6", "--profile", "hvmi", "--json"]);
+    let two = vesim(&[
+        "check",
+        "--seeds",
+        "6",
+        "--profile",
+        "hvmi",
+        "--json",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(one.code, two.code);
+    assert_eq!(one.stdout, two.stdout);
+}

@@ -22,7 +22,7 @@ fn builtin(s: &str) -> Result<Builtin, String> {
 
 const EXAMPLES: &str = "\
 Examples:
-  vesim check --seeds 200
+  vesim check --seeds 200 --jobs 2
   vesim check --seeds 50 --profile hvmi
   vesim check --seed 17 --profile hvmi        (replays one seed)
 
@@ -45,7 +45,10 @@ pub struct CheckArgs {
     /// Quirk profile.
     #[arg(long, value_name = "fixed|hvmi", default_value = "fixed")]
     profile: Profile,
-    /// Print only the summary.
+    /// Worlds run in parallel (one thread each).
+    #[arg(long, value_name = "J", value_parser = parse_u64, default_value = "1")]
+    jobs: u64,
+    /// Print only the summary (and no progress bar).
     #[arg(long)]
     quiet: bool,
     /// Print one JSON object.
@@ -57,6 +60,7 @@ pub struct CheckArgs {
 }
 
 /// The outcome of one seed.
+#[derive(Debug)]
 struct SeedResult {
     seed: u64,
     failure: Option<(String, u64, usize, String)>,
@@ -84,12 +88,48 @@ pub fn run(args: CheckArgs) -> ExitCode {
         Some(s) => vec![s],
         None => (0..args.seeds).collect(),
     };
+    // J worlds at a time, one thread each; results are reported in seed order.
+    let jobs = args.jobs.clamp(1, 64) as usize;
+    let bar = if args.quiet || args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(seeds.len() as u64)
+    };
+    let mut outcomes: Vec<Option<Result<SeedResult, String>>> =
+        (0..seeds.len()).map(|_| None).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let collected = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&seed) = seeds.get(i) else {
+                    break;
+                };
+                let r = check_seed(args.builtin, args.profile, seed);
+                bar.inc(1);
+                if let Ok(mut c) = collected.lock() {
+                    c.push((i, r));
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    for (i, r) in collected.into_inner().unwrap_or_default() {
+        if let Some(slot) = outcomes.get_mut(i) {
+            *slot = Some(r);
+        }
+    }
     let mut results = Vec::with_capacity(seeds.len());
-    for s in seeds {
-        match check_seed(args.builtin, args.profile, s) {
-            Ok(r) => results.push(r),
-            Err(e) => {
-                eprintln!("vesim: seed {s} could not run: {e}.");
+    for (i, o) in outcomes.into_iter().enumerate() {
+        match o {
+            Some(Ok(r)) => results.push(r),
+            Some(Err(e)) => {
+                eprintln!("vesim: seed {} could not run: {e}.", seeds[i]);
+                return ExitCode::from(EXIT_USAGE);
+            }
+            None => {
+                eprintln!("vesim: seed {} did not run.", seeds[i]);
                 return ExitCode::from(EXIT_USAGE);
             }
         }
