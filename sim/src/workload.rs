@@ -22,13 +22,17 @@ pub enum Builtin {
     /// Several processes, some protected, on several VCPUs, with KPTI: a memory manager mixing
     /// map, unmap, protect, caching changes, A-bit trims, swap out and in, and touches.
     DesktopMix,
+    /// desktop-mix with the memory manager under pressure: mostly swap out, swap in, trims and
+    /// the touches that bring pages back.
+    MemoryPressure,
 }
 
 impl Builtin {
     /// Every built-in, by name.
-    pub const ALL: [(&'static str, Builtin); 2] = [
+    pub const ALL: [(&'static str, Builtin); 3] = [
         ("paper-synthetic", Builtin::PaperSynthetic),
         ("desktop-mix", Builtin::DesktopMix),
+        ("memory-pressure", Builtin::MemoryPressure),
     ];
 
     /// The built-in called `name`.
@@ -41,6 +45,7 @@ impl Builtin {
         match self {
             Builtin::PaperSynthetic => "paper-synthetic",
             Builtin::DesktopMix => "desktop-mix",
+            Builtin::MemoryPressure => "memory-pressure",
         }
     }
 
@@ -52,7 +57,7 @@ impl Builtin {
                 ("changes", 100, 100_000),
                 ("pat", 0, 1),
             ],
-            Builtin::DesktopMix => &[
+            Builtin::DesktopMix | Builtin::MemoryPressure => &[
                 ("vcpus", 4, 64),
                 ("processes", 4, 32),
                 ("pages", 16, 512),
@@ -124,11 +129,21 @@ pub struct Scenario {
 pub fn generate(b: Builtin, params: &BTreeMap<&'static str, u64>, seed: u64) -> Scenario {
     match b {
         Builtin::PaperSynthetic => paper_synthetic(params),
-        Builtin::DesktopMix => desktop_mix_scenario(params, seed),
+        Builtin::DesktopMix => desktop_mix_scenario(params, seed, &DESKTOP_WEIGHTS),
+        Builtin::MemoryPressure => desktop_mix_scenario(params, seed, &PRESSURE_WEIGHTS),
     }
 }
 
-fn desktop_mix_scenario(params: &BTreeMap<&'static str, u64>, seed: u64) -> Scenario {
+/// Relative weights of map, unmap, protect, caching, trim, swap out, swap in, touch.
+type Weights = [u64; 8];
+const DESKTOP_WEIGHTS: Weights = [4, 1, 2, 2, 1, 1, 1, 4];
+const PRESSURE_WEIGHTS: Weights = [3, 1, 0, 0, 3, 4, 4, 3];
+
+fn desktop_mix_scenario(
+    params: &BTreeMap<&'static str, u64>,
+    seed: u64,
+    weights: &Weights,
+) -> Scenario {
     use crate::ops::GuestOp;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x4445_534b_544f_5000);
@@ -147,28 +162,35 @@ fn desktop_mix_scenario(params: &BTreeMap<&'static str, u64>, seed: u64) -> Scen
         let cpu = pid as usize % vcpus;
         let va = layout::USER_BASE + (u64::from(pid) << 30) + (rng.next_u64() % pages) * 0x1000;
         let r = rng.next_u64();
-        let op = match r % 16 {
-            0..=3 => GuestOp::Map {
+        let total: u64 = weights.iter().sum();
+        let mut pick = r % total.max(1);
+        let mut kind = 0;
+        while kind < 7 && pick >= weights[kind] {
+            pick -= weights[kind];
+            kind += 1;
+        }
+        let op = match kind {
+            0 => GuestOp::Map {
                 pid,
                 va,
                 flags: bits::RW,
             },
-            4 => GuestOp::Unmap { pid, va },
-            5 | 6 => GuestOp::Protect {
+            1 => GuestOp::Unmap { pid, va },
+            2 => GuestOp::Protect {
                 pid,
                 va,
                 writable: r & 0x100 != 0,
                 executable: r & 0x200 != 0,
             },
-            7 | 8 => GuestOp::SetCaching {
+            3 => GuestOp::SetCaching {
                 pid,
                 va,
                 attrs: (r >> 12) & bits::CACHING,
                 form: k as u32,
             },
-            9 => GuestOp::Trim { pid, va },
-            10 => GuestOp::SwapOut { pid, va },
-            11 => GuestOp::SwapIn { pid, va },
+            4 => GuestOp::Trim { pid, va },
+            5 => GuestOp::SwapOut { pid, va },
+            6 => GuestOp::SwapIn { pid, va },
             _ => GuestOp::Touch {
                 pid,
                 va,
@@ -193,7 +215,7 @@ pub fn desktop_mix(
     params: &BTreeMap<&'static str, u64>,
     seed: u64,
 ) -> Result<crate::ops::OpRunner, MmError> {
-    let sc = desktop_mix_scenario(params, seed);
+    let sc = desktop_mix_scenario(params, seed, &DESKTOP_WEIGHTS);
     for p in &sc.processes {
         w.create_process(*p)?;
     }
@@ -299,7 +321,7 @@ pub fn build_world_quirks(
         ve,
         ..WorldConfig::default()
     };
-    if b == Builtin::DesktopMix {
+    if matches!(b, Builtin::DesktopMix | Builtin::MemoryPressure) {
         config.guest.vcpus = params.get("vcpus").copied().unwrap_or(1).max(1) as usize;
         config.guest.kpti = params.get("kpti").copied().unwrap_or(0) != 0;
     }

@@ -5,7 +5,7 @@ use crate::check::Checker;
 use crate::ops::RunFailure;
 use crate::quirks::Profile;
 use crate::sched::{Schedule, Scheduler};
-use crate::workload::{build_world, desktop_mix, swarm_params, Builtin, STEPS_MAX};
+use crate::workload::{build_world, swarm_params, Builtin, STEPS_MAX};
 use clap::Args;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -13,9 +13,9 @@ use std::process::ExitCode;
 
 fn builtin(s: &str) -> Result<Builtin, String> {
     match Builtin::from_name(s) {
-        Some(Builtin::DesktopMix) => Ok(Builtin::DesktopMix),
+        Some(b @ (Builtin::DesktopMix | Builtin::MemoryPressure)) => Ok(b),
         _ => Err(format!(
-            "'{s}' is not a scenario vesim check runs (desktop-mix)"
+            "'{s}' is not a scenario vesim check runs (desktop-mix, memory-pressure)"
         )),
     }
 }
@@ -69,7 +69,11 @@ struct SeedResult {
 fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, String> {
     let params = swarm_params(b, &BTreeMap::new(), seed).map_err(|e| e.to_string())?;
     let mut w = build_world(b, &params, true, profile, seed).map_err(|e| e.to_string())?;
-    let mut runner = desktop_mix(&mut w, &params, seed).map_err(|e| e.to_string())?;
+    let sc = crate::workload::generate(b, &params, seed);
+    for p in &sc.processes {
+        w.create_process(*p).map_err(|e| e.to_string())?;
+    }
+    let mut runner = crate::ops::OpRunner::new(sc.queues);
     let mut sched = Scheduler::new(Schedule::Random { seed }, w.vcpus.len());
     let mut checker = Checker::new(&w);
     let failure = match w.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
