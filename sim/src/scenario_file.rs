@@ -1,7 +1,7 @@
 //! Scenario files (TOML): a built-in generator with its parameters and the run's options.
 //!
 //! ```toml
-//! builtin = "desktop-mix"        # required: paper-synthetic or desktop-mix
+//! builtin = "desktop-mix"        # required: paper-synthetic, desktop-mix or memory-pressure
 //! seed = 7                       # optional, default 0
 //! profile = "fixed"              # optional: fixed or hvmi
 //! ve = "both"                    # optional: on, off or both
@@ -75,8 +75,9 @@ impl ScenarioFile {
             return Err(err(
                 key_line(text, "builtin"),
                 format!(
-                    "'{}' is not a built-in (paper-synthetic, desktop-mix)",
-                    sf.builtin
+                    "'{}' is not a built-in ({})",
+                    sf.builtin,
+                    crate::workload::Builtin::ALL.map(|(n, _)| n).join(", ")
                 ),
             ));
         };

@@ -67,3 +67,14 @@ fn parallel_jobs_report_the_same_in_seed_order() {
     assert_eq!(one.code, two.code);
     assert_eq!(one.stdout, two.stdout);
 }
+
+#[test]
+fn memory_pressure_seeds_pass_in_fixed() {
+    let r = vesim(&["check", "--seeds", "3", "--builtin", "memory-pressure"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("memory-pressure: 3 passed, 0 failed"),
+        "{}",
+        r.stdout
+    );
+}
