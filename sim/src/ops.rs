@@ -147,13 +147,19 @@ impl OpRunner {
 
     /// The VCPUs with work left, ascending.
     pub fn runnable(&self, world: &World) -> Vec<usize> {
-        (0..self.queues.len())
-            .filter(|c| {
-                *c < world.vcpus.len()
-                    && self.busy(*c)
-                    && world.stopped.get(*c).is_some_and(Option::is_none)
-            })
-            .collect()
+        let mut v = Vec::new();
+        self.runnable_into(world, &mut v);
+        v
+    }
+
+    /// [`OpRunner::runnable`] into a reused buffer (the per-step path).
+    pub fn runnable_into(&self, world: &World, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend((0..self.queues.len()).filter(|c| {
+            *c < world.vcpus.len()
+                && self.busy(*c)
+                && world.stopped.get(*c).is_some_and(Option::is_none)
+        }));
     }
 }
 
@@ -200,37 +206,16 @@ impl World {
                 va,
                 write,
                 value,
-            } => {
-                let instr = if write {
-                    crate::layout::mm_code::TOUCH_WRITE
-                } else {
-                    crate::layout::mm_code::TOUCH_READ
-                };
-                if self
-                    .guest
-                    .processes
-                    .get(pid as usize)
-                    .is_none_or(|p| p.exited)
-                {
-                    return Err(MmError::NoProcess(pid));
-                }
-                Some(Plan {
-                    pid,
-                    micros: vec![crate::guest::mm::Micro {
-                        offset: instr.0,
-                        rdi: 0,
-                        rsi: va,
-                        rax: value,
-                    }],
-                    finish: crate::guest::mm::Finish::Nothing,
-                })
-            }
+            } => Some(self.plan_touch(pid, va, write, value)?),
         })
     }
 
     /// One scheduling step of VCPU `cpu` in `runner`: start its next operation or
     /// instruction if needed, then one hardware-visible step.
     pub fn op_step(&mut self, runner: &mut OpRunner, cpu: usize) -> Result<(), Stop> {
+        if cpu >= self.vcpus.len() {
+            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+        }
         let Some(slot) = runner.active.get(cpu) else {
             return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
         };
@@ -283,9 +268,7 @@ impl World {
             v.set_reg(Gpr::Rdi, m.rdi);
             v.set_reg(Gpr::Rsi, m.rsi);
             v.set_reg(Gpr::Rax, m.rax);
-            let touch = off == crate::layout::mm_code::TOUCH_READ.0
-                || off == crate::layout::mm_code::TOUCH_WRITE.0;
-            if !touch {
+            if crate::guest::mm::is_pt_write(off) {
                 self.counters.pt_writes += 1;
             }
             active.end = Some(start + bytes.len() as u64);
@@ -332,14 +315,57 @@ impl World {
         sched: &mut Scheduler,
         steps_max: u64,
     ) -> Result<u64, (usize, Stop)> {
+        self.drive(runner, sched, None, steps_max)
+            .map_err(|f| match f {
+                RunFailure::Stopped(cpu, s) => (cpu, s),
+                // Without a checker no invariant is evaluated.
+                RunFailure::Violations(v) => (
+                    v.first().map_or(0, |x| x.cpu),
+                    Stop::AgentFault("unexpected".into()),
+                ),
+            })
+    }
+
+    /// Like [`World::run_ops`], evaluating every invariant of `checker` after every step and
+    /// stopping at the first failing step.
+    pub fn run_ops_checked(
+        &mut self,
+        runner: &mut OpRunner,
+        sched: &mut Scheduler,
+        checker: &mut crate::check::Checker,
+        steps_max: u64,
+    ) -> Result<u64, RunFailure> {
+        self.drive(runner, sched, Some(checker), steps_max)
+    }
+
+    fn drive(
+        &mut self,
+        runner: &mut OpRunner,
+        sched: &mut Scheduler,
+        mut checker: Option<&mut crate::check::Checker>,
+        steps_max: u64,
+    ) -> Result<u64, RunFailure> {
+        let mut runnable = Vec::with_capacity(self.vcpus.len());
         let mut steps = 0;
         while steps < steps_max {
-            let runnable = runner.runnable(self);
+            runner.runnable_into(self, &mut runnable);
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);
             };
-            self.op_step(runner, cpu).map_err(|s| (cpu, s))?;
+            if let Some(c) = checker.as_deref_mut() {
+                c.before_step(self, cpu);
+            }
+            let r = self.op_step(runner, cpu);
             steps += 1;
+            if let Some(c) = checker.as_deref_mut() {
+                let v = c.after_step(self, cpu, &r);
+                if !v.is_empty() {
+                    return Err(RunFailure::Violations(v));
+                }
+            }
+            if let Err(s) = r {
+                return Err(RunFailure::Stopped(cpu, s));
+            }
         }
         Ok(steps)
     }
@@ -352,37 +378,6 @@ pub enum RunFailure {
     Violations(Vec<crate::check::Violation>),
     /// A VCPU stopped.
     Stopped(usize, Stop),
-}
-
-impl World {
-    /// Like [`World::run_ops`], evaluating every invariant of `checker` after every step and
-    /// stopping at the first failing step.
-    pub fn run_ops_checked(
-        &mut self,
-        runner: &mut OpRunner,
-        sched: &mut Scheduler,
-        checker: &mut crate::check::Checker,
-        steps_max: u64,
-    ) -> Result<u64, RunFailure> {
-        let mut steps = 0;
-        while steps < steps_max {
-            let runnable = runner.runnable(self);
-            let Some(cpu) = sched.next(&runnable) else {
-                return Ok(steps);
-            };
-            checker.before_step(self, cpu);
-            let r = self.op_step(runner, cpu);
-            let v = checker.after_step(self, cpu, &r);
-            steps += 1;
-            if !v.is_empty() {
-                return Err(RunFailure::Violations(v));
-            }
-            if let Err(s) = r {
-                return Err(RunFailure::Stopped(cpu, s));
-            }
-        }
-        Ok(steps)
-    }
 }
 
 impl std::fmt::Display for GuestOp {
@@ -455,51 +450,53 @@ impl std::str::FromStr for GuestOp {
             }
         }
         let mut take = |k: &str| kv.remove(k).ok_or_else(|| format!("{kind} needs {k}="));
+        let narrow =
+            |v: u64| u32::try_from(v).map_err(|_| format!("{v:#x} does not fit in 32 bits"));
         let op = match kind {
             "create" => GuestOp::CreateProcess {
                 protected: take("protected")? != 0,
             },
             "map" => GuestOp::Map {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
                 flags: take("flags")?,
             },
             "unmap" => GuestOp::Unmap {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
             },
             "protect" => GuestOp::Protect {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
                 writable: take("writable")? != 0,
                 executable: take("executable")? != 0,
             },
             "caching" => GuestOp::SetCaching {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
                 attrs: take("attrs")?,
-                form: take("form")? as u32,
+                form: narrow(take("form")?)?,
             },
             "trim" => GuestOp::Trim {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
             },
             "swapout" => GuestOp::SwapOut {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
             },
             "swapin" => GuestOp::SwapIn {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
             },
             "touch" => GuestOp::Touch {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
                 write: take("write")? != 0,
                 value: take("value")?,
             },
             "hook" => GuestOp::Hook {
-                pid: take("pid")? as u32,
+                pid: narrow(take("pid")?)?,
                 va: take("va")?,
             },
             other => return Err(format!("'{other}' is not an operation")),

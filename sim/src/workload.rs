@@ -209,19 +209,6 @@ fn desktop_mix_scenario(
     }
 }
 
-/// Builds desktop-mix in `w`: its processes, and the per-VCPU queues drawn from `seed`.
-pub fn desktop_mix(
-    w: &mut World,
-    params: &BTreeMap<&'static str, u64>,
-    seed: u64,
-) -> Result<crate::ops::OpRunner, MmError> {
-    let sc = desktop_mix_scenario(params, seed, &DESKTOP_WEIGHTS);
-    for p in &sc.processes {
-        w.create_process(*p)?;
-    }
-    Ok(crate::ops::OpRunner::new(sc.queues))
-}
-
 /// The result of one run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunResult {

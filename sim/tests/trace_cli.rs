@@ -101,6 +101,10 @@ fn malformed_traces_exit_2_naming_the_line() {
         ("bad op", text.replacen("op 0 ", "op 0 frobnicate ", 1)),
         ("unknown key", text.replacen(" va=", " va2=", 1)),
         (
+            "pid too wide",
+            text.replacen(" pid=0 ", " pid=0x100000000 ", 1),
+        ),
+        (
             "bad schedule",
             text.replacen("schedule random:4", "schedule fifo", 1),
         ),

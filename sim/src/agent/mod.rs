@@ -118,20 +118,20 @@ impl AgentOutcome {
     fn code(self) -> u64 {
         self as u64 + 1
     }
+    /// Every outcome, in code order.
+    pub const ALL: [AgentOutcome; 8] = [
+        AgentOutcome::IgnoredIrrelevant,
+        AgentOutcome::IgnoredCache,
+        AgentOutcome::Raised,
+        AgentOutcome::EmulatedByIntrocore,
+        AgentOutcome::Rejected,
+        AgentOutcome::Break,
+        AgentOutcome::PageWalkSet,
+        AgentOutcome::PageWalkRaised,
+    ];
     fn from_code(c: u64) -> Option<AgentOutcome> {
-        use AgentOutcome::*;
-        [
-            IgnoredIrrelevant,
-            IgnoredCache,
-            Raised,
-            EmulatedByIntrocore,
-            Rejected,
-            Break,
-            PageWalkSet,
-            PageWalkRaised,
-        ]
-        .into_iter()
-        .find(|o| o.code() == c)
+        c.checked_sub(1)
+            .and_then(|i| Self::ALL.get(i as usize).copied())
     }
 }
 

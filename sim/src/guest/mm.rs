@@ -95,6 +95,11 @@ pub struct Micro {
     pub rax: u64,
 }
 
+/// Whether the MM instruction at `offset` writes a page-table entry (every one but the touches).
+pub fn is_pt_write(offset: u64) -> bool {
+    offset != mm_code::TOUCH_READ.0 && offset != mm_code::TOUCH_WRITE.0
+}
+
 impl Micro {
     fn new(instr: (u64, &[u8]), rdi: u64, rsi: u64, rax: u64) -> Self {
         Micro {
@@ -264,7 +269,7 @@ impl World {
         let cr3 = self.process(pid)?.cr3;
         let start = layout::MM_CODE_GVA + instr.0;
         let end = start + instr.1.len() as u64;
-        if instr != mm_code::TOUCH_READ && instr != mm_code::TOUCH_WRITE {
+        if is_pt_write(instr.0) {
             self.counters.pt_writes += 1;
         }
         {
@@ -380,14 +385,23 @@ impl World {
         write: bool,
         value: u64,
     ) -> Result<(), MmError> {
+        let plan = self.plan_touch(pid, va, write, value)?;
+        self.run_plan(cpu, plan)
+    }
+
+    /// The plan of [`World::mm_touch`].
+    pub fn plan_touch(&self, pid: u32, va: u64, write: bool, value: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let instr = if write {
             mm_code::TOUCH_WRITE
         } else {
             mm_code::TOUCH_READ
         };
-        let plan = Plan::one(pid, Micro::new(instr, 0, va, value), Finish::Nothing);
-        self.run_plan(cpu, plan)
+        Ok(Plan::one(
+            pid,
+            Micro::new(instr, 0, va, value),
+            Finish::Nothing,
+        ))
     }
 
     /// Runs a plan to completion on VCPU `cpu`, then does its bookkeeping.

@@ -347,6 +347,42 @@ pub fn software_translate(machine: &Machine, cr3: u64, gva: u64) -> Option<Gpa> 
     .map(|w| w.gpa)
 }
 
+/// The guest-physical address of each byte of `len` bytes at `gva` under `cr3`, translating
+/// once per page (software, no A/D); `None` if a page is unmapped.
+pub fn software_byte_gpas(machine: &Machine, cr3: u64, gva: u64, len: u64) -> Option<Vec<Gpa>> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut page: Option<(u64, Gpa)> = None;
+    for i in 0..len {
+        let a = gva.wrapping_add(i);
+        let base = match page {
+            Some((p, g)) if p == a & !0xFFF => g,
+            _ => {
+                let g = software_translate(machine, cr3, a & !0xFFF)?;
+                page = Some((a & !0xFFF, g));
+                g
+            }
+        };
+        out.push(base.wrapping_add(a & 0xFFF));
+    }
+    Some(out)
+}
+
+/// Reads `buf.len()` bytes at `gva` under `cr3` the way hypervisor software does (page by page,
+/// no EPT check, no A/D); false if a page is unmapped.
+pub fn software_read(machine: &Machine, cr3: u64, gva: u64, buf: &mut [u8]) -> bool {
+    match software_byte_gpas(machine, cr3, gva, buf.len() as u64) {
+        Some(gpas) => {
+            for (b, g) in buf.iter_mut().zip(gpas) {
+                let mut one = [0u8; 1];
+                machine.mem.read(g, &mut one);
+                *b = one[0];
+            }
+            true
+        }
+        None => false,
+    }
+}
+
 /// A 16-byte 64-bit interrupt gate (type 0xE, present, DPL 0, IST 0).
 pub fn idt_gate(target: u64, selector: u16) -> [u8; 16] {
     let mut g = [0u8; 16];

@@ -3,7 +3,7 @@
 //! CPU's semantics, let the callbacks see the entry's old and new value, then commit the store,
 //! the registers and RIP.
 
-use crate::guest::software_translate;
+use crate::guest::{software_byte_gpas, software_read};
 use vesim_model::cpu::decode::{accesses_of, execute_bytes, MAX_INSTRUCTION_LEN};
 use vesim_model::vcpu::{Rflags, Vcpu};
 use vesim_model::{Gla, Gpa, Machine};
@@ -34,17 +34,6 @@ pub struct Emulation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unsupported(pub String);
 
-fn read_code(machine: &Machine, cr3: u64, rip: u64) -> Option<[u8; MAX_INSTRUCTION_LEN]> {
-    let mut b = [0u8; MAX_INSTRUCTION_LEN];
-    for (i, byte) in b.iter_mut().enumerate() {
-        let g = software_translate(machine, cr3, rip.wrapping_add(i as u64))?;
-        let mut one = [0u8; 1];
-        machine.mem.read(g, &mut one);
-        *byte = one[0];
-    }
-    Some(b)
-}
-
 /// Computes the effect of the instruction `vcpu` is at (registers, RIP, RFLAGS as given; CR3
 /// for the software translations) on the write that faulted at `gla`/`gpa`. Instruction bytes
 /// come from `bytes` when given (the copy in the #VE page), else from guest memory.
@@ -62,8 +51,13 @@ pub fn emulate_pt_write(
             c[..n].copy_from_slice(&b[..n]);
             c
         }
-        None => read_code(machine, vcpu.cr3, vcpu.rip)
-            .ok_or_else(|| Unsupported("the instruction bytes are not mapped".into()))?,
+        None => {
+            let mut c = [0u8; MAX_INSTRUCTION_LEN];
+            if !software_read(machine, vcpu.cr3, vcpu.rip, &mut c) {
+                return Err(Unsupported("the instruction bytes are not mapped".into()));
+            }
+            c
+        }
     };
     let accesses = accesses_of(&code, vcpu).ok_or_else(|| Unsupported("undecodable".into()))?;
     let [access] = accesses.as_slice() else {
@@ -75,13 +69,13 @@ pub fn emulate_pt_write(
             "the faulting write is not the instruction's operand".into(),
         ));
     }
+    let gpas = software_byte_gpas(machine, vcpu.cr3, access.gla.0, access.size)
+        .ok_or_else(|| Unsupported("the operand is not mapped".into()))?;
     let mut value = [0u8; 8];
-    for i in 0..access.size {
-        let g = software_translate(machine, vcpu.cr3, access.gla.0.wrapping_add(i))
-            .ok_or_else(|| Unsupported("the operand is not mapped".into()))?;
+    for (v, g) in value.iter_mut().zip(&gpas) {
         let mut one = [0u8; 1];
-        machine.mem.read(g, &mut one);
-        value[i as usize] = one[0];
+        machine.mem.read(*g, &mut one);
+        *v = one[0];
     }
     let (fx, _, next) = execute_bytes(&code, vcpu, u64::from_le_bytes(value))
         .ok_or_else(|| Unsupported("outside the reference CPU's instruction set".into()))?;
@@ -91,11 +85,7 @@ pub fn emulate_pt_write(
     let mut entries: Vec<(Gpa, u64, u64)> = Vec::new();
     if let Some(store) = fx.store {
         let bytes = store.to_le_bytes();
-        for i in 0..access.size {
-            let byte_gla = access.gla.0.wrapping_add(i);
-            let g = software_translate(machine, vcpu.cr3, byte_gla)
-                .ok_or_else(|| Unsupported("the operand is not mapped".into()))?;
-            let b = bytes[i as usize];
+        for (&g, &b) in gpas.iter().zip(&bytes) {
             let e = Gpa(g.0 & !7);
             if entries.last().is_none_or(|(last, _, _)| *last != e) {
                 let v = machine.mem.read_u64(e);

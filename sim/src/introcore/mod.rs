@@ -649,14 +649,14 @@ impl World {
                 return Err(Stop::Guest(outcome));
             }
             let mut bytes = [0u8; 15];
-            let len = software_translate(&self.machine, vcpu.cr3, vcpu.rip)
-                .map(|g| {
-                    self.machine.mem.read(g, &mut bytes);
-                    vesim_model::cpu::decode::describe(&bytes, vcpu.rip)
-                        .map(|d| d.0)
-                        .unwrap_or(0)
-                })
-                .unwrap_or(0);
+            let len = if crate::guest::software_read(&self.machine, vcpu.cr3, vcpu.rip, &mut bytes)
+            {
+                vesim_model::cpu::decode::describe(&bytes, vcpu.rip)
+                    .map(|d| d.0)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             if len == 0 {
                 return Err(Stop::Guest(outcome));
             }
@@ -700,8 +700,7 @@ impl World {
     ) -> Result<(), Stop> {
         let mut bytes = [0u8; 15];
         let mut writes_page = false;
-        if let Some(g) = software_translate(&self.machine, vcpu.cr3, vcpu.rip) {
-            self.machine.mem.read(g, &mut bytes);
+        if crate::guest::software_read(&self.machine, vcpu.cr3, vcpu.rip, &mut bytes) {
             if let Some(acc) = vesim_model::cpu::decode::accesses_of(&bytes, vcpu) {
                 writes_page = acc
                     .iter()
