@@ -1527,3 +1527,37 @@ fn hw_4_1_access_straddling_the_canonical_boundary_is_gp_before_paging() {
     );
     assert_eq!(table_bytes(&w), tables);
 }
+
+/// JMP r64 (SDM Vol. 2A, JMP, FF /4 in 64-bit mode): RIP := the register, every other register
+/// and RFLAGS unchanged, no memory access; a non-canonical target is #GP(0) with RIP unchanged.
+#[test]
+fn jmp_r64_sets_rip_and_faults_on_non_canonical_targets() {
+    // (encoding, register)
+    let cases: [(&[u8], Gpr); 3] = [
+        (&[0xFF, 0xE6], Gpr::Rsi),
+        (&[0xFF, 0xE0], Gpr::Rax),
+        (&[0x41, 0xFF, 0xE7], Gpr::R15),
+    ];
+    for (bytes, reg) in cases {
+        for (target, canonical) in [
+            (0xFFFF_F880_0000_2010u64, true),
+            (0x0000_7FFF_FFFF_F000, true),
+            (0x0000_8000_0000_0000, false),
+        ] {
+            let mut w = world(false, MachineConfig::default());
+            code(&mut w, bytes);
+            w.v.set_reg(reg, target);
+            let before = w.v.clone();
+            let o = run(&mut w);
+            if canonical {
+                assert_eq!(o, Outcome::Executed, "{bytes:x?} to {target:#x}");
+                assert_eq!(w.v.rip, target);
+            } else {
+                assert_eq!(o, Outcome::GeneralProtection { error_code: 0 });
+                assert_eq!(w.v.rip, CODE_GLA);
+            }
+            assert_eq!(w.v.gpr, before.gpr);
+            assert_eq!(w.v.rflags, before.rflags);
+        }
+    }
+}

@@ -8,7 +8,6 @@ use crate::agent::rip as agent_rip;
 use crate::layout;
 use crate::quirks::MONITORED_BITS_FIXED;
 use crate::world::{Event, Stop, World};
-use std::collections::BTreeMap;
 use std::fmt;
 use vesim_model::ve_info::VeInfo;
 use vesim_model::{Gpa, ViewId};
@@ -18,6 +17,10 @@ use vesim_model::{Gpa, ViewId};
 pub enum Invariant {
     /// Notification soundness.
     I1,
+    /// Isolation (judged by the attacks' probes, [`crate::attack`]).
+    I3,
+    /// #VE on vs off equivalence ([`crate::equivalence`]).
+    I6,
     /// The #VE protocol.
     I4,
     /// Statistics identities.
@@ -32,6 +35,8 @@ impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Invariant::I1 => "I1",
+            Invariant::I3 => "I3",
+            Invariant::I6 => "I6",
             Invariant::I4 => "I4",
             Invariant::I5 => "I5",
             Invariant::I7 => "I7",
@@ -62,6 +67,8 @@ struct CpuState {
     /// RIP of the last fault (#VE or exit) and how many in a row.
     fault_rip: u64,
     faults_in_row: u32,
+    /// Consecutive steps of this VCPU inside the agent.
+    agent_steps: u64,
 }
 
 /// The checker: call [`Checker::before_step`] and [`Checker::after_step`] around each step.
@@ -69,12 +76,23 @@ struct CpuState {
 pub struct Checker {
     /// Consecutive #VEs or exits on one RIP that make an I10 failure.
     pub faults_in_row_max: u32,
+    /// Consecutive steps of one VCPU inside the agent (spinning on a lock included) that make
+    /// an I10 failure: one #VE takes a few dozen.
+    pub agent_steps_max: u64,
     cpus: Vec<CpuState>,
-    monitored: BTreeMap<Gpa, u64>,
+    /// Every monitored entry with its value before the step, as of monitor generation
+    /// `monitored_generation`.
+    monitored: Vec<(Gpa, u64)>,
+    monitored_generation: Option<(u64, u64)>,
     events_seen: usize,
     rip_before: u64,
     step: u64,
+    /// What I7 depends on, as of its last scan.
+    i7_epoch: Option<I7Epoch>,
 }
+
+/// Cache statistics, monitor placements, agent-page moves, unload pending, deployed.
+type I7Epoch = (crate::introcore::cache::CacheStats, u64, usize, bool, bool);
 
 fn semaphore(w: &World, cpu: usize) -> u32 {
     w.vcpus
@@ -88,11 +106,14 @@ impl Checker {
     pub fn new(w: &World) -> Self {
         let mut c = Checker {
             faults_in_row_max: 16,
+            agent_steps_max: 100_000,
             cpus: vec![CpuState::default(); w.vcpus.len()],
-            monitored: BTreeMap::new(),
+            monitored: Vec::new(),
+            monitored_generation: None,
             events_seen: w.events.len(),
             rip_before: 0,
             step: 0,
+            i7_epoch: None,
         };
         for (i, s) in c.cpus.iter_mut().enumerate() {
             s.semaphore = semaphore(w, i);
@@ -100,15 +121,23 @@ impl Checker {
         c
     }
 
+    /// Steps checked so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
     /// Snapshots what the next step of `cpu` is checked against.
     pub fn before_step(&mut self, w: &World, cpu: usize) {
-        self.monitored = w
-            .intro
-            .ptm
-            .monitored_entries()
-            .into_iter()
-            .map(|e| (e, w.machine.mem.read_u64(e)))
-            .collect();
+        // The values after the last checked step are the values now, unless a monitor came
+        // or went since.
+        let generation = w.intro.ptm.generation();
+        if self.monitored_generation != Some(generation) {
+            self.monitored.clear();
+            w.intro
+                .ptm
+                .for_each_monitored(|e| self.monitored.push((e, w.machine.mem.read_u64(e))));
+            self.monitored_generation = Some(generation);
+        }
         self.events_seen = w.events.len();
         self.rip_before = w.vcpus.get(cpu).map_or(0, |v| v.rip);
     }
@@ -159,6 +188,20 @@ impl Checker {
             {
                 s.faults_in_row = 0;
             }
+            if in_agent(self.rip_before) {
+                s.agent_steps += 1;
+                if s.agent_steps == self.agent_steps_max + 1 {
+                    out.push(fail(
+                        Invariant::I10,
+                        format!(
+                            "{} steps in a row inside the agent, now at RIP {:#x}",
+                            s.agent_steps, self.rip_before
+                        ),
+                    ));
+                }
+            } else {
+                s.agent_steps = 0;
+            }
         }
         // I4: the semaphore is set only by delivery and cleared only by the agent's exit; no
         // #VE while it is set; the agent returns to the view it came from.
@@ -207,8 +250,9 @@ impl Checker {
             s.semaphore = now;
         }
         // I1: every relevant change of a monitored entry reaches introcore in the same step.
-        for (entry, old) in &self.monitored {
-            let new = w.machine.mem.read_u64(*entry);
+        for (entry, value) in &mut self.monitored {
+            let (old, new) = (*value, w.machine.mem.read_u64(*entry));
+            *value = new;
             let relevant = (old ^ new) & MONITORED_BITS_FIXED != 0 && (old | new) & 1 != 0;
             if !relevant {
                 continue;
@@ -223,8 +267,18 @@ impl Checker {
                 ));
             }
         }
-        // I7: no monitored entry is in the cache.
-        if !w.quirks.q16_no_evict_on_unload || !w.intro.pending_unload {
+        // I7: no monitored entry is in the cache. Only introcore puts entries in the cache,
+        // places monitors and moves cache pages, so the scan runs when one of those happened.
+        let epoch = (
+            w.intro.cache.stats,
+            w.intro.ptm.placements(),
+            w.intro.swaps.len(),
+            w.intro.pending_unload,
+            w.intro.deployed,
+        );
+        let i7_due = self.i7_epoch.as_ref() != Some(&epoch);
+        self.i7_epoch = Some(epoch);
+        if i7_due && (!w.quirks.q16_no_evict_on_unload || !w.intro.pending_unload) {
             for e in w.cached_monitored_entries() {
                 out.push(fail(
                     Invariant::I7,

@@ -227,8 +227,28 @@ pub mod mm_code {
     pub const TOUCH_WRITE: (u64, &[u8]) = (0x70, &[0x48, 0x89, 0x06]);
     /// `lock xor [rdi], rsi`
     pub const LOCK_XOR: (u64, &[u8]) = (0x80, &[0xF0, 0x48, 0x31, 0x37]);
+    /// `jmp rsi` (the attacks built-in: execute agent code)
+    pub const JMP_RSI: (u64, &[u8]) = (0x90, &[0xFF, 0xE6]);
+    /// `mov rcx, rsi` (the attacks built-in: the VMFUNC view index)
+    pub const MOV_RCX_RSI: (u64, &[u8]) = (0xA0, &[0x48, 0x89, 0xF1]);
+    /// `vmfunc` (the attacks built-in: switch to the protected view)
+    pub const VMFUNC: (u64, &[u8]) = (0xB0, &[0x0F, 0x01, 0xD4]);
+    /// `mov rdx, rdi` (the attacks built-in: the hypercall number)
+    pub const MOV_RDX_RDI: (u64, &[u8]) = (0xC0, &[0x48, 0x89, 0xFA]);
+    /// `vmcall` (the attacks built-in: RAISE_EPT from outside the agent)
+    pub const VMCALL: (u64, &[u8]) = (0xD0, &[0x0F, 0x01, 0xC1]);
+    /// The instructions that write a page-table entry.
+    pub const PT_WRITES: [(u64, &[u8]); 7] = [
+        MOV,
+        XCHG,
+        LOCK_CMPXCHG,
+        LOCK_OR,
+        LOCK_AND,
+        LOCK_BTR_A,
+        LOCK_XOR,
+    ];
     /// Every instruction, for writing the page.
-    pub const ALL: [(u64, &[u8]); 9] = [
+    pub const ALL: [(u64, &[u8]); 14] = [
         MOV,
         XCHG,
         LOCK_CMPXCHG,
@@ -238,5 +258,16 @@ pub mod mm_code {
         TOUCH_READ,
         TOUCH_WRITE,
         LOCK_XOR,
+        JMP_RSI,
+        MOV_RCX_RSI,
+        VMFUNC,
+        MOV_RDX_RDI,
+        VMCALL,
     ];
 }
+
+/// Frames no guest window hands out, where the attacks built-in remaps agent pages
+/// (`ATTACK_FRAMES` frames from here).
+pub const ATTACK_FRAMES_START: Gpa = Gpa(0x0600_0000);
+/// How many attack frames there are.
+pub const ATTACK_FRAMES: u64 = 4096;

@@ -9,7 +9,9 @@
 //! - [`introcore`]: the hypervisor-side engine (hooks, monitors, cache writer, deploy,
 //!   hypercalls, dispatch, emulation).
 //! - [`agent`]: the in-guest #VE agent, step by step.
+//! - [`attack`]: isolation attempts by guest code (invariant I3).
 //! - [`check`]: the invariants evaluated after every step.
+//! - [`equivalence`]: I6, the #VE-on and #VE-off runs of one workload compared.
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
 //! - [`minimize`]: shrinking a failing scenario while the same invariant fails.
 //! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
@@ -22,8 +24,10 @@
 //! - [`cli`]: the `vesim` command line.
 
 pub mod agent;
+pub mod attack;
 pub mod check;
 pub mod cli;
+pub mod equivalence;
 pub mod exec;
 pub mod guest;
 pub mod introcore;

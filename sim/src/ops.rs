@@ -5,6 +5,7 @@
 //! An operation becomes a [`Plan`] when its VCPU starts it, so it sees the page tables as they
 //! are then (another VCPU may have changed them since the operation was queued).
 
+use crate::attack::{Attack, Probe};
 use crate::guest::mm::{MmError, Plan};
 use crate::introcore::pts::Owner;
 use crate::sched::Scheduler;
@@ -97,6 +98,17 @@ pub enum GuestOp {
         /// Page.
         va: u64,
     },
+    /// An isolation attempt by process `pid`'s code ([`crate::attack`]).
+    Attack {
+        /// Process.
+        pid: u32,
+        /// What it tries.
+        attack: Attack,
+        /// Its first operand (an offset, a page or a CPU index).
+        arg: u64,
+        /// Its second operand (a value or a frame).
+        value: u64,
+    },
 }
 
 /// How an operation ended.
@@ -113,8 +125,13 @@ pub enum OpEnd {
 struct Active {
     op: GuestOp,
     plan: Plan,
-    /// Index of the next instruction to start.
+    /// For an attack, what it must not achieve.
+    probe: Option<Probe>,
+    /// Index of the next instruction to load.
     next: usize,
+    /// Whether the loaded instruction has had its first step (an attack's probe is armed
+    /// then).
+    armed: bool,
     /// RIP at which the instruction in flight is complete.
     end: Option<u64>,
 }
@@ -126,6 +143,11 @@ pub struct OpRunner {
     active: Vec<Option<Active>>,
     /// How each operation ended, in completion order: (VCPU, operation, end).
     pub ended: Vec<(usize, GuestOp, OpEnd)>,
+    /// Attacks that achieved what they tried (I3 breaches): (VCPU, operation, what).
+    pub breaches: Vec<(usize, GuestOp, String)>,
+    /// The schedule of guest operations: the VCPU of every operation start, instruction
+    /// completion and abnormal end, in order ([`World::op_step`]).
+    pub log: Vec<usize>,
 }
 
 impl OpRunner {
@@ -136,6 +158,8 @@ impl OpRunner {
             queues: queues.into_iter().map(VecDeque::from).collect(),
             active: vec![None; n],
             ended: Vec::new(),
+            breaches: Vec::new(),
+            log: Vec::new(),
         }
     }
 
@@ -164,9 +188,25 @@ impl OpRunner {
 }
 
 impl World {
-    /// The plan of an operation, made now; `None` for operations that are instant world
-    /// actions (process creation, hooks), which are applied here.
-    pub fn start_op(&mut self, op: GuestOp) -> Result<Option<Plan>, MmError> {
+    /// The plan of VCPU `cpu`'s operation, made now, with an attack's probe; `None` for
+    /// operations that are instant world actions (process creation, hooks, a CPU index),
+    /// which are applied here.
+    pub fn start_op(
+        &mut self,
+        cpu: usize,
+        op: GuestOp,
+    ) -> Result<Option<(Plan, Option<Probe>)>, MmError> {
+        if let GuestOp::Attack {
+            pid,
+            attack,
+            arg,
+            value,
+        } = op
+        {
+            return Ok(self
+                .plan_attack(cpu, pid, attack, arg, value)?
+                .map(|(p, probe)| (p, Some(probe))));
+        }
         Ok(match op {
             GuestOp::CreateProcess { protected } => {
                 self.create_process(protected)?;
@@ -184,6 +224,7 @@ impl World {
                 self.commit_hooks();
                 None
             }
+            GuestOp::Attack { .. } => None,
             GuestOp::Map { pid, va, flags } => Some(self.plan_map(pid, va, flags)?),
             GuestOp::Unmap { pid, va } => Some(self.plan_unmap(pid, va)?),
             GuestOp::Protect {
@@ -207,74 +248,125 @@ impl World {
                 write,
                 value,
             } => Some(self.plan_touch(pid, va, write, value)?),
-        })
+        }
+        .map(|p| (p, None)))
     }
 
-    /// One scheduling step of VCPU `cpu` in `runner`: start its next operation or
-    /// instruction if needed, then one hardware-visible step.
-    pub fn op_step(&mut self, runner: &mut OpRunner, cpu: usize) -> Result<(), Stop> {
-        if cpu >= self.vcpus.len() {
-            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
-        }
-        let Some(slot) = runner.active.get(cpu) else {
+    /// Loads the next instruction of `active` into VCPU `cpu` (RIP, CR3, RDI, RSI, RAX), so
+    /// that the VCPU sits at it until it is scheduled. `false` when none is left.
+    fn load_micro(&mut self, cpu: usize, active: &mut Active) -> Result<bool, Stop> {
+        let Some(m) = active.plan.micros.get(active.next).copied() else {
+            return Ok(false);
+        };
+        let Some(cr3) = self
+            .guest
+            .processes
+            .get(active.plan.pid as usize)
+            .map(|p| p.cr3)
+        else {
+            return Err(Stop::AgentFault(format!(
+                "process {} vanished",
+                active.plan.pid
+            )));
+        };
+        let (off, bytes) = m.instr();
+        let start = crate::layout::MM_CODE_GVA + off;
+        let Some(v) = self.vcpus.get_mut(cpu) else {
             return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
         };
-        if slot.is_none() {
+        v.cr3 = cr3;
+        v.rip = start;
+        v.set_reg(Gpr::Rdi, m.rdi);
+        v.set_reg(Gpr::Rsi, m.rsi);
+        v.set_reg(Gpr::Rax, m.rax);
+        if crate::guest::mm::is_pt_write(off) {
+            self.counters.pt_writes += 1;
+        }
+        active.end = Some(start + bytes.len() as u64);
+        active.armed = false;
+        active.next += 1;
+        Ok(true)
+    }
+
+    /// Ends `cpu`'s operation in flight normally: the memory manager's bookkeeping, then an
+    /// attack's probe.
+    fn finish_active(&mut self, runner: &mut OpRunner, cpu: usize) {
+        if let Some(a) = runner.active.get_mut(cpu).and_then(Option::take) {
+            self.finish_plan(a.plan.pid, a.plan.finish);
+            if let Some(what) = a.probe.and_then(|p| self.attack_breach(cpu, p)) {
+                runner.breaches.push((cpu, a.op, what));
+            }
+            runner.ended.push((cpu, a.op, OpEnd::Done));
+        }
+    }
+
+    /// One scheduling step of VCPU `cpu` in `runner`: start its next operation (planning
+    /// reads the page tables as they are now; no instruction runs in that step), or run one
+    /// hardware-visible step of the instruction it sits at. Once an operation starts and each
+    /// time one of its instructions completes, the VCPU is placed at the next instruction, so
+    /// every check sees the RIP the next step executes at.
+    ///
+    /// Every call that starts an operation, completes one of its instructions or ends it
+    /// abnormally appends `cpu` to [`OpRunner::log`]: the schedule of guest operations that I6
+    /// replays in the #VE-off world.
+    pub fn op_step(&mut self, runner: &mut OpRunner, cpu: usize) -> Result<(), Stop> {
+        if cpu >= self.vcpus.len() || cpu >= runner.active.len() {
+            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+        }
+        let Some(active) = runner.active[cpu].as_mut() else {
             let Some(op) = runner.queues[cpu].pop_front() else {
                 return Ok(());
             };
-            match self.start_op(op) {
-                Ok(Some(plan)) => {
-                    runner.active[cpu] = Some(Active {
+            runner.log.push(cpu);
+            match self.start_op(cpu, op) {
+                Ok(Some((plan, probe))) => {
+                    let mut a = Active {
                         op,
                         plan,
+                        probe,
                         next: 0,
                         end: None,
-                    })
+                        armed: false,
+                    };
+                    let loaded = self.load_micro(cpu, &mut a)?;
+                    runner.active[cpu] = Some(a);
+                    if !loaded {
+                        self.finish_active(runner, cpu);
+                    }
                 }
-                Ok(None) => {
-                    runner.ended.push((cpu, op, OpEnd::Done));
-                    return Ok(());
-                }
-                Err(e) => {
-                    runner.ended.push((cpu, op, OpEnd::Skipped(e.to_string())));
-                    return Ok(());
-                }
+                Ok(None) => runner.ended.push((cpu, op, OpEnd::Done)),
+                Err(e) => runner.ended.push((cpu, op, OpEnd::Skipped(e.to_string()))),
             }
-        }
-        let Some(active) = runner.active[cpu].as_mut() else {
             return Ok(());
         };
-        if active.end.is_none() {
-            let Some(m) = active.plan.micros.get(active.next).copied() else {
-                return Ok(());
-            };
-            let Some(cr3) = self
-                .guest
-                .processes
-                .get(active.plan.pid as usize)
-                .map(|p| p.cr3)
-            else {
-                return Err(Stop::AgentFault(format!(
-                    "process {} vanished",
-                    active.plan.pid
-                )));
-            };
-            let (off, bytes) = m.instr();
-            let start = crate::layout::MM_CODE_GVA + off;
-            let v = &mut self.vcpus[cpu];
-            v.cr3 = cr3;
-            v.rip = start;
-            v.set_reg(Gpr::Rdi, m.rdi);
-            v.set_reg(Gpr::Rsi, m.rsi);
-            v.set_reg(Gpr::Rax, m.rax);
-            if crate::guest::mm::is_pt_write(off) {
-                self.counters.pt_writes += 1;
+        if !active.armed {
+            // An attack takes what its probe compares against as its instruction first runs.
+            active.armed = true;
+            if let (Some(p), Some(mut m)) = (
+                active.probe.as_mut(),
+                active.plan.micros.get(active.next.wrapping_sub(1)).copied(),
+            ) {
+                self.arm_probe(p, &mut m);
+                if let Some(v) = self.vcpus.get_mut(cpu) {
+                    v.set_reg(Gpr::Rax, m.rax);
+                }
             }
-            active.end = Some(start + bytes.len() as u64);
-            active.next += 1;
         }
+        let events_before = self.events.len();
         if let Err(stop) = self.step(cpu) {
+            // An attack that must stop the VCPU did, with an alert: the guest hangs on the
+            // blocked fetch (B118, B119), so the VCPU runs nothing more.
+            let alerted = self.events[events_before..]
+                .iter()
+                .any(|e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == cpu));
+            if alerted {
+                if let Some(a) = runner.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
+                    runner.log.push(cpu);
+                    runner.ended.push((cpu, a.op, OpEnd::Done));
+                    runner.queues[cpu].clear();
+                    return Ok(());
+                }
+            }
             // A page fault is the guest OS's business (another VCPU unmapped or swapped the
             // page since the operation was planned): the operation ends without effect.
             if let Stop::Guest(vesim_model::Outcome::PageFault { .. }) = stop {
@@ -282,6 +374,7 @@ impl World {
                     *s = None;
                 }
                 if let Some(a) = runner.active[cpu].take() {
+                    runner.log.push(cpu);
                     runner
                         .ended
                         .push((cpu, a.op, OpEnd::Skipped("page fault".into())));
@@ -291,18 +384,18 @@ impl World {
             return Err(stop);
         }
         let rip = self.vcpus[cpu].rip;
-        let finished = match runner.active[cpu].as_mut() {
-            Some(a) if a.end == Some(rip) => {
-                a.end = None;
-                a.next >= a.plan.micros.len()
-            }
-            _ => false,
+        let Some(mut a) = runner.active[cpu].take() else {
+            return Ok(());
         };
-        if finished {
-            if let Some(a) = runner.active[cpu].take() {
-                self.finish_plan(a.plan.pid, a.plan.finish);
-                runner.ended.push((cpu, a.op, OpEnd::Done));
-            }
+        if a.end != Some(rip) {
+            runner.active[cpu] = Some(a);
+            return Ok(());
+        }
+        runner.log.push(cpu);
+        let loaded = self.load_micro(cpu, &mut a)?;
+        runner.active[cpu] = Some(a);
+        if !loaded {
+            self.finish_active(runner, cpu);
         }
         Ok(())
     }
@@ -355,10 +448,19 @@ impl World {
             if let Some(c) = checker.as_deref_mut() {
                 c.before_step(self, cpu);
             }
+            let breaches = runner.breaches.len();
             let r = self.op_step(runner, cpu);
             steps += 1;
             if let Some(c) = checker.as_deref_mut() {
-                let v = c.after_step(self, cpu, &r);
+                let mut v = c.after_step(self, cpu, &r);
+                v.extend(runner.breaches[breaches..].iter().map(|(cpu, op, what)| {
+                    crate::check::Violation {
+                        invariant: crate::check::Invariant::I3,
+                        step: c.steps(),
+                        cpu: *cpu,
+                        detail: format!("{op}: {what}"),
+                    }
+                }));
                 if !v.is_empty() {
                     return Err(RunFailure::Violations(v));
                 }
@@ -428,6 +530,16 @@ impl std::fmt::Display for GuestOp {
                 )
             }
             GuestOp::Hook { pid, va } => write!(f, "hook pid={pid} va={va:#x}"),
+            GuestOp::Attack {
+                pid,
+                attack,
+                arg,
+                value,
+            } => write!(
+                f,
+                "attack pid={pid} kind={} arg={arg:#x} value={value:#x}",
+                attack.name()
+            ),
         }
     }
 }
@@ -440,10 +552,21 @@ impl std::str::FromStr for GuestOp {
         let mut words = s.split_whitespace();
         let kind = words.next().ok_or("an empty operation")?;
         let mut kv = std::collections::BTreeMap::new();
+        let mut attack = None;
         for w in words {
             let (k, v) = w
                 .split_once('=')
                 .ok_or_else(|| format!("'{w}' is not KEY=VALUE"))?;
+            if kind == "attack" && k == "kind" {
+                let names: Vec<&str> = Attack::ALL.iter().map(|(n, _)| *n).collect();
+                let a = Attack::from_name(v).ok_or_else(|| {
+                    format!("'{v}' is not an attack (one of {})", names.join(", "))
+                })?;
+                if attack.replace(a).is_some() {
+                    return Err("key kind is given twice".into());
+                }
+                continue;
+            }
             let v = crate::cli::parse_u64(v)?;
             if kv.insert(k, v).is_some() {
                 return Err(format!("key {k} is given twice"));
@@ -498,6 +621,12 @@ impl std::str::FromStr for GuestOp {
             "hook" => GuestOp::Hook {
                 pid: narrow(take("pid")?)?,
                 va: take("va")?,
+            },
+            "attack" => GuestOp::Attack {
+                pid: narrow(take("pid")?)?,
+                attack: attack.ok_or("attack needs kind=")?,
+                arg: take("arg")?,
+                value: take("value")?,
             },
             other => return Err(format!("'{other}' is not an operation")),
         };

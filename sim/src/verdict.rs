@@ -311,7 +311,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
             w.machine.mem.write_u64(g, u64::from(req.cs));
         }
     }
-    w.count_ve(violation.qualification.bits());
+    w.count_ve(0, violation.qualification.bits());
     w.events.push(Event::Ve {
         cpu: 0,
         qualification: violation.qualification.bits(),

@@ -25,14 +25,20 @@ pub enum Builtin {
     /// desktop-mix with the memory manager under pressure: mostly swap out, swap in, trims and
     /// the touches that bring pages back.
     MemoryPressure,
+    /// desktop-mix with isolation attempts mixed in ([`crate::attack`]): reads, writes and
+    /// execution of agent pages (the information page, its semaphore, the cache, the CPU
+    /// map), a switch to the protected view, agent pages remapped through the page tables,
+    /// RAISE_EPT from guest code, and CPU indices the CPU map has no slot for.
+    Attacks,
 }
 
 impl Builtin {
     /// Every built-in, by name.
-    pub const ALL: [(&'static str, Builtin); 3] = [
+    pub const ALL: [(&'static str, Builtin); 4] = [
         ("paper-synthetic", Builtin::PaperSynthetic),
         ("desktop-mix", Builtin::DesktopMix),
         ("memory-pressure", Builtin::MemoryPressure),
+        ("attacks", Builtin::Attacks),
     ];
 
     /// The built-in called `name`.
@@ -46,6 +52,7 @@ impl Builtin {
             Builtin::PaperSynthetic => "paper-synthetic",
             Builtin::DesktopMix => "desktop-mix",
             Builtin::MemoryPressure => "memory-pressure",
+            Builtin::Attacks => "attacks",
         }
     }
 
@@ -63,6 +70,14 @@ impl Builtin {
                 ("pages", 16, 512),
                 ("ops", 400, 100_000),
                 ("kpti", 1, 1),
+            ],
+            Builtin::Attacks => &[
+                ("vcpus", 4, 64),
+                ("processes", 4, 32),
+                ("pages", 16, 512),
+                ("ops", 400, 100_000),
+                ("kpti", 1, 1),
+                ("attacks", 40, 10_000),
             ],
         }
     }
@@ -131,6 +146,64 @@ pub fn generate(b: Builtin, params: &BTreeMap<&'static str, u64>, seed: u64) -> 
         Builtin::PaperSynthetic => paper_synthetic(params),
         Builtin::DesktopMix => desktop_mix_scenario(params, seed, &DESKTOP_WEIGHTS),
         Builtin::MemoryPressure => desktop_mix_scenario(params, seed, &PRESSURE_WEIGHTS),
+        Builtin::Attacks => {
+            let mut sc = desktop_mix_scenario(params, seed, &DESKTOP_WEIGHTS);
+            add_attacks(&mut sc, params, seed);
+            sc
+        }
+    }
+}
+
+/// Mixes `attacks` isolation attempts into the queues of a scenario at positions drawn from
+/// `seed`. Attempts that end their VCPU (execute, view switch) go last in a queue, at most one
+/// per VCPU and never on VCPU 0; each remap takes a frame of its own.
+fn add_attacks(sc: &mut Scenario, params: &BTreeMap<&'static str, u64>, seed: u64) {
+    use crate::attack::Attack;
+    use crate::ops::GuestOp;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x4154_5441_434b_0000);
+    let n = params.get("attacks").copied().unwrap_or(0);
+    let processes = sc.processes.len().max(1) as u64;
+    let vcpus = sc.queues.len().max(1);
+    let mut fatal_on = vec![false; vcpus];
+    let mut remaps = 0;
+    for _ in 0..n {
+        let r = rng.next_u64();
+        let mut attack = Attack::ALL[(r % Attack::ALL.len() as u64) as usize].1;
+        let cpu = (rng.next_u64() % vcpus as u64) as usize;
+        if attack.fatal() && (cpu == 0 || fatal_on[cpu]) {
+            // No room for another attempt that ends its VCPU: a write instead.
+            attack = Attack::AgentWrite;
+        }
+        let pid = (rng.next_u64() % processes) as u32;
+        let mut arg = rng.next_u64();
+        let mut value = rng.next_u64();
+        if attack == Attack::AgentWrite && r & 0x100 != 0 {
+            // The #VE semaphore of some VCPU's information page, set by hand.
+            let page = (arg >> 8) % vcpus as u64;
+            arg = layout::AGENT_VEINFO + page * 0x1000 + 4;
+            value = 1;
+        }
+        if attack == Attack::Remap {
+            value = remaps;
+            remaps += 1;
+        }
+        let op = GuestOp::Attack {
+            pid,
+            attack,
+            arg,
+            value,
+        };
+        if attack.fatal() {
+            fatal_on[cpu] = true;
+            sc.queues[cpu].push(op);
+            continue;
+        }
+        // Insert before any fatal attempt at the end of the queue.
+        let q = &mut sc.queues[cpu];
+        let len = q.len() - usize::from(fatal_on[cpu]);
+        let at = (rng.next_u64() % (len as u64 + 1)) as usize;
+        q.insert(at, op);
     }
 }
 
@@ -308,7 +381,10 @@ pub fn build_world_quirks(
         ve,
         ..WorldConfig::default()
     };
-    if matches!(b, Builtin::DesktopMix | Builtin::MemoryPressure) {
+    if matches!(
+        b,
+        Builtin::DesktopMix | Builtin::MemoryPressure | Builtin::Attacks
+    ) {
         config.guest.vcpus = params.get("vcpus").copied().unwrap_or(1).max(1) as usize;
         config.guest.kpti = params.get("kpti").copied().unwrap_or(0) != 0;
     }

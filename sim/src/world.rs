@@ -193,8 +193,9 @@ pub struct World {
     pub tsc: u64,
     /// Whether #VE is used.
     pub ve: bool,
-    /// The kind of the last #VE counted (true: page walk), until the agent reads its reason.
-    last_ve_walk: Option<bool>,
+    /// Per VCPU, the kind of the last #VE counted on it (true: page walk), until its agent
+    /// reads the reason.
+    last_ve_walk: Vec<Option<bool>>,
 }
 
 /// Errors building a world.
@@ -228,7 +229,7 @@ impl World {
             events: Vec::new(),
             tsc: 0,
             ve: config.ve,
-            last_ve_walk: None,
+            last_ve_walk: Vec::new(),
         };
         w.intro_init_checked()
             .map_err(|e| WorldError::Deploy(e.to_string()))?;
@@ -241,20 +242,23 @@ impl World {
 
     /// Counts a delivered #VE by kind (VE-SEMANTICS section 3): the CPU only converts EPT
     /// violations (reason 48), so the kind follows qualification bit 8.
-    pub fn count_ve(&mut self, qualification: u64) {
+    pub fn count_ve(&mut self, cpu: usize, qualification: u64) {
         self.counters.ve_total += 1;
         if qualification & 0x100 == 0 {
             self.counters.ve_page_walk += 1;
         } else {
             self.counters.ve_pt_write += 1;
         }
-        self.last_ve_walk = Some(qualification & 0x100 == 0);
+        if self.last_ve_walk.len() <= cpu {
+            self.last_ve_walk.resize(cpu + 1, None);
+        }
+        self.last_ve_walk[cpu] = Some(qualification & 0x100 == 0);
     }
 
-    /// The agent could not classify the last #VE (see `Counters::ve_unknown`): it moves from
-    /// its delivered kind to `ve_unknown`.
-    pub fn recount_ve_unknown(&mut self) {
-        match self.last_ve_walk.take() {
+    /// The agent on `cpu` could not classify its #VE (see `Counters::ve_unknown`): it moves
+    /// from its delivered kind to `ve_unknown`.
+    pub fn recount_ve_unknown(&mut self, cpu: usize) {
+        match self.last_ve_walk.get_mut(cpu).and_then(Option::take) {
             Some(true) => self.counters.ve_page_walk = self.counters.ve_page_walk.saturating_sub(1),
             Some(false) => self.counters.ve_pt_write = self.counters.ve_pt_write.saturating_sub(1),
             None => return,
@@ -262,9 +266,11 @@ impl World {
         self.counters.ve_unknown += 1;
     }
 
-    /// The agent read an exit reason of 48: the delivered kind stands.
-    pub fn last_ve_walk_seen(&mut self) {
-        self.last_ve_walk = None;
+    /// The agent on `cpu` read an exit reason of 48: the delivered kind stands.
+    pub fn last_ve_walk_seen(&mut self, cpu: usize) {
+        if let Some(k) = self.last_ve_walk.get_mut(cpu) {
+            *k = None;
+        }
     }
 
     /// Records a VM exit.
@@ -335,7 +341,7 @@ impl World {
         match step.outcome {
             Outcome::Executed => Ok(()),
             Outcome::VeDelivered(v) => {
-                self.count_ve(v.qualification.bits());
+                self.count_ve(cpu, v.qualification.bits());
                 self.events.push(Event::Ve {
                     cpu,
                     qualification: v.qualification.bits(),

@@ -283,7 +283,7 @@ fn inject(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: Gpa) {
         machine.ept_violation(&mut vcpus[cpu], v)
     };
     assert!(matches!(o, Outcome::VeDelivered(_)), "{o:?}");
-    w.count_ve(qualification);
+    w.count_ve(cpu, qualification);
     w.run_agent(cpu, 10_000).unwrap();
 }
 
@@ -1706,7 +1706,7 @@ fn raise_only(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: Gpa)
     let World { machine, vcpus, .. } = &mut *w;
     let o = machine.ept_violation(&mut vcpus[cpu], v);
     assert!(matches!(o, Outcome::VeDelivered(_)), "{o:?}");
-    w.count_ve(qualification);
+    w.count_ve(cpu, qualification);
 }
 
 /// B61, written out: S<<39 | ... | index<<3, OR 0xFFFF000000000000.
@@ -3364,6 +3364,29 @@ fn q20_cpu_index_fixed() {
         assert_eq!(f.get(1), OLD);
         assert_eq!(f.w.counters.exits.get(&48), Some(&1));
     }
+}
+
+/// Section 3 with two VCPUs in flight: the #VE VCPU 1's agent cannot classify (no slot, Q20)
+/// moves from VCPU 1's delivered kind (a PT write) to `unknown`, even though VCPU 0 took a
+/// page-walk #VE after it and has not run its agent yet.
+#[test]
+fn unclassified_ve_is_recounted_from_its_own_vcpus_kind() {
+    let mut c = config(Quirks::fixed());
+    c.guest.vcpus = 2;
+    let mut f = fx_with(c);
+    f.w.vcpus[1].seg50 = seg50_for_cpu(100);
+    f.mov_entry(1, 1, OLD);
+    deliver(&mut f.w, 1);
+    let e0 = f.e(0);
+    raise_only(&mut f.w, 0, QUAL_WALK, DATA, e0);
+    f.w.run_agent(1, 10_000).unwrap();
+    let c = &f.w.counters;
+    assert_eq!(
+        (c.ve_total, c.ve_page_walk, c.ve_pt_write, c.ve_unknown),
+        (2, 1, 0, 1)
+    );
+    f.w.run_agent(0, 10_000).unwrap();
+    assert_eq!(f.w.counters.page_walk_set, 1);
 }
 
 /// Q24 set-up: the untrusted view is index 2. The second raise's dispatch ends with the

@@ -41,7 +41,7 @@ fn hvmi_failure_reports_a_replay_that_reproduces_it() {
 fn bad_arguments_exit_2() {
     for args in [
         &["check", "--seeds", "x"][..],
-        &["check", "--builtin", "paper-synthetic"],
+        &["check", "--builtin", "no-such-scenario"],
         &["check", "--profile", "xen"],
     ] {
         let r = vesim(args);

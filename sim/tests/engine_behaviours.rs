@@ -235,7 +235,7 @@ fn inject(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: Gpa) {
         machine.ept_violation(&mut vcpus[cpu], v)
     };
     assert!(matches!(o, Outcome::VeDelivered(_)), "{o:?}");
-    w.count_ve(qualification);
+    w.count_ve(cpu, qualification);
     w.run_agent(cpu, 10_000).unwrap();
 }
 

@@ -23,7 +23,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use vesim::guest::mm::{bits, MmError};
 use vesim::guest::GuestConfig;
 use vesim::introcore::call;
@@ -33,8 +33,7 @@ use vesim::quirks::{Profile, MONITORED_BITS_FIXED};
 use vesim::workload::{resolve_params, run_builtin, Builtin};
 use vesim::world::{Counters, Event, World, WorldConfig};
 use vesim_model::paging::PteFlags;
-use vesim_model::vcpu::Rflags;
-use vesim_model::{Gfn, Gpa};
+use vesim_model::Gpa;
 
 /// Cases per property (fixed; the whole file stays well under 30 s in `cargo test`).
 const EQUIVALENCE_CASES: u32 = 128;
@@ -403,133 +402,6 @@ fn run_plain(w: &mut World, a: Action) -> Result<(), TestCaseError> {
 // 1. Equivalence (I6)
 // =============================================================================================
 
-/// The entries of every level that translate `gva` under `cr3` (software walk, no A/D).
-fn translation_entries(w: &World, cr3: u64, gva: u64) -> Vec<Gpa> {
-    let mut out = Vec::with_capacity(4);
-    let mut table = cr3 & 0x000F_FFFF_FFFF_F000;
-    for level in (1..=4u32).rev() {
-        let idx = (gva >> (12 + 9 * (level - 1))) & 0x1FF;
-        let entry = Gpa(table | (idx * 8));
-        let v = w.machine.mem.read_u64(entry);
-        out.push(entry);
-        let large = level != 4 && level != 1 && v & PteFlags::PAGE_SIZE.bits() != 0;
-        if v & bits::P == 0 || large {
-            break;
-        }
-        table = v & 0x000F_FFFF_FFFF_F000;
-    }
-    out
-}
-
-/// The kernel-stack pages of every VCPU (everything below TSS.RSP0).
-fn kernel_stack_gvas(w: &World) -> Vec<u64> {
-    (0..w.vcpus.len() as u64)
-        .flat_map(|i| {
-            (0..layout::KERNEL_STACK_PAGES).map(move |p| {
-                layout::KERNEL_STACKS_GVA + i * layout::KERNEL_STACK_STRIDE + p * 0x1000
-            })
-        })
-        .collect()
-}
-
-/// VE-SEMANTICS section 4: the frames left out of the comparison (the agent's pages, which
-/// hold the information pages and the cache, and the kernel stacks) and the entries whose A
-/// and D bits are masked (those that map the agent, the IDT, the OS #VE handler and the
-/// kernel stacks, in the System CR3 and in every process's address space).
-fn exclusions(w: &World) -> (BTreeSet<Gfn>, BTreeSet<Gpa>) {
-    let mut frames = BTreeSet::new();
-    for off in (0..layout::AGENT_SIZE).step_by(0x1000) {
-        frames.insert(layout::AGENT_GPA.wrapping_add(off).gfn());
-    }
-    let stacks = kernel_stack_gvas(w);
-    for &gva in &stacks {
-        frames.insert(w.guest.phys(&w.machine, gva).expect("stack mapped").gfn());
-    }
-    // Anything below RSP lies in a kernel stack page; make sure.
-    for v in &w.vcpus {
-        let rsp = v.gpr[4];
-        let lo = layout::KERNEL_STACKS_GVA;
-        let hi = lo + w.vcpus.len() as u64 * layout::KERNEL_STACK_STRIDE;
-        assert!(
-            (lo..hi).contains(&rsp),
-            "RSP {rsp:#x} outside the kernel stacks"
-        );
-    }
-    let mut gvas = vec![layout::IDT_GVA, layout::OS_VE_HANDLER_GVA];
-    gvas.extend(stacks);
-    gvas.extend(
-        (0..layout::AGENT_SIZE)
-            .step_by(0x1000)
-            .map(|o| layout::AGENT_GVA + o),
-    );
-    let mut roots = vec![w.guest.cr3];
-    for p in &w.guest.processes {
-        roots.push(p.cr3);
-        roots.extend(p.user_cr3);
-    }
-    let mut entries = BTreeSet::new();
-    for &cr3 in &roots {
-        for &gva in &gvas {
-            entries.extend(translation_entries(w, cr3, gva));
-        }
-    }
-    (frames, entries)
-}
-
-const ZERO_FRAME: [u8; 4096] = [0; 4096];
-
-/// The first guest-visible difference between the two worlds, if any.
-fn guest_state_difference(on: &World, off: &World) -> Option<String> {
-    let (mut frames, mut masked) = exclusions(on);
-    let (f2, m2) = exclusions(off);
-    frames.extend(f2);
-    masked.extend(m2);
-    let gfns: BTreeSet<Gfn> = on
-        .machine
-        .mem
-        .frames()
-        .chain(off.machine.mem.frames())
-        .map(|(g, _)| g)
-        .collect();
-    for gfn in gfns {
-        if frames.contains(&gfn) {
-            continue;
-        }
-        let a = on.machine.mem.frame(gfn).unwrap_or(&ZERO_FRAME);
-        let b = off.machine.mem.frame(gfn).unwrap_or(&ZERO_FRAME);
-        for q in 0..512u64 {
-            let at = gfn.gpa().wrapping_add(q * 8);
-            let o = (q * 8) as usize;
-            let x = u64::from_le_bytes(a[o..o + 8].try_into().unwrap());
-            let y = u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-            let mask = if masked.contains(&at) { !AD } else { u64::MAX };
-            if (x ^ y) & mask != 0 {
-                return Some(format!(
-                    "guest memory differs at {at}: #VE on {x:#018x}, #VE off {y:#018x}"
-                ));
-            }
-        }
-    }
-    for (i, (a, b)) in on.vcpus.iter().zip(&off.vcpus).enumerate() {
-        let rf = Rflags::RF.bits();
-        let ra = (a.gpr, a.rip, a.rflags.bits() & !rf, a.cr3);
-        let rb = (b.gpr, b.rip, b.rflags.bits() & !rf, b.cr3);
-        if ra != rb {
-            return Some(format!(
-                "VCPU {i} registers differ (gpr, rip, rflags without RF, cr3): #VE on {ra:x?}, \
-                 #VE off {rb:x?}"
-            ));
-        }
-    }
-    if on.guest.processes != off.guest.processes {
-        return Some(format!(
-            "process lists differ: #VE on {:x?}, #VE off {:x?}",
-            on.guest.processes, off.guest.processes
-        ));
-    }
-    None
-}
-
 proptest! {
     #![proptest_config(config(EQUIVALENCE_CASES))]
 
@@ -546,7 +418,7 @@ proptest! {
             run_plain(&mut on, a)?;
             run_plain(&mut off, a)?;
         }
-        if let Some(d) = guest_state_difference(&on, &off) {
+        if let Some(d) = vesim::equivalence::difference(&on, &off) {
             return Err(TestCaseError::fail(d));
         }
     }

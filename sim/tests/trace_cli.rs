@@ -52,6 +52,7 @@ fn recorded_traces_replay_exactly() {
             ],
         ),
         ("hvmi", &["--seed", "1", "--profile", "hvmi", "--ve", "on"]),
+        ("attacks", &["--builtin", "attacks", "--seed", "6"]),
     ] {
         let (path, text) = recorded(name, args);
         assert!(text.starts_with("vesim-trace 1\n"));
@@ -87,6 +88,50 @@ fn a_tampered_record_or_hash_exits_1() {
     fewer.remove(o);
     let r = replay_text("t3", &(fewer.join("\n") + "\n"));
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+}
+
+/// Attack operations round-trip through the trace text and reject unknown kinds and missing
+/// operands.
+#[test]
+fn attack_operations_parse_strictly() {
+    let (path, text) = recorded(
+        "atk",
+        &["--builtin", "attacks", "--seed", "2", "--ve", "on"],
+    );
+    let _ = std::fs::remove_file(&path);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("op ") && l.contains(" attack "))
+        .unwrap()
+        .to_string();
+    let n = 1 + text.lines().position(|l| l == line).unwrap();
+    let kind = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("kind="))
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            "unknown kind",
+            line.replace(&format!("kind={kind}"), "kind=telepathy"),
+        ),
+        ("no kind", line.replace(&format!(" kind={kind}"), "")),
+        ("kind twice", format!("{line} kind={kind}")),
+        (
+            "no value",
+            line.split(" value=").next().unwrap().to_string(),
+        ),
+    ];
+    for (what, bad) in cases {
+        let r = replay_text(what, &text.replacen(&line, &bad, 1));
+        assert_eq!(r.code, 2, "{what}: {}{}", r.stdout, r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!(":{n}: ")),
+            "{what}: {}",
+            r.stderr
+        );
+    }
 }
 
 #[test]

@@ -239,6 +239,20 @@ impl Machine {
             Mnemonic::Hlt | Mnemonic::Rdmsr | Mnemonic::Wrmsr => {
                 return Outcome::GeneralProtection { error_code: 0 }
             }
+            // JMP r64 (FF /4 with a register operand): RIP := the register; #GP(0) when the
+            // target is not canonical (SDM Vol. 2A, JMP).
+            Mnemonic::Jmp
+                if instr.op0_kind() == iced_x86::OpKind::Register
+                    && instr.op0_register().is_gpr64() =>
+            {
+                let target = vcpu.gpr[instr.op0_register().number()];
+                if !Gla(target).is_canonical() {
+                    return Outcome::GeneralProtection { error_code: 0 };
+                }
+                vcpu.rip = target;
+                vcpu.rflags.remove(Rflags::RF);
+                return Outcome::Executed;
+            }
             _ => {}
         }
         let planned = match decode::planned_accesses(instr, vcpu) {

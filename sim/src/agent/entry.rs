@@ -74,7 +74,7 @@ impl World {
         let idx = cpu_index_of_lsl(l);
         let q = self.quirks;
         if !q.q20_cpu_index && idx >= layout::AGENT_MAX_CPUS {
-            self.recount_ve_unknown();
+            self.recount_ve_unknown(cpu);
             self.set_rip(cpu, rip::STUB_EARLY_EXIT);
             return Ok(());
         }
@@ -83,7 +83,7 @@ impl World {
         self.a_read(cpu, map.wrapping_add(4 * idx), &mut slot)?;
         let value = u32::from_le_bytes(slot);
         if !q.q20_cpu_index && value == u32::MAX {
-            self.recount_ve_unknown();
+            self.recount_ve_unknown(cpu);
             self.set_rip(cpu, rip::STUB_EARLY_EXIT);
             return Ok(());
         }

@@ -25,13 +25,13 @@ impl World {
         let qual =
             u64::from_le_bytes([hw[8], hw[9], hw[10], hw[11], hw[12], hw[13], hw[14], hw[15]]);
         if reason != 48 {
-            self.recount_ve_unknown();
+            self.recount_ve_unknown(cpu);
             self.page_write(cpu, page, veinfo::LOCAL_BREAK, break_reason::UNKNOWN_EXIT)?;
             self.set_outcome(cpu, page, AgentOutcome::Break)?;
             self.set_rip(cpu, rip::H_BREAK);
             return Ok(());
         }
-        self.last_ve_walk_seen();
+        self.last_ve_walk_seen(cpu);
         if qual & 0x100 == 0 {
             self.page_write(cpu, page, veinfo::LOCAL_WALK, 1)?;
             self.set_rip(cpu, rip::PW_PML4);

@@ -95,13 +95,13 @@ pub struct Micro {
     pub rax: u64,
 }
 
-/// Whether the MM instruction at `offset` writes a page-table entry (every one but the touches).
+/// Whether the MM instruction at `offset` is one of the page-table-entry writes.
 pub fn is_pt_write(offset: u64) -> bool {
-    offset != mm_code::TOUCH_READ.0 && offset != mm_code::TOUCH_WRITE.0
+    mm_code::PT_WRITES.iter().any(|(o, _)| *o == offset)
 }
 
 impl Micro {
-    fn new(instr: (u64, &[u8]), rdi: u64, rsi: u64, rax: u64) -> Self {
+    pub(crate) fn new(instr: (u64, &[u8]), rdi: u64, rsi: u64, rax: u64) -> Self {
         Micro {
             offset: instr.0,
             rdi,
@@ -247,7 +247,7 @@ impl World {
         Ok(pid)
     }
 
-    fn process(&self, pid: u32) -> Result<&Process, MmError> {
+    pub(crate) fn process(&self, pid: u32) -> Result<&Process, MmError> {
         self.guest
             .processes
             .get(pid as usize)

@@ -63,9 +63,31 @@ pub struct Ptm {
     tables: BTreeMap<Gfn, Table>,
     owners: BTreeMap<MonitorId, Gpa>,
     next: u64,
+    removals: u64,
 }
 
 impl Ptm {
+    /// How many monitors were ever placed.
+    pub fn placements(&self) -> u64 {
+        self.next
+    }
+
+    /// Changes whenever a monitor is placed or removed: (placements, removals).
+    pub fn generation(&self) -> (u64, u64) {
+        (self.next, self.removals)
+    }
+
+    /// Calls `f` with the address of every monitored entry, in address order.
+    pub fn for_each_monitored(&self, mut f: impl FnMut(Gpa)) {
+        for (gfn, t) in &self.tables {
+            for (idx, l) in &t.entries {
+                if !l.is_empty() {
+                    f(gfn.gpa().wrapping_add(u64::from(*idx) * 8));
+                }
+            }
+        }
+    }
+
     /// Subscribes a new monitor to the entry at `entry`.
     pub fn place(&mut self, entry: Gpa) -> Placed {
         self.place_covering(entry, 0x1000)
@@ -98,6 +120,7 @@ impl Ptm {
     /// be removed). There is no cache eviction on the last removal (B76).
     pub fn remove(&mut self, id: MonitorId) -> Option<Gfn> {
         let entry = self.owners.remove(&id)?;
+        self.removals += 1;
         let gfn = entry.gfn();
         let index = ((entry.0 & 0xFFF) >> 3) as u16;
         let table = self.tables.get_mut(&gfn)?;
@@ -141,13 +164,7 @@ impl Ptm {
     /// Every monitored entry address, in order.
     pub fn monitored_entries(&self) -> Vec<Gpa> {
         let mut out = Vec::new();
-        for (gfn, t) in &self.tables {
-            for (idx, l) in &t.entries {
-                if !l.is_empty() {
-                    out.push(gfn.gpa().wrapping_add(u64::from(*idx) * 8));
-                }
-            }
-        }
+        self.for_each_monitored(|e| out.push(e));
         out
     }
 
