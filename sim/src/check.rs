@@ -278,7 +278,9 @@ impl Checker {
         );
         let i7_due = self.i7_epoch.as_ref() != Some(&epoch);
         self.i7_epoch = Some(epoch);
-        if i7_due && (!w.quirks.q16_no_evict_on_unload || !w.intro.pending_unload) {
+        // The cache means something while the agent is deployed (a deploy writes it empty);
+        // with an unload pending the agent still runs until the unloader lands (Q16).
+        if i7_due && w.intro.deployed {
             for e in w.cached_monitored_entries() {
                 out.push(fail(
                     Invariant::I7,
@@ -309,14 +311,14 @@ impl Checker {
                     ),
                 ));
             }
-            if !w.quirks.q18_stats && c.ve_unknown == 0 {
+            if !w.quirks.q18_stats && c.ve_unknown == 0 && w.intro.deployed {
                 let stats = w.ve_stats();
                 let sum = |f: fn(&crate::introcore::lifecycle::CpuStats) -> u64| {
                     stats.iter().map(f).sum::<u64>()
                 };
                 let ignored = sum(|s| s.ignored_total);
-                let want =
-                    sum(|s| s.ignored_irrelevant) + sum(|s| s.ignored_cache) + c.page_walk_set;
+                let walks = c.page_walk_set - w.intro.page_walk_set_at_deploy;
+                let want = sum(|s| s.ignored_irrelevant) + sum(|s| s.ignored_cache) + walks;
                 if ignored != want {
                     out.push(fail(
                         Invariant::I5,

@@ -98,6 +98,15 @@ pub enum GuestOp {
         /// Page.
         va: u64,
     },
+    /// Introcore unloads the agent (B95–B99): the request, `delay` scheduling steps before
+    /// the unloader lands (the window in which the agent still runs with the unload pending,
+    /// Q16), then the unloader retrying until the gate opens (B97, B140), then completion.
+    Unload {
+        /// Steps between the request and the unloader.
+        delay: u32,
+    },
+    /// Introcore deploys the agent again after an unload (B86–B94).
+    Redeploy,
     /// An isolation attempt by process `pid`'s code ([`crate::attack`]).
     Attack {
         /// Process.
@@ -127,6 +136,8 @@ struct Active {
     plan: Plan,
     /// For an attack, what it must not achieve.
     probe: Option<Probe>,
+    /// For an unload, where it is.
+    unload: Option<UnloadPhase>,
     /// Index of the next instruction to load.
     next: usize,
     /// Whether the loaded instruction has had its first step (an attack's probe is armed
@@ -134,6 +145,15 @@ struct Active {
     armed: bool,
     /// RIP at which the instruction in flight is complete.
     end: Option<u64>,
+}
+
+/// The phases of an unload in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnloadPhase {
+    /// Requested (pending); this many steps before the unloader lands.
+    Waiting(u32),
+    /// The unloader is in (B96) and asks for the unhook until the gate opens.
+    Gate,
 }
 
 /// Per-VCPU queues of operations and their progress.
@@ -224,7 +244,11 @@ impl World {
                 self.commit_hooks();
                 None
             }
-            GuestOp::Attack { .. } => None,
+            GuestOp::Attack { .. } | GuestOp::Unload { .. } => None,
+            GuestOp::Redeploy => {
+                self.redeploy_agent().map_err(MmError::Refused)?;
+                None
+            }
             GuestOp::Map { pid, va, flags } => Some(self.plan_map(pid, va, flags)?),
             GuestOp::Unmap { pid, va } => Some(self.plan_unmap(pid, va)?),
             GuestOp::Protect {
@@ -318,12 +342,36 @@ impl World {
                 return Ok(());
             };
             runner.log.push(cpu);
+            if let GuestOp::Unload { delay } = op {
+                match self.remove_agent() {
+                    Ok(()) => {
+                        runner.active[cpu] = Some(Active {
+                            op,
+                            plan: Plan {
+                                pid: 0,
+                                micros: Vec::new(),
+                                finish: crate::guest::mm::Finish::Nothing,
+                            },
+                            probe: None,
+                            unload: Some(UnloadPhase::Waiting(delay)),
+                            next: 0,
+                            end: None,
+                            armed: true,
+                        })
+                    }
+                    Err(e) => runner
+                        .ended
+                        .push((cpu, op, OpEnd::Skipped(format!("{e:?}")))),
+                }
+                return Ok(());
+            }
             match self.start_op(cpu, op) {
                 Ok(Some((plan, probe))) => {
                     let mut a = Active {
                         op,
                         plan,
                         probe,
+                        unload: None,
                         next: 0,
                         end: None,
                         armed: false,
@@ -339,6 +387,27 @@ impl World {
             }
             return Ok(());
         };
+        if let Some(phase) = active.unload {
+            // Introcore's side of an unload: one phase per step, no guest instruction.
+            self.tsc += 1;
+            match phase {
+                UnloadPhase::Waiting(n) if n > 0 => {
+                    active.unload = Some(UnloadPhase::Waiting(n - 1));
+                }
+                UnloadPhase::Waiting(_) => {
+                    self.deploy_unloader();
+                    active.unload = Some(UnloadPhase::Gate);
+                }
+                UnloadPhase::Gate => {
+                    if self.deliver_for_unload() {
+                        self.complete_unloader();
+                        runner.log.push(cpu);
+                        self.finish_active(runner, cpu);
+                    }
+                }
+            }
+            return Ok(());
+        }
         if !active.armed {
             // An attack takes what its probe compares against as its instruction first runs.
             active.armed = true;
@@ -530,6 +599,8 @@ impl std::fmt::Display for GuestOp {
                 )
             }
             GuestOp::Hook { pid, va } => write!(f, "hook pid={pid} va={va:#x}"),
+            GuestOp::Unload { delay } => write!(f, "unload delay={delay}"),
+            GuestOp::Redeploy => f.write_str("redeploy"),
             GuestOp::Attack {
                 pid,
                 attack,
@@ -622,6 +693,10 @@ impl std::str::FromStr for GuestOp {
                 pid: narrow(take("pid")?)?,
                 va: take("va")?,
             },
+            "unload" => GuestOp::Unload {
+                delay: narrow(take("delay")?)?,
+            },
+            "redeploy" => GuestOp::Redeploy,
             "attack" => GuestOp::Attack {
                 pid: narrow(take("pid")?)?,
                 attack: attack.ok_or("attack needs kind=")?,

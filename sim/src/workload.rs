@@ -30,15 +30,20 @@ pub enum Builtin {
     /// map), a switch to the protected view, agent pages remapped through the page tables,
     /// RAISE_EPT from guest code, and CPU indices the CPU map has no slot for.
     Attacks,
+    /// desktop-mix with introcore unloading and redeploying the agent while the memory
+    /// managers keep going: hooks are added (and monitored entries written) while an unload
+    /// is pending, while the unloader waits at the gate, and while no agent is deployed.
+    UnloadRace,
 }
 
 impl Builtin {
     /// Every built-in, by name.
-    pub const ALL: [(&'static str, Builtin); 4] = [
+    pub const ALL: [(&'static str, Builtin); 5] = [
         ("paper-synthetic", Builtin::PaperSynthetic),
         ("desktop-mix", Builtin::DesktopMix),
         ("memory-pressure", Builtin::MemoryPressure),
         ("attacks", Builtin::Attacks),
+        ("unload-race", Builtin::UnloadRace),
     ];
 
     /// The built-in called `name`.
@@ -53,6 +58,7 @@ impl Builtin {
             Builtin::DesktopMix => "desktop-mix",
             Builtin::MemoryPressure => "memory-pressure",
             Builtin::Attacks => "attacks",
+            Builtin::UnloadRace => "unload-race",
         }
     }
 
@@ -78,6 +84,15 @@ impl Builtin {
                 ("ops", 400, 100_000),
                 ("kpti", 1, 1),
                 ("attacks", 40, 10_000),
+            ],
+            Builtin::UnloadRace => &[
+                ("vcpus", 4, 64),
+                ("processes", 4, 32),
+                ("pages", 16, 512),
+                ("ops", 400, 100_000),
+                ("kpti", 1, 1),
+                ("unloads", 2, 16),
+                ("delay", 64, 10_000),
             ],
         }
     }
@@ -151,6 +166,32 @@ pub fn generate(b: Builtin, params: &BTreeMap<&'static str, u64>, seed: u64) -> 
             add_attacks(&mut sc, params, seed);
             sc
         }
+        Builtin::UnloadRace => {
+            let mut sc = desktop_mix_scenario(params, seed, &DESKTOP_WEIGHTS);
+            add_unloads(&mut sc, params, seed);
+            sc
+        }
+    }
+}
+
+/// Mixes `unloads` unload-and-redeploy pairs into the queues of a scenario: each unload at a
+/// position drawn from `seed` in some VCPU's queue, its redeploy later in the same queue, the
+/// unloader landing 0..=`delay` steps after the request. An unload requested while another is
+/// pending, or a redeploy while the agent is deployed, is refused and skipped.
+fn add_unloads(sc: &mut Scenario, params: &BTreeMap<&'static str, u64>, seed: u64) {
+    use crate::ops::GuestOp;
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x554e_4c4f_4144_0000);
+    let n = params.get("unloads").copied().unwrap_or(0);
+    let max_delay = params.get("delay").copied().unwrap_or(0);
+    let vcpus = sc.queues.len().max(1) as u64;
+    for _ in 0..n {
+        let q = &mut sc.queues[(rng.next_u64() % vcpus) as usize];
+        let at = (rng.next_u64() % (q.len() as u64 + 1)) as usize;
+        let back = at + 1 + (rng.next_u64() % (q.len() as u64 - at as u64 + 1)) as usize;
+        let delay = (rng.next_u64() % (max_delay + 1)) as u32;
+        q.insert(at, GuestOp::Unload { delay });
+        q.insert(back, GuestOp::Redeploy);
     }
 }
 
@@ -383,7 +424,7 @@ pub fn build_world_quirks(
     };
     if matches!(
         b,
-        Builtin::DesktopMix | Builtin::MemoryPressure | Builtin::Attacks
+        Builtin::DesktopMix | Builtin::MemoryPressure | Builtin::Attacks | Builtin::UnloadRace
     ) {
         config.guest.vcpus = params.get("vcpus").copied().unwrap_or(1).max(1) as usize;
         config.guest.kpti = params.get("kpti").copied().unwrap_or(0) != 0;

@@ -254,3 +254,41 @@ fn i4_and_i7_fail_when_the_semaphore_or_the_cache_is_forged() {
     let v = checker.after_step(&w, 0, &Ok(()));
     assert!(v.iter().any(|x| x.invariant == Invariant::I7), "{v:?}");
 }
+
+/// Runs built-in `name` with every check under `q`; the first failing invariant per seed.
+fn builtin_failures(name: &str, q: Quirks, seeds: u64) -> Vec<Option<Invariant>> {
+    let b = vesim::workload::Builtin::from_name(name).unwrap();
+    (0..seeds)
+        .map(|seed| {
+            let params = vesim::workload::swarm_params(b, &Default::default(), seed).unwrap();
+            let sc = vesim::workload::generate(b, &params, seed);
+            let mut w = vesim::workload::build_world_quirks(b, &params, true, q, seed).unwrap();
+            for p in &sc.processes {
+                w.create_process(*p).unwrap();
+            }
+            let mut runner = OpRunner::new(sc.queues);
+            let mut sched = Scheduler::new(Schedule::Random { seed }, w.vcpus.len());
+            let mut checker = Checker::new(&w);
+            match w.run_ops_checked(&mut runner, &mut sched, &mut checker, 50_000_000) {
+                Ok(_) => None,
+                Err(RunFailure::Violations(v)) => Some(v[0].invariant),
+                Err(RunFailure::Stopped(c, s)) => panic!("seed {seed}: VCPU {c} stopped: {s:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Q16 (cache updates are no-ops once an unload is pending): in `unload-race` a hook placed
+/// while the unload is pending leaves its entry in the cache the agent still reads, which I7
+/// reports; `fixed` evicts and passes the same seeds.
+#[test]
+fn q16_unload_race_breaks_i7() {
+    let q16 = Quirks {
+        q16_no_evict_on_unload: true,
+        ..Quirks::fixed()
+    };
+    let broken = builtin_failures("unload-race", q16, 40);
+    assert!(broken.contains(&Some(Invariant::I7)), "{broken:?}");
+    assert!(broken.iter().all(|f| matches!(f, None | Some(Invariant::I7 | Invariant::I1))), "{broken:?}");
+    assert_eq!(builtin_failures("unload-race", Quirks::fixed(), 40), vec![None; 40]);
+}

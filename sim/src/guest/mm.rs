@@ -71,6 +71,9 @@ pub enum MmError {
     /// The VCPU stopped.
     #[error("the VCPU stopped: {0:?}")]
     Stopped(Stop),
+    /// Introcore refused a lifecycle request.
+    #[error("introcore refused: {0}")]
+    Refused(String),
 }
 
 impl From<Stop> for MmError {

@@ -91,6 +91,9 @@ pub struct Introcore {
     pub unload_refusals: u64,
     /// The GPA hooks the deploy placed on the agent (removed on unload).
     pub agent_hooks: Vec<(Gfn, HookKind)>,
+    /// The harness's unraised page walks when the agent was last deployed: its information
+    /// pages count from then on.
+    pub page_walk_set_at_deploy: u64,
 }
 
 impl Introcore {
@@ -115,6 +118,7 @@ impl Introcore {
             replaced_code: Vec::new(),
             unload_refusals: 0,
             agent_hooks: Vec::new(),
+            page_walk_set_at_deploy: 0,
         }
     }
 }
@@ -180,6 +184,7 @@ impl World {
     /// the information pages.
     pub fn deploy_agent(&mut self) -> Result<(), String> {
         let q = self.quirks;
+        self.intro.page_walk_set_at_deploy = self.counters.page_walk_set;
         let mem = &mut self.machine.mem;
         // 1. The image: code sections filled with INT3, data zero, cache per Q15.
         mem.write(Self::agent_gpa(layout::AGENT_HEADER), b"MZ");
