@@ -1,5 +1,13 @@
-//! Shrinking a failing scenario: drop guest operations (delta debugging over every VCPU's
-//! queue, in order) while the same invariant still fails under the same seed and schedule.
+//! Shrinking a failing scenario while the same invariant still fails under the same seed:
+//!
+//! 1. guest operations (delta debugging over every VCPU's queue, in order), under the
+//!    scenario's schedule;
+//! 2. whole VCPUs (a VCPU's queue goes and the VCPUs after it are renumbered), for built-ins
+//!    whose VCPU count is a parameter;
+//! 3. schedule preemptions: the schedule becomes the explicit list of (VCPU, steps) runs the
+//!    failing run took, and runs are dropped (delta debugging again); each run dropped is a
+//!    context switch fewer;
+//! 4. operations once more, under the new schedule.
 
 use crate::check::{Checker, Invariant};
 use crate::ops::{OpRunner, RunFailure};
@@ -23,8 +31,9 @@ pub struct Setup {
     pub schedule: Schedule,
 }
 
-/// Runs `sc` with #VE on and every check after every step; the first invariant that fails.
-pub fn failing_invariant(setup: &Setup, sc: &Scenario) -> Option<Invariant> {
+/// What a checked run of a scenario did: the first invariant that failed (if any) and the
+/// (VCPU, steps) runs the scheduler made.
+fn checked_run(setup: &Setup, sc: &Scenario) -> Option<(Invariant, Vec<(usize, u64)>)> {
     let mut w =
         build_world_quirks(setup.builtin, &setup.params, true, setup.quirks, setup.seed).ok()?;
     if sc.queues.len() > w.vcpus.len() {
@@ -36,12 +45,17 @@ pub fn failing_invariant(setup: &Setup, sc: &Scenario) -> Option<Invariant> {
     let mut queues = sc.queues.clone();
     queues.resize(w.vcpus.len(), Vec::new());
     let mut runner = OpRunner::new(queues);
-    let mut sched = Scheduler::new(setup.schedule.clone(), w.vcpus.len());
+    let mut sched = Scheduler::new(setup.schedule.clone(), w.vcpus.len()).recording();
     let mut checker = Checker::new(&w);
     match w.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
-        Err(RunFailure::Violations(v)) => v.first().map(|x| x.invariant),
+        Err(RunFailure::Violations(v)) => v.first().map(|x| (x.invariant, sched.runs())),
         _ => None,
     }
+}
+
+/// Runs `sc` with #VE on and every check after every step; the first invariant that fails.
+pub fn failing_invariant(setup: &Setup, sc: &Scenario) -> Option<Invariant> {
+    checked_run(setup, sc).map(|(i, _)| i)
 }
 
 /// The number of operations of a scenario.
@@ -49,13 +63,22 @@ pub fn op_count(sc: &Scenario) -> usize {
     sc.queues.iter().map(Vec::len).sum()
 }
 
-fn without(sc: &Scenario, drop: &[bool]) -> Scenario {
+/// The context switches of a schedule: runs of an explicit list after the first; `None` for
+/// the schedules that are not lists.
+pub fn preemptions(s: &Schedule) -> Option<usize> {
+    match s {
+        Schedule::List(runs) => Some(runs.len().saturating_sub(1)),
+        _ => None,
+    }
+}
+
+fn without(sc: &Scenario, keep: &[bool]) -> Scenario {
     let mut k = 0;
     let mut queues = Vec::with_capacity(sc.queues.len());
     for q in &sc.queues {
         let mut nq = Vec::with_capacity(q.len());
         for op in q {
-            if !drop[k] {
+            if keep.get(k).copied().unwrap_or(true) {
                 nq.push(*op);
             }
             k += 1;
@@ -68,16 +91,11 @@ fn without(sc: &Scenario, drop: &[bool]) -> Scenario {
     }
 }
 
-/// Shrinks `sc` while `invariant` still fails: ddmin over all operations, then each single
-/// operation again. Returns the smallest scenario found.
-pub fn minimize(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Scenario {
-    let total = op_count(sc);
+/// Delta debugging over `total` items: the smallest keep-mask found for which `fails` holds
+/// (ddmin, then each remaining item once more).
+fn ddmin(total: usize, fails: impl Fn(&[bool]) -> bool) -> Vec<bool> {
     let mut keep = vec![true; total];
     let live = |keep: &[bool]| keep.iter().filter(|k| **k).count();
-    let fails = |keep: &[bool]| {
-        let drop: Vec<bool> = keep.iter().map(|k| !k).collect();
-        failing_invariant(setup, &without(sc, &drop)) == Some(invariant)
-    };
     let mut n = 2usize;
     while live(&keep) >= 2 {
         let idx: Vec<usize> = (0..total).filter(|i| keep[*i]).collect();
@@ -102,7 +120,6 @@ pub fn minimize(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Scenario 
             n = (n * 2).min(idx.len());
         }
     }
-    // One more pass, one operation at a time.
     for i in 0..total {
         if keep[i] {
             let mut trial = keep.clone();
@@ -112,12 +129,138 @@ pub fn minimize(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Scenario 
             }
         }
     }
-    let drop: Vec<bool> = keep.iter().map(|k| !k).collect();
-    let mut out = without(sc, &drop);
-    // Processes stay (their numbering is what operations refer to); empty queues at the end
-    // of the VCPU list go.
-    while out.queues.last().is_some_and(Vec::is_empty) && out.queues.len() > 1 {
-        out.queues.pop();
+    keep
+}
+
+fn shrink_ops(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Scenario {
+    let keep = ddmin(op_count(sc), |keep| {
+        failing_invariant(setup, &without(sc, keep)) == Some(invariant)
+    });
+    without(sc, &keep)
+}
+
+/// `sc` without VCPU `cpu`'s queue, the VCPUs after it renumbered, and `setup` with one VCPU
+/// fewer (its explicit schedule renumbered the same way).
+fn without_vcpu(setup: &Setup, sc: &Scenario, cpu: usize) -> Option<(Setup, Scenario)> {
+    let vcpus = *setup.params.get("vcpus")?;
+    if vcpus <= 1 || cpu as u64 >= vcpus {
+        return None;
+    }
+    let mut s = setup.clone();
+    s.params.insert("vcpus", vcpus - 1);
+    if let Schedule::List(runs) = &setup.schedule {
+        s.schedule = Schedule::List(coalesce(
+            runs.iter()
+                .filter(|(c, _)| *c != cpu)
+                .map(|&(c, n)| (if c > cpu { c - 1 } else { c }, n)),
+        ));
+    }
+    let mut out = sc.clone();
+    if cpu < out.queues.len() {
+        out.queues.remove(cpu);
+    }
+    Some((s, out))
+}
+
+fn coalesce(runs: impl Iterator<Item = (usize, u64)>) -> Vec<(usize, u64)> {
+    let mut out: Vec<(usize, u64)> = Vec::new();
+    for (c, n) in runs {
+        match out.last_mut() {
+            Some((l, m)) if *l == c => *m += n,
+            _ => out.push((c, n)),
+        }
     }
     out
+}
+
+/// As few of `runs` as still fail under `setup`: delta debugging over the runs, then swaps
+/// that keep every VCPU's steps (a run moved after the next run of the VCPU before it merges
+/// two runs of that VCPU).
+fn shrink_runs(
+    setup: &Setup,
+    sc: &Scenario,
+    runs: Vec<(usize, u64)>,
+    still: &impl Fn(&Setup, &Scenario) -> bool,
+) -> Vec<(usize, u64)> {
+    let with = |r: Vec<(usize, u64)>| Setup {
+        schedule: Schedule::List(r),
+        ..setup.clone()
+    };
+    let keep = ddmin(runs.len(), |keep| {
+        let r = coalesce(runs.iter().zip(keep).filter(|(_, k)| **k).map(|(r, _)| *r));
+        still(&with(r), sc)
+    });
+    let mut runs = coalesce(runs.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| *r));
+    let mut i = 0;
+    while i + 2 < runs.len() {
+        let mut trial = runs.clone();
+        trial.swap(i + 1, i + 2);
+        let trial = coalesce(trial.into_iter());
+        if trial.len() < runs.len() && still(&with(trial.clone()), sc) {
+            runs = trial;
+            i = i.saturating_sub(1);
+        } else {
+            i += 1;
+        }
+    }
+    runs
+}
+
+/// The result of [`minimize`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Minimized {
+    /// The context switches of the failing run before shrinking.
+    pub preemptions_before: usize,
+    /// The set-up it fails under (fewer VCPUs, an explicit schedule).
+    pub setup: Setup,
+    /// The scenario.
+    pub scenario: Scenario,
+}
+
+/// Shrinks `sc` under `setup` while `invariant` still fails: operations, VCPUs, schedule
+/// preemptions, operations again. Returns the smallest failing set-up and scenario found.
+pub fn minimize(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Minimized {
+    let still = |s: &Setup, sc: &Scenario| failing_invariant(s, sc) == Some(invariant);
+    let preemptions_before = checked_run(setup, sc).map_or(0, |(_, r)| r.len().saturating_sub(1));
+    let mut sc = shrink_ops(setup, sc, invariant);
+    let mut setup = setup.clone();
+    // VCPUs, highest first so that the numbers of those still to try stay valid.
+    let vcpus = setup.params.get("vcpus").copied().unwrap_or(1) as usize;
+    for cpu in (0..vcpus).rev() {
+        if let Some((s, smaller)) = without_vcpu(&setup, &sc, cpu) {
+            if still(&s, &smaller) {
+                (setup, sc) = (s, smaller);
+            }
+        }
+    }
+    // The schedule: the runs the failing run took, then as few of them as still fail. A list
+    // that ends before the failure continues round-robin, which switches at every step, so
+    // the shrunk list is recorded again in full and shrunk again until it covers the run.
+    for _ in 0..4 {
+        let Some((_, runs)) = checked_run(&setup, &sc) else {
+            break;
+        };
+        let mut exact = setup.clone();
+        exact.schedule = Schedule::List(runs.clone());
+        if !still(&exact, &sc) {
+            break;
+        }
+        let shrunk = shrink_runs(&setup, &sc, runs.clone(), &still);
+        setup = exact;
+        if shrunk == runs {
+            break;
+        }
+        setup.schedule = Schedule::List(shrunk);
+        sc = shrink_ops(&setup, &sc, invariant);
+    }
+    // Processes stay (their numbering is what operations refer to); empty queues at the end
+    // of the VCPU list go.
+    while sc.queues.last().is_some_and(Vec::is_empty) && sc.queues.len() > 1 {
+        sc.queues.pop();
+    }
+    Minimized {
+        preemptions_before,
+        setup,
+        scenario: sc,
+    }
 }

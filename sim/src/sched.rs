@@ -5,8 +5,10 @@
 //! - `rr`
 //! - `random:SEED`
 //! - `pct:SEED:DEPTH:STEPS` (STEPS: the expected run length the change points are drawn in)
-//! - `list:0x5,1x3,0` (run VCPU 0 five steps, VCPU 1 three, then VCPU 0; when the list ends,
-//!   round-robin continues)
+//! - `list:0x5,1x3,0` (run VCPU 0 five steps, VCPU 1 three, then VCPU 0; a run whose VCPU
+//!   is not runnable ends early; when the list ends, round-robin with a quantum of
+//!   [`TAIL_QUANTUM`] steps: the VCPU that ran last goes on while it can, for at most that
+//!   many steps, so a VCPU spinning on a lock cannot starve its holder)
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,9 +35,13 @@ pub enum Schedule {
         /// Expected number of steps (the range of the change points).
         steps: u64,
     },
-    /// An explicit list of (VCPU, steps) runs, then round-robin.
+    /// An explicit list of (VCPU, steps) runs, then round-robin with a quantum of
+    /// [`TAIL_QUANTUM`] steps.
     List(Vec<(usize, u64)>),
 }
+
+/// Steps a VCPU keeps running once an explicit list has ended.
+pub const TAIL_QUANTUM: u64 = 1000;
 
 /// Errors parsing a schedule string.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -125,6 +131,10 @@ pub struct Scheduler {
     change_points: Vec<u64>,
     /// List position: (run index, steps taken in it).
     list_pos: (usize, u64),
+    /// Every pick so far, when recording.
+    picks: Option<Vec<usize>>,
+    /// Steps of the current VCPU since the list ended or it took over.
+    tail_steps: u64,
 }
 
 impl Scheduler {
@@ -155,7 +165,27 @@ impl Scheduler {
             priorities,
             change_points,
             list_pos: (0, 0),
+            picks: None,
+            tail_steps: 0,
         }
+    }
+
+    /// The same scheduler, keeping every pick it makes ([`Scheduler::runs`]).
+    pub fn recording(mut self) -> Self {
+        self.picks = Some(Vec::new());
+        self
+    }
+
+    /// The picks made so far as (VCPU, steps) runs: the explicit list that replays them.
+    pub fn runs(&self) -> Vec<(usize, u64)> {
+        let mut out: Vec<(usize, u64)> = Vec::new();
+        for &c in self.picks.iter().flatten() {
+            match out.last_mut() {
+                Some((l, n)) if *l == c => *n += 1,
+                _ => out.push((c, 1)),
+            }
+        }
+        out
     }
 
     /// The schedule it follows.
@@ -216,11 +246,24 @@ impl Scheduler {
                     taken = 0;
                 }
                 self.list_pos = (i, taken);
-                pick.or_else(|| self.round_robin(runnable))
+                if pick.is_none() {
+                    self.tail_steps += 1;
+                    pick = self
+                        .last
+                        .filter(|l| runnable.contains(l) && self.tail_steps <= TAIL_QUANTUM);
+                    if pick.is_none() {
+                        self.tail_steps = 1;
+                        pick = self.round_robin(runnable);
+                    }
+                }
+                pick
             }
         };
         self.step += 1;
         self.last = pick;
+        if let (Some(p), Some(c)) = (self.picks.as_mut(), pick) {
+            p.push(c);
+        }
         pick
     }
 }
@@ -288,7 +331,19 @@ mod tests {
     }
 
     #[test]
-    fn list_runs_then_round_robin() {
-        assert_eq!(run("list:1x2,0", 2, 6), [1, 1, 0, 1, 0, 1]);
+    fn list_runs_then_round_robin_with_a_quantum() {
+        let q = TAIL_QUANTUM as usize;
+        let seq = run("list:1x2,0", 2, 4 + 2 * q);
+        assert_eq!(seq[..3], [1, 1, 0]);
+        // After the list VCPU 0 goes on for a quantum, then VCPU 1 for one, then VCPU 0.
+        assert!(seq[3..3 + q].iter().all(|c| *c == 0));
+        assert!(seq[3 + q..3 + 2 * q].iter().all(|c| *c == 1));
+        assert_eq!(seq[3 + 2 * q], 0);
+        // A run whose VCPU cannot run ends; the tail goes on with the last VCPU while it can.
+        let mut sch = Scheduler::new("list:2x3,1".parse().unwrap(), 3);
+        assert_eq!(sch.next(&[0, 1]), Some(1));
+        assert_eq!(sch.next(&[0, 1]), Some(1));
+        assert_eq!(sch.next(&[0, 2]), Some(2));
+        assert_eq!(sch.next(&[0, 2]), Some(2));
     }
 }

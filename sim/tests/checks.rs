@@ -289,6 +289,14 @@ fn q16_unload_race_breaks_i7() {
     };
     let broken = builtin_failures("unload-race", q16, 40);
     assert!(broken.contains(&Some(Invariant::I7)), "{broken:?}");
-    assert!(broken.iter().all(|f| matches!(f, None | Some(Invariant::I7 | Invariant::I1))), "{broken:?}");
-    assert_eq!(builtin_failures("unload-race", Quirks::fixed(), 40), vec![None; 40]);
+    assert!(
+        broken
+            .iter()
+            .all(|f| matches!(f, None | Some(Invariant::I7 | Invariant::I1))),
+        "{broken:?}"
+    );
+    assert_eq!(
+        builtin_failures("unload-race", Quirks::fixed(), 40),
+        vec![None; 40]
+    );
 }

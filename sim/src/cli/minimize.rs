@@ -2,7 +2,7 @@
 //! fail the same invariant, and write it.
 
 use super::EXIT_USAGE;
-use crate::minimize::{failing_invariant, minimize, op_count, Setup};
+use crate::minimize::{failing_invariant, minimize, op_count, preemptions, Setup};
 use crate::trace::{record_scenario, TraceFile};
 use crate::workload::{resolve_params, Builtin};
 use clap::Args;
@@ -27,6 +27,12 @@ pub struct MinimizeArgs {
     /// Where to write the smallest trace (default: FILE.min).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Print one JSON object: "file", "out", "invariant", "ops", "vcpus" and "preemptions"
+    /// (each {"before", "after"}; the preemptions are the context switches of the failing
+    /// run),
+    /// "schedule" and the written trace's "trace_hash".
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `vesim minimize`.
@@ -62,23 +68,35 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
         schedule: tf.schedule.clone(),
     };
     let Some(inv) = failing_invariant(&setup, &tf.scenario_data) else {
-        println!("{name}: the trace fails no invariant; nothing to minimize");
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"file": name, "invariant": null, "minimized": false})
+            );
+        } else {
+            println!("{name}: the trace fails no invariant; nothing to minimize");
+        }
         return ExitCode::from(1);
     };
     let small = minimize(&setup, &tf.scenario_data, inv);
-    let before = op_count(&tf.scenario_data);
-    let after = op_count(&small);
+    let vcpus = |s: &Setup| s.params.get("vcpus").copied().unwrap_or(1);
+    let (ops_before, ops_after) = (op_count(&tf.scenario_data), op_count(&small.scenario));
+    let (vcpus_before, vcpus_after) = (vcpus(&setup), vcpus(&small.setup));
+    let (pre_before, pre_after) = (
+        small.preemptions_before,
+        preemptions(&small.setup.schedule).unwrap_or(0),
+    );
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{}.min", args.file.display())));
     let trace = match record_scenario(
         b,
-        &params,
+        &small.setup.params,
         tf.quirks,
         &tf.profile,
         tf.seed,
-        &tf.schedule,
-        small,
+        &small.setup.schedule,
+        small.scenario,
         &[true],
     ) {
         Ok(t) => t,
@@ -87,9 +105,33 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
     if let Err(e) = std::fs::write(&out, trace.to_text()) {
         return usage(format!("{} cannot be written: {e}", out.display()));
     }
-    println!(
-        "{name}: {before} guest operations -> {after}, still failing {inv}; written to {}",
-        out.display()
-    );
+    if args.json {
+        let hashes: Vec<String> = trace.runs.iter().map(|r| r.hash.clone()).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": name,
+                "out": out.display().to_string(),
+                "minimized": true,
+                "invariant": inv.to_string(),
+                "ops": {"before": ops_before, "after": ops_after},
+                "vcpus": {"before": vcpus_before, "after": vcpus_after},
+                "preemptions": {"before": pre_before, "after": pre_after},
+                "schedule": small.setup.schedule.to_string(),
+                "trace_hash": crate::trace::combined_hash(&hashes),
+            })
+        );
+    } else {
+        println!(
+            "{name}: {ops_before} guest operations -> {ops_after}, {vcpus_before} VCPUs -> \
+             {vcpus_after}, schedule {} ({} preemptions) -> {} ({} preemptions), still failing \
+             {inv}; written to {}",
+            setup.schedule,
+            pre_before,
+            small.setup.schedule,
+            pre_after,
+            out.display()
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -20,6 +20,10 @@ read or does not parse.";
 pub struct ReplayArgs {
     /// The trace file.
     file: PathBuf,
+    /// Print one JSON object: "file", "ok", "records", "runs" (each with "ve" and
+    /// "trace_hash"), the top-level "trace_hash" and, on a mismatch, "mismatch".
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `vesim replay`.
@@ -45,21 +49,41 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match replay(&tf) {
-        Ok(n) => {
-            println!(
+    let result = replay(&tf);
+    if let Err(ReplayError::Setup(m)) = &result {
+        eprintln!("vesim: {name}: {m}.");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if args.json {
+        let runs: Vec<serde_json::Value> = tf
+            .runs
+            .iter()
+            .map(|r| serde_json::json!({"ve": if r.ve { "on" } else { "off" }, "trace_hash": r.hash}))
+            .collect();
+        let hashes: Vec<String> = tf.runs.iter().map(|r| r.hash.clone()).collect();
+        let mut v = serde_json::json!({
+            "file": name,
+            "ok": result.is_ok(),
+            "records": result.as_ref().map_or(0, |n| *n),
+            "runs": runs,
+            "trace_hash": crate::trace::combined_hash(&hashes),
+        });
+        if let (Err(e), Some(o)) = (&result, v.as_object_mut()) {
+            o.insert("mismatch".into(), serde_json::Value::from(e.to_string()));
+        }
+        println!("{v}");
+    } else {
+        match &result {
+            Ok(n) => println!(
                 "{name}: {n} records and {} hashes replayed exactly",
                 tf.runs.len()
-            );
-            ExitCode::SUCCESS
+            ),
+            Err(e) => println!("{name}: {e}"),
         }
-        Err(ReplayError::Setup(m)) => {
-            eprintln!("vesim: {name}: {m}.");
-            ExitCode::from(EXIT_USAGE)
-        }
-        Err(e) => {
-            println!("{name}: {e}");
-            ExitCode::from(1)
-        }
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
