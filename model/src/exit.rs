@@ -42,6 +42,39 @@ impl ExitReason {
             ExitReason::Vmfunc => 59,
         }
     }
+
+    /// Every reason the model produces.
+    pub const ALL: [ExitReason; 9] = [
+        ExitReason::ExceptionOrNmi,
+        ExitReason::Cpuid,
+        ExitReason::Hlt,
+        ExitReason::Vmcall,
+        ExitReason::Rdmsr,
+        ExitReason::Wrmsr,
+        ExitReason::EptViolation,
+        ExitReason::EptMisconfig,
+        ExitReason::Vmfunc,
+    ];
+
+    /// A short snake_case name (SDM Vol. 3C, Appendix C).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitReason::ExceptionOrNmi => "exception_or_nmi",
+            ExitReason::Cpuid => "cpuid",
+            ExitReason::Hlt => "hlt",
+            ExitReason::Vmcall => "vmcall",
+            ExitReason::Rdmsr => "rdmsr",
+            ExitReason::Wrmsr => "wrmsr",
+            ExitReason::EptViolation => "ept_violation",
+            ExitReason::EptMisconfig => "ept_misconfig",
+            ExitReason::Vmfunc => "vmfunc",
+        }
+    }
+
+    /// The reason with basic number `code`.
+    pub fn from_code(code: u32) -> Option<ExitReason> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
 }
 
 /// The details of an EPT violation (HW §3), whether it became a VM exit or a #VE.

@@ -9,13 +9,24 @@ use common::vesim;
 use serde_json::Value;
 
 #[test]
-fn fixed_seeds_pass() {
+fn fixed_seeds_pass_on_every_builtin() {
     let r = vesim(&["check", "--seeds", "3"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(
-        r.stdout.contains("desktop-mix: 3 passed, 0 failed"),
-        "{}",
-        r.stdout
+    for b in vesim::workload::Builtin::ALL.map(|(n, _)| n) {
+        assert!(
+            r.stdout.contains(&format!("{b}: 3 passed, 0 failed")),
+            "{b}: {}",
+            r.stdout
+        );
+    }
+    let r = vesim(&["check", "--seeds", "2", "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["runs"], 2 * vesim::workload::Builtin::ALL.len());
+    assert_eq!(v["failed"], 0);
+    assert_eq!(
+        v["scenarios"].as_array().unwrap().len(),
+        vesim::workload::Builtin::ALL.len()
     );
 }
 
@@ -25,7 +36,9 @@ fn hvmi_failure_reports_a_replay_that_reproduces_it() {
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     let first = &v["failures"][0];
+    assert_eq!(first["schedule"], format!("random:{}", first["seed"]));
     let replay = first["replay"].as_str().unwrap().to_string();
+    assert!(replay.contains(&format!("--builtin {}", first["scenario"].as_str().unwrap())));
     let args: Vec<&str> = replay.split_whitespace().skip(1).collect();
     let mut args = args.clone();
     args.push("--json");

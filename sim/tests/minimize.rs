@@ -75,6 +75,25 @@ fn minimize_writes_a_trace_that_replays() {
     assert!(r.stdout.contains("still failing"), "{}", r.stdout);
     let r = vesim(&["replay", small.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // The JSON forms: minimize reports what it shrank, replay what it verified.
+    let r = vesim(&[
+        "minimize",
+        big.to_str().unwrap(),
+        "--out",
+        small.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let m: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(m["minimized"], true);
+    assert!(m["ops"]["after"].as_u64().unwrap() <= 50);
+    assert!(m["ops"]["before"].as_u64().unwrap() > 1000);
+    assert!(m["vcpus"]["after"].as_u64() <= m["vcpus"]["before"].as_u64());
+    let r = vesim(&["replay", small.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let p: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(p["ok"], true);
+    assert_eq!(p["trace_hash"], m["trace_hash"], "the hash minimize wrote is the one replayed");
     // A passing trace has nothing to minimize.
     let ok = record(
         Builtin::DesktopMix,

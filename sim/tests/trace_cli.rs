@@ -81,6 +81,14 @@ fn a_tampered_record_or_hash_exits_1() {
     let r = replay_text("t2", &(lines.join("\n") + "\n"));
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("hash"), "{}", r.stdout);
+    let path = std::env::temp_dir().join(format!("vesim-{}-t2j", std::process::id()));
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let r = vesim(&["replay", path.to_str().unwrap(), "--json"]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["mismatch"].as_str().unwrap().contains("hash"), "{v}");
     // Drop an operation: the records no longer match.
     let lines: Vec<&str> = text.lines().collect();
     let o = lines.iter().position(|l| l.starts_with("op ")).unwrap();

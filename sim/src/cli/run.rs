@@ -92,6 +92,7 @@ pub fn run_figures(r: &RunResult) -> Vec<(&'static str, u64)> {
         ("ve_delivered", c.ve_total),
         ("ve_page_walk", c.ve_page_walk),
         ("ve_pt_write", c.ve_pt_write),
+        ("ve_unknown", c.ve_unknown),
         ("agent_raised", c.raised),
         ("agent_ignored_irrelevant", c.ignored_irrelevant),
         ("agent_ignored_cache", c.ignored_cache),
@@ -122,6 +123,13 @@ fn run_json(r: &RunResult) -> Value {
         .map(|(k, v)| (k.to_string(), Value::from(*v)))
         .collect();
     m.insert("exits_by_reason".into(), Value::Object(exits));
+    let c = &r.counters;
+    let rate = (c.cache_lookups > 0).then(|| c.cache_hits as f64 / c.cache_lookups as f64);
+    m.insert("cache_hit_rate".into(), rate.map_or(Value::Null, Value::from));
+    m.insert(
+        "ve_handled_in_guest".into(),
+        Value::from(c.page_walk_set + c.ignored_irrelevant + c.ignored_cache),
+    );
     m.insert("trace_hash".into(), Value::from(r.trace_hash.clone()));
     Value::Object(m)
 }
@@ -329,6 +337,39 @@ pub fn run(args: RunArgs) -> ExitCode {
                     print!("{:>14}", f[i].1);
                 }
                 println!();
+            }
+        }
+        // Exits by reason, every reason any run took.
+        let reasons: std::collections::BTreeSet<u32> = results
+            .iter()
+            .flat_map(|(_, r)| r.counters.exits.keys().copied())
+            .collect();
+        for code in reasons {
+            let name = vesim_model::ExitReason::from_code(code).map_or("other", |r| r.name());
+            print!("{:<30}", format!("exits_{code}_{name}"));
+            for (_, r) in &results {
+                print!("{:>14}", r.counters.exits.get(&code).copied().unwrap_or(0));
+            }
+            println!();
+        }
+        print!("{:<30}", "cache_hit_rate");
+        for (_, r) in &results {
+            let c = &r.counters;
+            match (c.cache_hits * 1000).checked_div(c.cache_lookups) {
+                Some(permille) => print!("{:>13}%", format!("{}.{}", permille / 10, permille % 10)),
+                None => print!("{:>14}", "-"),
+            }
+        }
+        println!();
+        for (n, r) in &results {
+            let c = &r.counters;
+            let in_guest = c.page_walk_set + c.ignored_irrelevant + c.ignored_cache;
+            if c.ve_total > 0 {
+                println!(
+                    "{n}: {in_guest} of {} #VEs handled in the guest without introcore ({:.1}%)",
+                    c.ve_total,
+                    in_guest as f64 * 100.0 / c.ve_total as f64
+                );
             }
         }
         for (n, r) in &results {
