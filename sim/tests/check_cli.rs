@@ -38,7 +38,10 @@ fn hvmi_failure_reports_a_replay_that_reproduces_it() {
     let first = &v["failures"][0];
     assert_eq!(first["schedule"], format!("random:{}", first["seed"]));
     let replay = first["replay"].as_str().unwrap().to_string();
-    assert!(replay.contains(&format!("--builtin {}", first["scenario"].as_str().unwrap())));
+    assert!(replay.contains(&format!(
+        "--builtin {}",
+        first["scenario"].as_str().unwrap()
+    )));
     let args: Vec<&str> = replay.split_whitespace().skip(1).collect();
     let mut args = args.clone();
     args.push("--json");

@@ -93,7 +93,10 @@ fn minimize_writes_a_trace_that_replays() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let p: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(p["ok"], true);
-    assert_eq!(p["trace_hash"], m["trace_hash"], "the hash minimize wrote is the one replayed");
+    assert_eq!(
+        p["trace_hash"], m["trace_hash"],
+        "the hash minimize wrote is the one replayed"
+    );
     // A passing trace has nothing to minimize.
     let ok = record(
         Builtin::DesktopMix,

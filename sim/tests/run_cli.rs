@@ -335,3 +335,31 @@ fn the_same_command_twice_gives_byte_identical_stdout() {
         );
     }
 }
+
+/// The default run (`vesim run`, no arguments): desktop-mix on 4 VCPUs, both runs; most of
+/// the page-table #VEs are handled in the guest (VE-SEMANTICS section 3: page walks set plus
+/// the two ignored outcomes), every #VE-off PT exit is an EPT-violation exit, the hit rate is
+/// hits over lookups, and the text form has the per-reason exits and the hit rate.
+#[test]
+fn the_default_run_filters_most_page_table_violations_in_the_guest() {
+    let r = vesim(&["run", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["scenario"], "desktop-mix");
+    assert_eq!(v["params"]["vcpus"], 4);
+    let on = &v["runs"]["ve_on"];
+    let in_guest = figure(on, "agent_page_walk_set")
+        + figure(on, "agent_ignored_irrelevant")
+        + figure(on, "agent_ignored_cache");
+    assert_eq!(figure(on, "ve_handled_in_guest"), in_guest);
+    assert!(2 * in_guest > figure(on, "ve_delivered"), "{on}");
+    let rate = on["cache_hit_rate"].as_f64().unwrap();
+    let want = figure(on, "cache_hits") as f64 / figure(on, "cache_lookups") as f64;
+    assert!((rate - want).abs() < 1e-12);
+    assert!(v["runs"]["ve_off"]["cache_hit_rate"].is_null());
+    let t = vesim(&["run"]);
+    assert_eq!(t.code, 0, "{}", t.stderr);
+    assert!(t.stdout.contains("exits_48_ept_violation"), "{}", t.stdout);
+    assert!(t.stdout.contains("cache_hit_rate"), "{}", t.stdout);
+    assert!(t.stdout.contains("handled in the guest"), "{}", t.stdout);
+}

@@ -53,6 +53,7 @@ fn recorded_traces_replay_exactly() {
         ),
         ("hvmi", &["--seed", "1", "--profile", "hvmi", "--ve", "on"]),
         ("attacks", &["--builtin", "attacks", "--seed", "6"]),
+        ("unload", &["--builtin", "unload-race", "--seed", "6"]),
     ] {
         let (path, text) = recorded(name, args);
         assert!(text.starts_with("vesim-trace 1\n"));

@@ -125,7 +125,10 @@ fn run_json(r: &RunResult) -> Value {
     m.insert("exits_by_reason".into(), Value::Object(exits));
     let c = &r.counters;
     let rate = (c.cache_lookups > 0).then(|| c.cache_hits as f64 / c.cache_lookups as f64);
-    m.insert("cache_hit_rate".into(), rate.map_or(Value::Null, Value::from));
+    m.insert(
+        "cache_hit_rate".into(),
+        rate.map_or(Value::Null, Value::from),
+    );
     m.insert(
         "ve_handled_in_guest".into(),
         Value::from(c.page_walk_set + c.ignored_irrelevant + c.ignored_cache),
