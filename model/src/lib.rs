@@ -10,6 +10,7 @@
 //! - [`cpu`]: the reference CPU (iced-x86 adapter, MMU, semantics, event delivery, VMFUNC).
 //! - [`exit`]: the outcomes of an access or an instruction, as values.
 //! - [`fastmap`]: the integer-keyed hash map behind memory and EPT lookups.
+//! - `reference` (feature `reference`): an independent translator, the walker's oracle.
 //!
 //! The semantics are those of `VE-SEMANTICS.md` section 1; `HW §n` in the docs refers to
 //! `INTEL-VMX.md`.
@@ -21,6 +22,8 @@ pub mod exit;
 pub mod fastmap;
 pub mod memory;
 pub mod paging;
+#[cfg(feature = "reference")]
+pub mod reference;
 pub mod vcpu;
 pub mod ve_info;
 

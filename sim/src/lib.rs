@@ -12,6 +12,7 @@
 //! - [`attack`]: isolation attempts by guest code (invariant I3).
 //! - [`check`]: the invariants evaluated after every step.
 //! - [`equivalence`]: I6, the #VE-on and #VE-off runs of one workload compared.
+//! - `fuzzing` (feature `fuzzing`): the fuzz oracles behind `fuzz/` and their tests.
 //! - [`quirks`]: the quirk switches and the `fixed` and `hvmi` profiles.
 //! - [`minimize`]: shrinking a failing scenario while the same invariant fails.
 //! - [`ops`]: guest operations as data, run per VCPU and interleaved by a scheduler.
@@ -28,6 +29,8 @@ pub mod attack;
 pub mod check;
 pub mod cli;
 pub mod equivalence;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod exec;
 pub mod guest;
 pub mod introcore;

@@ -135,6 +135,16 @@ fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
 
 /// Builds the world, synthesizes the #VE and runs the agent until it returns.
 pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
+    run_observed(req, |_| {}).map(|(v, _)| v)
+}
+
+/// [`run`], calling `before` with the world as the write found it (the entry, the code and
+/// the stack in place, just before the #VE is delivered), and returning the world after the
+/// agent returned, for oracles that compare the two.
+pub fn run_observed(
+    req: &VerdictRequest,
+    before: impl FnOnce(&World),
+) -> Result<(Verdict, World), VerdictError> {
     if req.bytes.is_empty() {
         return Err(VerdictError::NoBytes);
     }
@@ -283,6 +293,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
         gla: Gla(gla),
         convertible: true,
     };
+    before(&w);
     if let Some(area) = w.vcpus[0].ve_info {
         VeInfo {
             reason: REASON_EPT_VIOLATION,
@@ -356,7 +367,7 @@ pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
             _ => {}
         }
     }
-    Ok(verdict)
+    Ok((verdict, w))
 }
 
 #[cfg(test)]

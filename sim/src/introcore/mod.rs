@@ -485,9 +485,11 @@ impl World {
         let status = if rax != HC_RAX || rdi != HC_RDI || rsi != 0 {
             ENOSYS
         } else if self.intro.deployed && self.rip_in_agent(rip) {
+            // B103: NOP, BREAK and TRACE succeed; any other number is NOT_SUPPORTED.
             match rdx {
                 call::RAISE_EPT => self.raise_ept(cpu, rbx),
-                _ => 0,
+                0..=2 => 0,
+                _ => STATUS_NOT_SUPPORTED,
             }
         } else {
             ENOSYS

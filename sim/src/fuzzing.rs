@@ -1,0 +1,667 @@
+//! Fuzz oracles (feature `fuzzing`). Each takes the fuzzer's bytes, builds a case from them
+//! with `arbitrary`, runs it and panics when an invariant does not hold; the `fuzz/` targets
+//! are one call each, and the tests run every oracle on generated inputs and on the committed
+//! corpus (`corpus/<target>/`, `corpus/regressions/<target>/`).
+//!
+//! - [`agent_instruction`]: one #VE through the agent (`fixed`).
+//! - [`hypercall`]: one VMCALL at an arbitrary RIP with an arbitrary information page.
+//! - [`page_walk`]: the walker against the independent translator, and the agent's page-walk
+//!   handler against the A/D rules.
+//! - [`scenario`]: guest operations on 1–4 VCPUs under an arbitrary schedule, every check.
+//! - [`scenario_file`]: bytes as a scenario file and as a trace file.
+//!
+//! Each case type has `to_data`, the bytes `arbitrary` turns back into the same case, so that
+//! corpus seeds can be written from real cases (a test checks the round trip).
+
+use crate::agent::AgentOutcome;
+use crate::check::Checker;
+use crate::guest::mm::bits;
+use crate::layout;
+use crate::ops::{GuestOp, OpRunner, RunFailure};
+use crate::quirks::{Profile, Quirks, MONITORED_BITS_FIXED};
+use crate::sched::{Schedule, Scheduler};
+use crate::verdict::{self, VerdictRequest};
+use crate::world::{World, WorldConfig};
+use arbitrary::{Arbitrary, Unstructured};
+use std::collections::BTreeMap;
+use vesim_model::ept::EptFlags;
+use vesim_model::vcpu::{Gpr, Rflags};
+use vesim_model::{Gfn, Gpa, Outcome};
+
+/// The fuzz targets, by name (the `fuzz/` binaries and the corpus directories).
+pub const TARGETS: [&str; 5] = [
+    "agent_instruction",
+    "hypercall",
+    "page_walk",
+    "scenario",
+    "scenario_file",
+];
+
+/// Runs the oracle of target `name` on `data`; `false` for an unknown target.
+pub fn run_target(name: &str, data: &[u8]) -> bool {
+    match name {
+        "agent_instruction" => agent_instruction(data),
+        "hypercall" => hypercall(data),
+        "page_walk" => page_walk(data),
+        "scenario" => scenario(data),
+        "scenario_file" => scenario_file(data),
+        _ => return false,
+    }
+    true
+}
+
+fn le(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+// =============================================================================================
+// agent_instruction
+// =============================================================================================
+
+/// One page-table write as the agent finds it.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct AgentCase {
+    /// How many of `bytes` are the instruction (mod 15, plus 1).
+    pub len: u8,
+    /// Instruction bytes.
+    pub bytes: [u8; 15],
+    /// RAX..R15 (RSP is the kernel stack's unless `flags` bit 2).
+    pub regs: [u64; 16],
+    /// RFLAGS (the arithmetic flags, DF, IF are kept).
+    pub rflags: u64,
+    /// The entry's value before the write.
+    pub old: u64,
+    /// Bit 0: the entry is in the cache; bit 1: monitored; bit 2: RSP from `regs`.
+    pub flags: u8,
+}
+
+impl AgentCase {
+    /// The bytes `arbitrary` reads back as this case.
+    pub fn to_data(&self) -> Vec<u8> {
+        let mut out = vec![self.len];
+        out.extend_from_slice(&self.bytes);
+        for r in self.regs {
+            le(&mut out, r);
+        }
+        le(&mut out, self.rflags);
+        le(&mut out, self.old);
+        out.push(self.flags);
+        out
+    }
+
+    /// A case for instruction `code` with `regs` given by name.
+    pub fn new(code: &[u8], regs: &[(Gpr, u64)], old: u64, flags: u8) -> Self {
+        let mut bytes = [0u8; 15];
+        let n = code.len().min(15);
+        bytes[..n].copy_from_slice(&code[..n]);
+        let mut r = [0u64; 16];
+        for (g, v) in regs {
+            r[*g as usize] = *v;
+        }
+        AgentCase {
+            len: n.saturating_sub(1) as u8,
+            bytes,
+            regs: r,
+            rflags: 0x2,
+            old,
+            flags,
+        }
+    }
+
+    fn request(&self) -> VerdictRequest {
+        let n = usize::from(self.len % 15) + 1;
+        let mut regs: BTreeMap<Gpr, u64> =
+            Gpr::ALL.iter().map(|g| (*g, self.regs[*g as usize])).collect();
+        if self.flags & 4 == 0 {
+            regs.remove(&Gpr::Rsp);
+        }
+        VerdictRequest {
+            bytes: self.bytes[..n].to_vec(),
+            regs,
+            rflags: self.rflags & 0xED5,
+            old: self.old,
+            cached: self.flags & 1 != 0,
+            monitored: self.flags & 2 != 0,
+            profile: Profile::Fixed,
+            ..VerdictRequest::default()
+        }
+    }
+}
+
+/// A copy of every frame outside the agent image.
+fn frames_outside_agent(w: &World) -> BTreeMap<Gfn, Vec<u8>> {
+    let agent = layout::AGENT_GPA.gfn().0..layout::AGENT_GPA.gfn().0 + layout::AGENT_SIZE / 0x1000;
+    w.machine
+        .mem
+        .frames()
+        .filter(|(g, _)| !agent.contains(&g.0))
+        .map(|(g, f)| (g, f.to_vec()))
+        .collect()
+}
+
+fn is_table_frame(g: Gfn) -> bool {
+    (layout::GUEST_TABLES_START.gfn().0..layout::GUEST_TABLES_END.gfn().0).contains(&g.0)
+}
+
+/// One #VE through the agent for an arbitrary instruction, registers, flags, old value, cache
+/// and monitor state, in `fixed`. Invariants: no panic; the agent writes nothing outside its
+/// own pages but the faulting 8-byte entry, the interrupted stack below RSP and A/D bits of
+/// paging-structure entries; an accepted instruction matches the reference CPU (I2); a
+/// relevant write to a monitored entry reaches introcore (I1).
+pub fn agent_instruction(data: &[u8]) {
+    let Ok(case) = AgentCase::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let req = case.request();
+    let mut before = BTreeMap::new();
+    let mut rsp = 0;
+    let Ok((v, w)) = verdict::run_observed(&req, |w| {
+        before = frames_outside_agent(w);
+        rsp = w.vcpus[0].gpr[4];
+    }) else {
+        return;
+    };
+    // Writes outside the agent's pages.
+    let entry = Gpa(v.gpa & !7);
+    let stack = rsp.wrapping_sub(0x100)..rsp;
+    let stack_gpas: Vec<Gpa> = (0..0x100u64)
+        .step_by(8)
+        .filter_map(|o| w.guest.phys(&w.machine, stack.start + o))
+        .collect();
+    let after = frames_outside_agent(&w);
+    let zero = vec![0u8; 4096];
+    for g in before.keys().chain(after.keys()) {
+        let (a, b) = (
+            before.get(g).unwrap_or(&zero),
+            after.get(g).unwrap_or(&zero),
+        );
+        if a == b {
+            continue;
+        }
+        for q in 0..512u64 {
+            let at = g.gpa().wrapping_add(q * 8);
+            let o = (q * 8) as usize;
+            let x = u64::from_le_bytes(a[o..o + 8].try_into().unwrap_or([0; 8]));
+            let y = u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+            let mask = if is_table_frame(*g) { !0x60u64 } else { u64::MAX };
+            // The instruction's own 8 bytes (which a misaligned write spreads over two
+            // qwords), and the interrupted stack.
+            let written = at.0 == v.gpa & !7 || at.0 == v.gpa.wrapping_add(7) & !7;
+            let allowed = written || stack_gpas.contains(&at);
+            assert!(
+                allowed || (x ^ y) & mask == 0,
+                "{case:?}: {at} changed {x:#x} -> {y:#x} outside the agent's pages"
+            );
+        }
+    }
+    if v.stop.is_some() {
+        return;
+    }
+    // I2: an accepted instruction does what the reference CPU does.
+    let accepted = matches!(
+        v.outcome,
+        Some(AgentOutcome::IgnoredIrrelevant | AgentOutcome::IgnoredCache | AgentOutcome::Raised)
+    );
+    if accepted {
+        let ereq = crate::exec::ExecRequest {
+            bytes: req.bytes.clone(),
+            regs: w_regs(&req),
+            rflags: req.rflags,
+            mem: [(v.gla, req.old)].into_iter().collect(),
+            rip: req.rip,
+        };
+        if let Ok(r) = crate::exec::run(&ereq) {
+            if r.outcome == Outcome::Executed {
+                let rf = Rflags::RF.bits();
+                assert_eq!(v.entry, r.mem[&v.gla], "{case:?}: I2 entry");
+                assert_eq!(v.rip, r.rip, "{case:?}: I2 RIP");
+                assert_eq!(v.rflags & !rf, r.rflags & !rf, "{case:?}: I2 RFLAGS");
+                for g in Gpr::ALL {
+                    assert_eq!(
+                        v.regs[g as usize], r.regs[g as usize],
+                        "{case:?}: I2 {}",
+                        g.name()
+                    );
+                }
+            }
+        }
+    }
+    // I1: a relevant change of a monitored entry reaches introcore. (A case that is both
+    // monitored and cached forges what I7 forbids; the agent then rightly trusts the cache.)
+    let relevant = (req.old ^ v.entry) & MONITORED_BITS_FIXED != 0 && (req.old | v.entry) & 1 != 0;
+    if req.monitored && !req.cached && relevant {
+        assert!(
+            w.intro.callbacks.iter().any(|c| c.entry == entry),
+            "{case:?}: I1: {:#x} -> {:#x} of a monitored entry without a callback ({:?})",
+            req.old,
+            v.entry,
+            v.outcome
+        );
+    }
+}
+
+fn w_regs(req: &VerdictRequest) -> BTreeMap<Gpr, u64> {
+    let mut r = req.regs.clone();
+    r.entry(Gpr::Rsp).or_insert(layout::VERDICT_DEFAULT_RSP);
+    r
+}
+
+// =============================================================================================
+// hypercall
+// =============================================================================================
+
+/// One VMCALL as introcore receives it.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct HypercallCase {
+    /// Bit 0: RIP inside the agent (at `rip` modulo the image), else at `rip` as given; bit 1:
+    /// RAX, RDI and RSI are the introcore ABI's (B33) rather than `abi`.
+    pub flags: u8,
+    /// The RIP (or agent offset).
+    pub rip: u64,
+    /// RAX, RDI, RSI when `flags` bit 1 is clear.
+    pub abi: [u64; 3],
+    /// RDX (the call number; small values are the known calls).
+    pub rdx: u64,
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// The first 0x290 bytes of the VCPU's information page (hardware area, registers,
+    /// instruction bytes, old and new values, counters).
+    pub info: [u8; 0x290],
+}
+
+impl HypercallCase {
+    /// The bytes `arbitrary` reads back as this case.
+    pub fn to_data(&self) -> Vec<u8> {
+        let mut out = vec![self.flags];
+        le(&mut out, self.rip);
+        for a in self.abi {
+            le(&mut out, a);
+        }
+        for v in [self.rdx, self.rbx, self.rcx] {
+            le(&mut out, v);
+        }
+        out.extend_from_slice(&self.info);
+        out
+    }
+}
+
+/// The untrusted view's and the protected view's entries of every agent frame.
+fn agent_rights(w: &World) -> Vec<(Option<EptFlags>, Option<EptFlags>)> {
+    (0..layout::AGENT_SIZE)
+        .step_by(0x1000)
+        .map(|o| {
+            let g = layout::AGENT_GPA.wrapping_add(o).gfn();
+            let f = |v| w.machine.ept.view(v).map(|x| x.entry(g).flags());
+            (f(w.intro.untrusted), f(w.intro.protected))
+        })
+        .collect()
+}
+
+/// One VMCALL from an arbitrary RIP (inside the agent or not) with arbitrary registers and
+/// information page. Invariants: no panic; the agent's EPT rights are unchanged (no access is
+/// granted); a call that is not introcore's (wrong ABI registers, or a RIP outside the agent)
+/// gets -ENOSYS and changes nothing but RAX and RIP; an unknown call number from the agent
+/// gets NOT_SUPPORTED (B103).
+pub fn hypercall(data: &[u8]) {
+    let Ok(case) = HypercallCase::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let Ok(mut w) = World::new(WorldConfig::default()) else {
+        return;
+    };
+    let Some(page) = w.vcpus[0].ve_info else {
+        return;
+    };
+    w.machine.mem.write(page, &case.info);
+    let rip = if case.flags & 1 != 0 {
+        layout::AGENT_GVA + case.rip % layout::AGENT_SIZE
+    } else {
+        case.rip
+    };
+    let (rax, rdi, rsi) = if case.flags & 2 != 0 {
+        (crate::introcore::HC_RAX, crate::introcore::HC_RDI, 0)
+    } else {
+        (case.abi[0], case.abi[1], case.abi[2])
+    };
+    {
+        let v = &mut w.vcpus[0];
+        v.rip = rip;
+        v.set_reg(Gpr::Rax, rax);
+        v.set_reg(Gpr::Rdi, rdi);
+        v.set_reg(Gpr::Rsi, rsi);
+        v.set_reg(Gpr::Rdx, case.rdx);
+        v.set_reg(Gpr::Rbx, case.rbx);
+        v.set_reg(Gpr::Rcx, case.rcx);
+    }
+    let rights = agent_rights(&w);
+    let mem_before = frames_outside_agent(&w);
+    let vcpu_before = w.vcpus[0].clone();
+    let callbacks = w.intro.callbacks.len();
+    w.hypercall(0);
+    assert_eq!(agent_rights(&w), rights, "{case:?}: agent rights changed");
+    let ours = rax == crate::introcore::HC_RAX && rdi == crate::introcore::HC_RDI && rsi == 0;
+    let v = &w.vcpus[0];
+    if !ours || !w.rip_in_agent(rip) {
+        assert_eq!(v.reg(Gpr::Rax), crate::introcore::ENOSYS, "{case:?}");
+        assert_eq!(w.intro.callbacks.len(), callbacks, "{case:?}");
+        assert!(frames_outside_agent(&w) == mem_before, "{case:?}: memory changed");
+        let mut expect = vcpu_before;
+        expect.set_reg(Gpr::Rax, crate::introcore::ENOSYS);
+        expect.rip = rip.wrapping_add(3);
+        assert_eq!(*v, expect, "{case:?}: VCPU state");
+    } else if case.rdx > 3 {
+        assert_eq!(
+            v.reg(Gpr::Rax),
+            crate::introcore::STATUS_NOT_SUPPORTED,
+            "{case:?}: unknown call"
+        );
+        assert_eq!(w.intro.callbacks.len(), callbacks, "{case:?}");
+    }
+}
+
+// =============================================================================================
+// page_walk
+// =============================================================================================
+
+/// Random paging structures and one translation.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct WalkCase {
+    /// Entries: PML4 slots then, for each further table, its slots (see
+    /// [`vesim_model::reference::SLOTS`]); low 3 bits of an entry pick its target table.
+    pub entries: [u64; 20],
+    /// The linear address.
+    pub gla: u64,
+    /// Bits: 0 WP, 1 SMEP, 2 SMAP, 3 NXE, 4 AC, 5 user, 6 implicit, 7 all levels.
+    pub mode: u8,
+    /// 0 read, 1 write, 2 fetch.
+    pub access: u8,
+    /// Bit i: EPT refuses the reads of table frame i.
+    pub ept: u8,
+}
+
+impl WalkCase {
+    /// The bytes `arbitrary` reads back as this case.
+    pub fn to_data(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in self.entries {
+            le(&mut out, e);
+        }
+        le(&mut out, self.gla);
+        out.extend_from_slice(&[self.mode, self.access, self.ept]);
+        out
+    }
+}
+
+/// The walker against the independent translator: for arbitrary tables, EPT refusals, mode
+/// and access, the same outcome (frame, page size, entries read, A/D writes, or the same #PF
+/// error code, or the same refused entry).
+pub fn page_walk(data: &[u8]) {
+    use vesim_model::memory::GuestMemory;
+    use vesim_model::paging::AccessType;
+    use vesim_model::reference::{model_translate, reference_translate, Paging, FRAMES, SLOTS};
+    let Ok(case) = WalkCase::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let mut mem = GuestMemory::default();
+    let mut k = 0;
+    for f in FRAMES {
+        for s in SLOTS {
+            let e = case.entries[k % case.entries.len()];
+            // The low bits of the address field pick a table, so walks go somewhere.
+            let target = FRAMES[(e >> 12) as usize % FRAMES.len()];
+            let v = (e & !0x000F_FFFF_FFFF_F000) | (e & 0x000F_C000_0000_0000) | target;
+            mem.write_u64(Gpa(f + s * 8), v);
+            k += 1;
+        }
+    }
+    let gla = {
+        // Indices among the filled slots at every level.
+        let idx = |i: u32| SLOTS[((case.gla >> (8 * i)) as usize) % SLOTS.len()];
+        let raw = (idx(0) << 39) | (idx(1) << 30) | (idx(2) << 21) | (idx(3) << 12) | (case.gla & 0xFFF);
+        vesim_model::Gla(raw).canonicalize().0
+    };
+    let p = Paging {
+        cr3: FRAMES[0],
+        wp: case.mode & 1 != 0,
+        smep: case.mode & 2 != 0,
+        smap: case.mode & 4 != 0,
+        nxe: case.mode & 8 != 0,
+        ac: case.mode & 16 != 0,
+        user: case.mode & 32 != 0,
+        implicit: case.mode & 64 != 0,
+        all_levels: case.mode & 128 != 0,
+    };
+    let access = match case.access % 3 {
+        0 => AccessType::Read,
+        1 => AccessType::Write,
+        _ => AccessType::Fetch,
+    };
+    let denied = |g: u64| {
+        FRAMES
+            .iter()
+            .position(|f| *f == g & !0xFFF)
+            .is_some_and(|i| case.ept & (1 << i) != 0)
+    };
+    let want = reference_translate(&mem, &p, gla, access, denied);
+    let got = model_translate(&mem, &p, gla, access, denied);
+    assert_eq!(got, want, "{case:?}: GLA {gla:#x}");
+}
+
+// =============================================================================================
+// scenario
+// =============================================================================================
+
+/// Guest operations on a few VCPUs under a schedule.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioCase {
+    /// VCPUs (mod 4, plus 1).
+    pub vcpus: u8,
+    /// Processes (mod 3, plus 1); bit 4: KPTI; bits 5–7: which are protected.
+    pub setup: u8,
+    /// The schedule: 0 round-robin, 1 random, 2 PCT (mod 3); the seed.
+    pub sched: (u8, u64),
+    /// Operations: (VCPU, kind, page, value).
+    pub ops: [(u8, u8, u8, u64); 24],
+    /// How many of `ops` run.
+    pub count: u8,
+}
+
+impl ScenarioCase {
+    /// The bytes `arbitrary` reads back as this case.
+    pub fn to_data(&self) -> Vec<u8> {
+        let mut out = vec![self.vcpus, self.setup, self.sched.0];
+        le(&mut out, self.sched.1);
+        for (c, k, p, v) in self.ops {
+            out.extend_from_slice(&[c, k, p]);
+            le(&mut out, v);
+        }
+        out.push(self.count);
+        out
+    }
+
+    /// The VCPU count, processes, KPTI, schedule and queues of this case.
+    pub fn build(&self) -> (usize, Vec<bool>, bool, Schedule, Vec<Vec<GuestOp>>) {
+        let vcpus = usize::from(self.vcpus % 4) + 1;
+        let nproc = u32::from(self.setup % 3) + 1;
+        let kpti = self.setup & 0x10 != 0;
+        let protected: Vec<bool> = (0..nproc)
+            .map(|i| i == 0 || self.setup & (0x20 << i) != 0)
+            .collect();
+        let seed = self.sched.1;
+        let schedule = match self.sched.0 % 3 {
+            0 => Schedule::RoundRobin,
+            1 => Schedule::Random { seed },
+            _ => Schedule::Pct {
+                seed,
+                depth: 3,
+                steps: 2000,
+            },
+        };
+        let mut queues = vec![Vec::new(); vcpus];
+        let mut remaps = 0;
+        for &(c, kind, page, value) in self.ops.iter().take(usize::from(self.count % 25)) {
+            let pid = u32::from(page >> 4) % nproc;
+            // Each process's memory manager runs on one VCPU (I6's serialized writes);
+            // attacks and lifecycle requests come from any VCPU.
+            let mm_cpu = pid as usize % vcpus;
+            let va = layout::USER_BASE + (u64::from(pid) << 30) + u64::from(page & 7) * 0x1000;
+            let (cpu, op) = match kind % 13 {
+                0 | 1 => (mm_cpu, GuestOp::Map { pid, va, flags: bits::RW }),
+                2 => (mm_cpu, GuestOp::Unmap { pid, va }),
+                3 => (
+                    mm_cpu,
+                    GuestOp::Protect {
+                        pid,
+                        va,
+                        writable: value & 1 != 0,
+                        executable: value & 2 != 0,
+                    },
+                ),
+                4 => (
+                    mm_cpu,
+                    GuestOp::SetCaching {
+                        pid,
+                        va,
+                        attrs: value & bits::CACHING,
+                        form: (value >> 8) as u32,
+                    },
+                ),
+                5 => (mm_cpu, GuestOp::Trim { pid, va }),
+                6 => (mm_cpu, GuestOp::SwapOut { pid, va }),
+                7 => (mm_cpu, GuestOp::SwapIn { pid, va }),
+                8 => (
+                    mm_cpu,
+                    GuestOp::Touch {
+                        pid,
+                        va,
+                        write: value & 1 != 0,
+                        value,
+                    },
+                ),
+                9 => (mm_cpu, GuestOp::Hook { pid, va }),
+                10 => {
+                    let (attack, arg, v) = attack_of(value, &mut remaps);
+                    if attack.fatal() && usize::from(c) % vcpus == 0 {
+                        continue;
+                    }
+                    (
+                        usize::from(c) % vcpus,
+                        GuestOp::Attack {
+                            pid,
+                            attack,
+                            arg,
+                            value: v,
+                        },
+                    )
+                }
+                11 => (
+                    usize::from(c) % vcpus,
+                    GuestOp::Unload {
+                        delay: (value % 64) as u32,
+                    },
+                ),
+                _ => (usize::from(c) % vcpus, GuestOp::Redeploy),
+            };
+            queues[cpu].push(op);
+        }
+        // An attempt that ends its VCPU goes last in that VCPU's queue.
+        for q in &mut queues {
+            if let Some(i) = q
+                .iter()
+                .position(|op| matches!(op, GuestOp::Attack { attack, .. } if attack.fatal()))
+            {
+                let op = q.remove(i);
+                q.retain(|o| !matches!(o, GuestOp::Attack { attack, .. } if attack.fatal()));
+                q.push(op);
+            }
+        }
+        (vcpus, protected, kpti, schedule, queues)
+    }
+}
+
+/// An attack from a fuzzed value. Remaps take frames of their own, as the `attacks` built-in
+/// does: two agent pages copied into one frame break the agent in every profile (B116 copies
+/// without looking), which is a finding about HVMI, not a check of the harness.
+fn attack_of(value: u64, remaps: &mut u64) -> (crate::attack::Attack, u64, u64) {
+    use crate::attack::Attack;
+    let attack = Attack::ALL[(value % Attack::ALL.len() as u64) as usize].1;
+    let arg = value >> 8;
+    let v = if attack == Attack::Remap {
+        *remaps += 1;
+        *remaps - 1
+    } else {
+        value.rotate_left(17)
+    };
+    (attack, arg, v)
+}
+
+/// Arbitrary guest operations (memory-manager work, hooks, isolation attempts, unloads and
+/// redeploys) on 1–4 VCPUs under an arbitrary schedule, in `fixed`, with every invariant
+/// checked after every step: none may fail, and no VCPU may stop.
+pub fn scenario(data: &[u8]) {
+    let Ok(case) = ScenarioCase::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let (vcpus, protected, kpti, schedule, queues) = case.build();
+    let mut config = WorldConfig {
+        quirks: Quirks::fixed(),
+        ..WorldConfig::default()
+    };
+    config.guest.vcpus = vcpus;
+    config.guest.kpti = kpti;
+    let Ok(mut w) = World::new(config) else {
+        return;
+    };
+    for p in &protected {
+        if w.create_process(*p).is_err() {
+            return;
+        }
+    }
+    let mut runner = OpRunner::new(queues);
+    let mut sched = Scheduler::new(schedule, vcpus);
+    let mut checker = Checker::new(&w);
+    match w.run_ops_checked(&mut runner, &mut sched, &mut checker, 2_000_000) {
+        Ok(_) => {}
+        Err(RunFailure::Violations(v)) => panic!("{case:?}: {v:?}"),
+        Err(RunFailure::Stopped(cpu, s)) => panic!("{case:?}: VCPU {cpu} stopped: {s:?}"),
+    }
+}
+
+// =============================================================================================
+// scenario_file
+// =============================================================================================
+
+/// Operations a parsed scenario or trace may run before the oracle stops short (the fuzzer
+/// looks for panics in parsing and set-up; long runs are the other targets' business).
+const FILE_OPS_MAX: u64 = 2_000;
+
+/// Arbitrary bytes as a scenario file and as a trace file: an error or a run, never a panic.
+pub fn scenario_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(f) = crate::scenario_file::ScenarioFile::parse("fuzz.toml", text) {
+        let b = crate::workload::Builtin::from_name(&f.builtin);
+        let params = b.and_then(|b| crate::workload::resolve_params(b, &f.params).ok());
+        if let (Some(b), Some(params)) = (b, params) {
+            let get = |k: &str| params.get(k).copied().unwrap_or(1);
+            let work = get("ops").max(get("pages") * get("changes"));
+            if work <= FILE_OPS_MAX {
+                let profile = match f.profile.as_deref() {
+                    Some("hvmi") => Profile::Hvmi,
+                    _ => Profile::Fixed,
+                };
+                let seed = f.seed.unwrap_or(0);
+                let _ = crate::workload::run_builtin(b, &params, true, profile, seed);
+            }
+        }
+    }
+    if let Ok(tf) = crate::trace::TraceFile::parse(text) {
+        let ops: usize = tf.scenario_data.queues.iter().map(Vec::len).sum();
+        if ops as u64 <= FILE_OPS_MAX {
+            let _ = crate::trace::replay(&tf);
+        }
+    }
+}
