@@ -262,11 +262,13 @@ impl TraceFile {
     pub fn parse(text: &str) -> Result<TraceFile, TraceError> {
         let err = |line: usize, m: String| TraceError { line, message: m };
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
+        // A file that ends early is at fault on the line after its last.
+        let end_line = text.lines().count() + 1;
         let mut next = |what: &str| -> Result<(usize, String), TraceError> {
             lines
                 .next()
                 .map(|(n, l)| (n, l.to_string()))
-                .ok_or_else(|| err(0, format!("the file ends before {what}")))
+                .ok_or_else(|| err(end_line, format!("the file ends before {what}")))
         };
         let field = |n: usize, l: &str, key: &str| -> Result<String, TraceError> {
             l.strip_prefix(key)
