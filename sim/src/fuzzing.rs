@@ -110,8 +110,10 @@ impl AgentCase {
 
     fn request(&self) -> VerdictRequest {
         let n = usize::from(self.len % 15) + 1;
-        let mut regs: BTreeMap<Gpr, u64> =
-            Gpr::ALL.iter().map(|g| (*g, self.regs[*g as usize])).collect();
+        let mut regs: BTreeMap<Gpr, u64> = Gpr::ALL
+            .iter()
+            .map(|g| (*g, self.regs[*g as usize]))
+            .collect();
         if self.flags & 4 == 0 {
             regs.remove(&Gpr::Rsp);
         }
@@ -183,7 +185,11 @@ pub fn agent_instruction(data: &[u8]) {
             let o = (q * 8) as usize;
             let x = u64::from_le_bytes(a[o..o + 8].try_into().unwrap_or([0; 8]));
             let y = u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-            let mask = if is_table_frame(*g) { !0x60u64 } else { u64::MAX };
+            let mask = if is_table_frame(*g) {
+                !0x60u64
+            } else {
+                u64::MAX
+            };
             // The instruction's own 8 bytes (which a misaligned write spreads over two
             // qwords), and the interrupted stack.
             let written = at.0 == v.gpa & !7 || at.0 == v.gpa.wrapping_add(7) & !7;
@@ -218,7 +224,8 @@ pub fn agent_instruction(data: &[u8]) {
                 assert_eq!(v.rflags & !rf, r.rflags & !rf, "{case:?}: I2 RFLAGS");
                 for g in Gpr::ALL {
                     assert_eq!(
-                        v.regs[g as usize], r.regs[g as usize],
+                        v.regs[g as usize],
+                        r.regs[g as usize],
                         "{case:?}: I2 {}",
                         g.name()
                     );
@@ -346,7 +353,10 @@ pub fn hypercall(data: &[u8]) {
     if !ours || !w.rip_in_agent(rip) {
         assert_eq!(v.reg(Gpr::Rax), crate::introcore::ENOSYS, "{case:?}");
         assert_eq!(w.intro.callbacks.len(), callbacks, "{case:?}");
-        assert!(frames_outside_agent(&w) == mem_before, "{case:?}: memory changed");
+        assert!(
+            frames_outside_agent(&w) == mem_before,
+            "{case:?}: memory changed"
+        );
         let mut expect = vcpu_before;
         expect.set_reg(Gpr::Rax, crate::introcore::ENOSYS);
         expect.rip = rip.wrapping_add(3);
@@ -419,7 +429,8 @@ pub fn page_walk(data: &[u8]) {
     let gla = {
         // Indices among the filled slots at every level.
         let idx = |i: u32| SLOTS[((case.gla >> (8 * i)) as usize) % SLOTS.len()];
-        let raw = (idx(0) << 39) | (idx(1) << 30) | (idx(2) << 21) | (idx(3) << 12) | (case.gla & 0xFFF);
+        let raw =
+            (idx(0) << 39) | (idx(1) << 30) | (idx(2) << 21) | (idx(3) << 12) | (case.gla & 0xFFF);
         vesim_model::Gla(raw).canonicalize().0
     };
     let p = Paging {
@@ -508,7 +519,14 @@ impl ScenarioCase {
             let mm_cpu = pid as usize % vcpus;
             let va = layout::USER_BASE + (u64::from(pid) << 30) + u64::from(page & 7) * 0x1000;
             let (cpu, op) = match kind % 13 {
-                0 | 1 => (mm_cpu, GuestOp::Map { pid, va, flags: bits::RW }),
+                0 | 1 => (
+                    mm_cpu,
+                    GuestOp::Map {
+                        pid,
+                        va,
+                        flags: bits::RW,
+                    },
+                ),
                 2 => (mm_cpu, GuestOp::Unmap { pid, va }),
                 3 => (
                     mm_cpu,

@@ -29,9 +29,9 @@ pub mod attack;
 pub mod check;
 pub mod cli;
 pub mod equivalence;
+pub mod exec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod exec;
 pub mod guest;
 pub mod introcore;
 pub mod layout;

@@ -196,6 +196,20 @@ pub struct World {
     /// Per VCPU, the kind of the last #VE counted on it (true: page walk), until its agent
     /// reads the reason.
     last_ve_walk: Vec<Option<bool>>,
+    /// When `Some`, every cache operation in order: the agent's lookups and introcore's
+    /// inserts and removals (for replaying the workload on other cache designs).
+    pub cache_log: Option<Vec<CacheOp>>,
+}
+
+/// One operation on the #VE cache, by entry address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOp {
+    /// The agent looked the entry up (B71).
+    Lookup(u64),
+    /// Introcore added the entry (B73–B75).
+    Insert(u64),
+    /// Introcore evicted the entry (B76).
+    Remove(u64),
 }
 
 /// Errors building a world.
@@ -230,6 +244,7 @@ impl World {
             tsc: 0,
             ve: config.ve,
             last_ve_walk: Vec::new(),
+            cache_log: None,
         };
         w.intro_init_checked()
             .map_err(|e| WorldError::Deploy(e.to_string()))?;

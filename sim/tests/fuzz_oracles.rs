@@ -21,7 +21,9 @@ fn corpus_dir() -> PathBuf {
 
 /// Generated inputs: ChaCha bytes of lengths up to `max_len`, seeded per target.
 fn generated(target: &str, n: usize, max_len: usize) -> Vec<Vec<u8>> {
-    let seed = target.bytes().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+    let seed = target
+        .bytes()
+        .fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(b));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
@@ -116,7 +118,10 @@ fn agent_seeds() -> Vec<(&'static str, AgentCase)> {
         ("stosq", &[0x48, 0xAB]),
         ("rej_segment_prefix", &[0x65, 0x48, 0x89, 0x18]),
         ("rej_rep", &[0xF3, 0x48, 0xAB]),
-        ("rej_rip_relative", &[0x48, 0x89, 0x1D, 0x00, 0x00, 0x00, 0x00]),
+        (
+            "rej_rip_relative",
+            &[0x48, 0x89, 0x1D, 0x00, 0x00, 0x00, 0x00],
+        ),
         ("rej_stack_access", &[0xFF, 0x30]),
         ("rej_size", &[0x89, 0x18]),
         ("rej_unsupported_add", &[0x48, 0x01, 0x18]),
@@ -128,7 +133,11 @@ fn agent_seeds() -> Vec<(&'static str, AgentCase)> {
     let mut out = Vec::new();
     for (name, code) in forms {
         let rdi = if code == [0x48, 0xAB] { 0x10000 } else { 0 };
-        let rbx = if name == "lock_bts_far_offset" { 64 * 3 + 1 } else { 0x2003 };
+        let rbx = if name == "lock_bts_far_offset" {
+            64 * 3 + 1
+        } else {
+            0x2003
+        };
         for (suffix, old, flags) in [("", 0x1003u64, 2u8), ("_cached", 0x1003, 1)] {
             let regs = [(Gpr::Rax, 0x10000), (Gpr::Rbx, rbx), (Gpr::Rdi, rdi)];
             out.push((
@@ -166,9 +175,27 @@ fn hypercall_seeds() -> Vec<(&'static str, HypercallCase)> {
     vec![
         ("raise_pt_write", raised),
         ("raise_page_walk", walk),
-        ("nop", HypercallCase { rdx: 0, ..base.clone() }),
-        ("break", HypercallCase { rdx: 1, ..base.clone() }),
-        ("unknown", HypercallCase { rdx: 77, ..base.clone() }),
+        (
+            "nop",
+            HypercallCase {
+                rdx: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "break",
+            HypercallCase {
+                rdx: 1,
+                ..base.clone()
+            },
+        ),
+        (
+            "unknown",
+            HypercallCase {
+                rdx: 77,
+                ..base.clone()
+            },
+        ),
         (
             "raise_from_guest",
             HypercallCase {
@@ -197,12 +224,66 @@ fn walk_seeds() -> Vec<(&'static str, WalkCase)> {
     let mut large = e;
     large[8] |= 0x80;
     vec![
-        ("present_read", WalkCase { entries: e, gla: 0, mode: 0, access: 0, ept: 0 }),
-        ("present_write_wp", WalkCase { entries: e, gla: 0x0101_0101, mode: 1, access: 1, ept: 0 }),
-        ("user_fetch_nxe", WalkCase { entries: e, gla: 0x0202_0202, mode: 0x28, access: 2, ept: 0 }),
-        ("large_page", WalkCase { entries: large, gla: 0x0303_0303, mode: 0x80, access: 1, ept: 0 }),
-        ("ept_refused", WalkCase { entries: e, gla: 0, mode: 0, access: 0, ept: 0x4 }),
-        ("zero", WalkCase { entries: [0; 20], gla: 0, mode: 0, access: 0, ept: 0 }),
+        (
+            "present_read",
+            WalkCase {
+                entries: e,
+                gla: 0,
+                mode: 0,
+                access: 0,
+                ept: 0,
+            },
+        ),
+        (
+            "present_write_wp",
+            WalkCase {
+                entries: e,
+                gla: 0x0101_0101,
+                mode: 1,
+                access: 1,
+                ept: 0,
+            },
+        ),
+        (
+            "user_fetch_nxe",
+            WalkCase {
+                entries: e,
+                gla: 0x0202_0202,
+                mode: 0x28,
+                access: 2,
+                ept: 0,
+            },
+        ),
+        (
+            "large_page",
+            WalkCase {
+                entries: large,
+                gla: 0x0303_0303,
+                mode: 0x80,
+                access: 1,
+                ept: 0,
+            },
+        ),
+        (
+            "ept_refused",
+            WalkCase {
+                entries: e,
+                gla: 0,
+                mode: 0,
+                access: 0,
+                ept: 0x4,
+            },
+        ),
+        (
+            "zero",
+            WalkCase {
+                entries: [0; 20],
+                gla: 0,
+                mode: 0,
+                access: 0,
+                ept: 0,
+            },
+        ),
     ]
 }
 
@@ -237,12 +318,22 @@ fn scenario_seeds() -> Vec<(&'static str, ScenarioCase)> {
                     let t = match *op {
                         GuestOp::Map { pid, va, .. } => (0, page(pid, va), 0),
                         GuestOp::Unmap { pid, va } => (2, page(pid, va), 0),
-                        GuestOp::Protect { pid, va, writable, executable } => {
-                            (3, page(pid, va), u64::from(writable) | u64::from(executable) << 1)
-                        }
-                        GuestOp::SetCaching { pid, va, attrs, form } => {
-                            (4, page(pid, va), attrs | u64::from(form) << 8)
-                        }
+                        GuestOp::Protect {
+                            pid,
+                            va,
+                            writable,
+                            executable,
+                        } => (
+                            3,
+                            page(pid, va),
+                            u64::from(writable) | u64::from(executable) << 1,
+                        ),
+                        GuestOp::SetCaching {
+                            pid,
+                            va,
+                            attrs,
+                            form,
+                        } => (4, page(pid, va), attrs | u64::from(form) << 8),
                         GuestOp::Trim { pid, va } => (5, page(pid, va), 0),
                         GuestOp::SwapOut { pid, va } => (6, page(pid, va), 0),
                         GuestOp::SwapIn { pid, va } => (7, page(pid, va), 0),
@@ -293,8 +384,15 @@ fn file_seeds() -> Vec<(&'static str, Vec<u8>)> {
             .iter()
             .map(|(k, _, max)| ((*k).to_string(), (*max).min(2)))
             .collect();
-        let tf = vesim::trace::record(b, &sets, &[true, false], Profile::Fixed, 3, &Schedule::Random { seed: 3 })
-            .unwrap();
+        let tf = vesim::trace::record(
+            b,
+            &sets,
+            &[true, false],
+            Profile::Fixed,
+            3,
+            &Schedule::Random { seed: 3 },
+        )
+        .unwrap();
         out.push((leak(format!("{name}.trace")), tf.to_text().into_bytes()));
     }
     out
@@ -305,19 +403,31 @@ fn seeds() -> BTreeMap<&'static str, Vec<(&'static str, Vec<u8>)>> {
     let mut m = BTreeMap::new();
     m.insert(
         "agent_instruction",
-        agent_seeds().into_iter().map(|(n, c)| (n, c.to_data())).collect(),
+        agent_seeds()
+            .into_iter()
+            .map(|(n, c)| (n, c.to_data()))
+            .collect(),
     );
     m.insert(
         "hypercall",
-        hypercall_seeds().into_iter().map(|(n, c)| (n, c.to_data())).collect(),
+        hypercall_seeds()
+            .into_iter()
+            .map(|(n, c)| (n, c.to_data()))
+            .collect(),
     );
     m.insert(
         "page_walk",
-        walk_seeds().into_iter().map(|(n, c)| (n, c.to_data())).collect(),
+        walk_seeds()
+            .into_iter()
+            .map(|(n, c)| (n, c.to_data()))
+            .collect(),
     );
     m.insert(
         "scenario",
-        scenario_seeds().into_iter().map(|(n, c)| (n, c.to_data())).collect(),
+        scenario_seeds()
+            .into_iter()
+            .map(|(n, c)| (n, c.to_data()))
+            .collect(),
     );
     m.insert("scenario_file", file_seeds());
     m
@@ -355,9 +465,14 @@ fn committed_corpus_is_what_the_generator_writes() {
             if write {
                 std::fs::write(&path, &bytes).unwrap();
             }
-            let committed = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("{}: {e} (VESIM_WRITE_CORPUS=1 writes it)", path.display()));
-            assert!(committed == bytes, "{} is stale (VESIM_WRITE_CORPUS=1 rewrites it)", path.display());
+            let committed = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (VESIM_WRITE_CORPUS=1 writes it)", path.display())
+            });
+            assert!(
+                committed == bytes,
+                "{} is stale (VESIM_WRITE_CORPUS=1 rewrites it)",
+                path.display()
+            );
         }
     }
 }
@@ -367,7 +482,10 @@ fn committed_corpus_is_what_the_generator_writes() {
 fn every_corpus_and_regression_input_passes_its_oracle() {
     let mut ran = 0;
     for target in TARGETS {
-        for dir in [corpus_dir().join(target), corpus_dir().join("regressions").join(target)] {
+        for dir in [
+            corpus_dir().join(target),
+            corpus_dir().join("regressions").join(target),
+        ] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };

@@ -57,7 +57,12 @@ fn first_200_trace_records_of_each_builtin() {
             &Schedule::Random { seed: 1 },
         )
         .unwrap();
-        let lines: Vec<&str> = tf.runs[0].lines.iter().take(200).map(String::as_str).collect();
+        let lines: Vec<&str> = tf.runs[0]
+            .lines
+            .iter()
+            .take(200)
+            .map(String::as_str)
+            .collect();
         snap!(format!("trace_{name}"), lines.join("\n"));
     }
 }
@@ -65,7 +70,14 @@ fn first_200_trace_records_of_each_builtin() {
 #[test]
 fn run_json_summaries() {
     for (name, b) in Builtin::ALL {
-        let mut args = vec!["run".to_string(), "--builtin".into(), name.into(), "--seed".into(), "1".into(), "--json".into()];
+        let mut args = vec![
+            "run".to_string(),
+            "--builtin".into(),
+            name.into(),
+            "--seed".into(),
+            "1".into(),
+            "--json".into(),
+        ];
         for (k, v) in small(b) {
             args.push("--set".into());
             args.push(format!("{k}={v}"));
@@ -75,7 +87,10 @@ fn run_json_summaries() {
         assert_eq!(r.code, 0, "{}", r.stderr);
         let mut v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         v.as_object_mut().unwrap().remove("perf");
-        snap!(format!("run_{name}"), serde_json::to_string_pretty(&v).unwrap());
+        snap!(
+            format!("run_{name}"),
+            serde_json::to_string_pretty(&v).unwrap()
+        );
     }
 }
 
@@ -134,7 +149,10 @@ fn agent_verdicts_per_form_and_rejection_in_both_profiles() {
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             let r = vesim(&a);
             assert_eq!(r.code, 0, "{name}: {}", r.stderr);
-            snap!(format!("agent_{profile}_{name}"), format!("$ vesim {}\n{}", args.join(" "), r.stdout));
+            snap!(
+                format!("agent_{profile}_{name}"),
+                format!("$ vesim {}\n{}", args.join(" "), r.stdout)
+            );
         }
     }
 }
@@ -150,22 +168,46 @@ fn error_messages_for_malformed_inputs() {
     };
     let toml_bad = file("bad.toml", "builtin = \"desktop-mix\"\nseed = \"x\"\n");
     let toml_key = file("key.toml", "builtin = \"desktop-mix\"\nspeed = 3\n");
-    let toml_range = file("range.toml", "builtin = \"desktop-mix\"\n[params]\nvcpus = 65\n");
+    let toml_range = file(
+        "range.toml",
+        "builtin = \"desktop-mix\"\n[params]\nvcpus = 65\n",
+    );
     let trace_bad = file("bad.trace", "vesim-trace 1\nscenario desktop-mix\nseed x\n");
     let trace_trunc = file("trunc.trace", "vesim-trace 1\nscenario desktop-mix\n");
     let cases: Vec<(&str, Vec<String>)> = vec![
-        ("run_unknown_builtin", vec!["run".into(), "--builtin".into(), "nope".into()]),
-        ("run_bad_set", vec!["run".into(), "--set".into(), "vcpus=0".into()]),
-        ("run_unknown_param", vec!["run".into(), "--set".into(), "bogus=1".into()]),
-        ("run_bad_sched", vec!["run".into(), "--sched".into(), "fifo".into()]),
+        (
+            "run_unknown_builtin",
+            vec!["run".into(), "--builtin".into(), "nope".into()],
+        ),
+        (
+            "run_bad_set",
+            vec!["run".into(), "--set".into(), "vcpus=0".into()],
+        ),
+        (
+            "run_unknown_param",
+            vec!["run".into(), "--set".into(), "bogus=1".into()],
+        ),
+        (
+            "run_bad_sched",
+            vec!["run".into(), "--sched".into(), "fifo".into()],
+        ),
         ("run_toml_type", vec!["run".into(), toml_bad]),
         ("run_toml_unknown_key", vec!["run".into(), toml_key]),
         ("run_toml_range", vec!["run".into(), toml_range]),
         ("replay_bad_value", vec!["replay".into(), trace_bad]),
         ("replay_truncated", vec!["replay".into(), trace_trunc]),
-        ("check_bad_profile", vec!["check".into(), "--profile".into(), "xen".into()]),
-        ("exec_odd_hex", vec!["exec".into(), "--bytes".into(), "489".into()]),
-        ("agent_no_old", vec!["agent".into(), "--bytes".into(), "488918".into()]),
+        (
+            "check_bad_profile",
+            vec!["check".into(), "--profile".into(), "xen".into()],
+        ),
+        (
+            "exec_odd_hex",
+            vec!["exec".into(), "--bytes".into(), "489".into()],
+        ),
+        (
+            "agent_no_old",
+            vec!["agent".into(), "--bytes".into(), "488918".into()],
+        ),
     ];
     let mut out = String::new();
     for (name, args) in cases {

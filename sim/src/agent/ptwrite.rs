@@ -397,6 +397,9 @@ impl World {
         }
         let gpa = self.page_read(cpu, page, 0x18)?;
         self.counters.cache_lookups += 1;
+        if let Some(log) = self.cache_log.as_mut() {
+            log.push(crate::world::CacheOp::Lookup(gpa));
+        }
         if self.agent_cache_lookup(cpu, gpa)? {
             self.counters.cache_hits += 1;
             self.page_inc(cpu, page, veinfo::VE_IGNORED_CACHE)?;

@@ -364,6 +364,13 @@ impl World {
         let Some(page) = self.cache_line_page(entry) else {
             return;
         };
+        if let Some(log) = self.cache_log.as_mut() {
+            log.push(if monitored {
+                crate::world::CacheOp::Remove(entry.0)
+            } else {
+                crate::world::CacheOp::Insert(entry.0)
+            });
+        }
         if monitored {
             self.intro
                 .cache

@@ -1,0 +1,269 @@
+//! vesim's benchmarks (criterion). `cargo bench -p vesim-benches` runs them all:
+//!
+//! - `pt_write`: per page-table-write form (MOV, LOCK CMPXCHG, LOCK XOR), `decode_floor` (the
+//!   bare iced-x86 decode of the instruction), `ve_event` (one filtered write end to end: walk,
+//!   #VE delivery, agent entry, decode, emulation, relevance and cache lookup, store, exit)
+//!   and `ept_exit_baseline` (the same write through the #VE-off exit path), in one group so
+//!   the ratios are read off one run.
+//! - `page_walk`, `cache_lookup`: the walker and the cache probe alone.
+//! - `run_throughput`: `desktop-mix` and `paper-synthetic` end to end, in simulated steps
+//!   (elements) per second, with the trace hash computed (`trace_on`) or not (`trace_off`).
+//! - `scale`: one filtered write with 1K vs 1M mapped guest pages and 1 vs 64 VCPUs.
+//! - `cache_hit_rate`: not a timing. Each workload's cache operations, replayed on the HVMI
+//!   geometry and on alternatives; printed as a table and written to
+//!   `target/cache_hit_rate.json`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use vesim::layout;
+use vesim_benches::{filtered_write, form_bytes, pt_write_world, CacheModel, Policy};
+use vesim_model::cpu::decode;
+
+const FORMS: [(u32, &str); 3] = [(0, "mov"), (1, "lock_cmpxchg"), (2, "lock_xor")];
+
+fn pt_write(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pt_write");
+    for (form, name) in FORMS {
+        let bytes = form_bytes(form);
+        g.bench_function(BenchmarkId::new("decode_floor", name), |b| {
+            b.iter(|| black_box(decode::decode(black_box(bytes), layout::MM_CODE_GVA)))
+        });
+        let (mut w, pid) = pt_write_world(true, 1, 0);
+        let mut flip = false;
+        g.bench_function(BenchmarkId::new("ve_event", name), |b| {
+            b.iter(|| {
+                flip = !flip;
+                filtered_write(&mut w, pid, form, flip)
+            })
+        });
+        assert!(
+            w.counters.ignored_irrelevant > 0,
+            "the writes were filtered"
+        );
+        let (mut w, pid) = pt_write_world(false, 1, 0);
+        g.bench_function(BenchmarkId::new("ept_exit_baseline", name), |b| {
+            b.iter(|| {
+                flip = !flip;
+                filtered_write(&mut w, pid, form, flip)
+            })
+        });
+    }
+    g.finish();
+}
+
+fn page_walk(c: &mut Criterion) {
+    use vesim_model::ept::EptCheck;
+    use vesim_model::paging::{walk, AccessType, WalkContext};
+    let (w, _) = pt_write_world(true, 1, 0);
+    let ctx = WalkContext {
+        cr3: w.guest.cr3,
+        wp: true,
+        smep: false,
+        smap: false,
+        nxe: true,
+        ac: false,
+        user: false,
+        implicit_supervisor: false,
+        ad_writes_all_levels: false,
+    };
+    c.bench_function("page_walk", |b| {
+        b.iter(|| {
+            black_box(walk(
+                &w.machine.mem,
+                |_, _| EptCheck::Allowed,
+                &ctx,
+                vesim_model::Gla(layout::MM_CODE_GVA),
+                AccessType::Read,
+            ))
+        })
+    });
+}
+
+fn cache_lookup(c: &mut Criterion) {
+    let (mut w, _) = pt_write_world(true, 1, 0);
+    let present = vesim_model::Gpa(0x0200_0008);
+    w.update_cache(present, false);
+    let absent = vesim_model::Gpa(0x0200_0010);
+    let mut g = c.benchmark_group("cache_lookup");
+    g.bench_function("hit", |b| {
+        b.iter(|| black_box(w.cache_contains(black_box(present))))
+    });
+    g.bench_function("miss", |b| {
+        b.iter(|| black_box(w.cache_contains(black_box(absent))))
+    });
+    g.finish();
+}
+
+fn run_throughput(c: &mut Criterion) {
+    use vesim::workload::{build_world, generate, resolve_params, run_scenario, Builtin};
+    let mut g = c.benchmark_group("run_throughput");
+    g.sample_size(10);
+    for (b, sets) in [
+        (Builtin::DesktopMix, vec![]),
+        (
+            Builtin::PaperSynthetic,
+            vec![("pages", 100), ("changes", 100)],
+        ),
+    ] {
+        let sets = sets.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let params = resolve_params(b, &sets).expect("parameters");
+        let sc = generate(b, &params, 0);
+        let schedule = vesim::sched::Schedule::Random { seed: 0 };
+        let world =
+            || build_world(b, &params, true, vesim::quirks::Profile::Fixed, 0).expect("world");
+        let steps = run_scenario(world(), &sc, &schedule).expect("run").tsc;
+        g.throughput(Throughput::Elements(steps));
+        for trace in [false, true] {
+            let id = BenchmarkId::new(b.name(), if trace { "trace_on" } else { "trace_off" });
+            g.bench_function(id, |bn| {
+                bn.iter_batched(
+                    world,
+                    |w| {
+                        let w = run_scenario(w, &sc, &schedule).expect("run");
+                        if trace {
+                            black_box(vesim::trace::trace_hash(&w.events));
+                        }
+                        w
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
+fn scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("scale");
+    g.sample_size(20);
+    for (name, vcpus, extra) in [
+        ("1k_pages", 1, 1_000),
+        ("1m_pages", 1, 1_000_000),
+        ("1_vcpu", 1, 0),
+        ("64_vcpus", 64, 0),
+    ] {
+        let (mut w, pid) = pt_write_world(true, vcpus, extra);
+        let mut flip = false;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                flip = !flip;
+                filtered_write(&mut w, pid, 0, flip)
+            })
+        });
+    }
+    g.finish();
+    // Memory per touched guest page: resident set growth over 100 000 one-byte writes.
+    let pages = 100_000u64;
+    let rss = || {
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .map(|p| p * 4096)
+    };
+    let mut mem = vesim_model::memory::GuestMemory::default();
+    if let Some(before) = rss() {
+        for i in 0..pages {
+            mem.write(vesim_benches::frame_of(i), &[1]);
+        }
+        if let Some(after) = rss() {
+            println!(
+                "memory per touched guest page: {:.2} KiB ({} pages)",
+                (after.saturating_sub(before)) as f64 / pages as f64 / 1024.0,
+                pages
+            );
+        }
+    }
+    black_box(&mem);
+}
+
+fn cache_hit_rate(_: &mut Criterion) {
+    use vesim::workload::{build_world, generate, resolve_params, run_scenario, Builtin};
+    let designs: [(&str, u64, u64, usize, Policy); 6] = [
+        ("hvmi 64x64x8 random", 64, 64, 8, Policy::Random),
+        ("64x64x8 lru", 64, 64, 8, Policy::Lru),
+        ("64x64x16 random", 64, 64, 16, Policy::Random),
+        ("128x64x8 random", 128, 64, 8, Policy::Random),
+        ("16x64x8 random", 16, 64, 8, Policy::Random),
+        ("4x16x4 lru", 4, 16, 4, Policy::Lru),
+    ];
+    let workloads: [(&str, Builtin, Vec<(&str, u64)>); 4] = [
+        (
+            "paper-synthetic",
+            Builtin::PaperSynthetic,
+            vec![("pages", 512), ("changes", 4)],
+        ),
+        (
+            "desktop-mix",
+            Builtin::DesktopMix,
+            vec![("processes", 16), ("pages", 512), ("ops", 20_000)],
+        ),
+        (
+            "memory-pressure",
+            Builtin::MemoryPressure,
+            vec![("processes", 16), ("pages", 512), ("ops", 20_000)],
+        ),
+        (
+            "unload-race",
+            Builtin::UnloadRace,
+            vec![("processes", 16), ("pages", 512), ("ops", 20_000)],
+        ),
+    ];
+    let mut rows = Vec::new();
+    println!("\ncache hit rate (hits / lookups) by design and workload");
+    print!("{:<22}", "design");
+    for (n, _, _) in &workloads {
+        print!("{n:>17}");
+    }
+    println!();
+    let mut logs = Vec::new();
+    for (name, b, sets) in &workloads {
+        let sets = sets.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let params = resolve_params(*b, &sets).expect("parameters");
+        let mut w =
+            build_world(*b, &params, true, vesim::quirks::Profile::Fixed, 0).expect("world");
+        w.cache_log = Some(Vec::new());
+        let w = run_scenario(
+            w,
+            &generate(*b, &params, 0),
+            &vesim::sched::Schedule::Random { seed: 0 },
+        )
+        .expect("run");
+        logs.push((*name, w.cache_log.unwrap_or_default()));
+    }
+    for (d, lines, buckets, ways, policy) in designs {
+        print!("{d:<22}");
+        for (wname, log) in &logs {
+            let mut m = CacheModel::new(lines, buckets, ways, policy);
+            for op in log {
+                m.apply(*op);
+            }
+            print!("{:>16.1}%", m.hit_rate() * 100.0);
+            rows.push(
+                serde_json::json!({"design": d, "capacity": m.capacity(), "workload": wname,
+                "lookups": m.lookups, "hits": m.hits, "hit_rate": m.hit_rate()}),
+            );
+        }
+        println!();
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("cache_hit_rate.json"),
+        serde_json::to_string_pretty(&rows).unwrap_or_default(),
+    );
+}
+
+criterion_group!(
+    benches,
+    pt_write,
+    page_walk,
+    cache_lookup,
+    run_throughput,
+    scale,
+    cache_hit_rate
+);
+criterion_main!(benches);
