@@ -13,6 +13,9 @@
 //!   geometry and on alternatives; printed as a table and written to
 //!   `target/cache_hit_rate.json`.
 
+// criterion_group! makes an undocumented public function.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use vesim::layout;

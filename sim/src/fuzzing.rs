@@ -165,7 +165,8 @@ pub fn agent_instruction(data: &[u8]) {
     };
     // Writes outside the agent's pages.
     let entry = Gpa(v.gpa & !7);
-    let stack = rsp.wrapping_sub(0x100)..rsp;
+    // The qwords below RSP (RSP need not be aligned: the window is in whole qwords).
+    let stack = (rsp & !7).wrapping_sub(0x100)..rsp;
     let stack_gpas: Vec<Gpa> = (0..0x100u64)
         .step_by(8)
         .filter_map(|o| w.guest.phys(&w.machine, stack.start + o))

@@ -503,3 +503,21 @@ fn every_corpus_and_regression_input_passes_its_oracle() {
     }
     assert!(ran >= 50, "only {ran} corpus inputs");
 }
+
+// =============================================================================================
+// Regressions: every input a fuzzer ever failed on (`corpus/regressions/<target>/`)
+// =============================================================================================
+
+fn regression(target: &str, name: &str) {
+    let path = corpus_dir().join("regressions").join(target).join(name);
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(fuzzing::run_target(target, &data));
+}
+
+/// RSP = 2^64 - 1 (not 8-aligned): the oracle's window of stack qwords below RSP started at
+/// RSP - 0x100 and so missed the qword the stub pushed RBX into. The oracle now aligns the
+/// window to whole qwords; the agent was right.
+#[test]
+fn regression_agent_instruction_unaligned_rsp_stack_window() {
+    regression("agent_instruction", "unaligned_rsp_stack_window");
+}
