@@ -225,10 +225,20 @@ impl EptView {
 }
 
 /// The EPTP list: up to 512 views. A missing index is an invalid list entry (VMFUNC exits).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Ept {
     views: Vec<Option<EptView>>,
+    /// Bumped by every mutable access (for the MMU's translation cache).
+    generation: u64,
 }
+
+impl PartialEq for Ept {
+    fn eq(&self, other: &Self) -> bool {
+        self.views == other.views
+    }
+}
+
+impl Eq for Ept {}
 
 impl Ept {
     /// An empty EPTP list.
@@ -240,6 +250,7 @@ impl Ept {
         if id.0 as usize >= ViewId::COUNT {
             return Err(EptError::IndexOutOfRange(id.0));
         }
+        self.generation += 1;
         let i = id.0 as usize;
         if self.views.len() <= i {
             self.views.resize_with(i + 1, || None);
@@ -253,7 +264,12 @@ impl Ept {
     }
     /// The view at `id`, mutably.
     pub fn view_mut(&mut self, id: ViewId) -> Option<&mut EptView> {
+        self.generation += 1;
         self.views.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+    /// Changes whenever a view may have changed (any mutable access).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
     /// Whether list entry `id` holds a valid EPTP.
     pub fn is_valid(&self, id: ViewId) -> bool {

@@ -12,10 +12,24 @@ use crate::fastmap::FastMap;
 pub type Frame = [u8; PAGE_SIZE as usize];
 
 /// Sparse guest-physical memory.
-#[derive(Clone, Default, PartialEq, Eq)]
+///
+/// It also keeps a write generation for the MMU's translation cache: frames can be watched
+/// (the paging-structure frames a cached translation read), and any write to a watched frame
+/// bumps the generation, which drops every cached translation. Equality is the contents only.
+#[derive(Clone, Default)]
 pub struct GuestMemory {
     frames: FastMap<u64, Box<Frame>>,
+    watched: FastMap<u64, ()>,
+    generation: u64,
 }
+
+impl PartialEq for GuestMemory {
+    fn eq(&self, other: &Self) -> bool {
+        self.frames == other.frames
+    }
+}
+
+impl Eq for GuestMemory {}
 
 impl std::fmt::Debug for GuestMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +61,21 @@ impl GuestMemory {
         self.frames.get(&gfn.0).map(|f| &**f)
     }
 
+    /// Bumps [`GuestMemory::generation`] on the next write to frame `gfn`.
+    pub fn watch(&mut self, gfn: Gfn) {
+        self.watched.insert(gfn.0, ());
+    }
+
+    /// Changes whenever a watched frame is written (the watch list then starts empty).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     fn frame_mut(&mut self, gfn: Gfn) -> &mut Frame {
+        if !self.watched.is_empty() && self.watched.contains_key(&gfn.0) {
+            self.generation += 1;
+            self.watched.clear();
+        }
         self.frames
             .entry(gfn.0)
             .or_insert_with(|| Box::new([0u8; PAGE_SIZE as usize]))

@@ -9,10 +9,9 @@ use crate::memory::GuestMemory;
 use crate::paging::{walk, AccessType, PteFlags, WalkContext, WalkFault};
 use crate::{Gla, Gpa};
 
-/// Entry bits, as the SDM numbers them.
+/// Entry bits, as the SDM numbers them, and page-fault error-code bits.
+#[allow(missing_docs)]
 pub mod bits {
-    //! Entry and error-code bits.
-    #![allow(missing_docs)]
     pub const P: u64 = 1 << 0;
     pub const RW: u64 = 1 << 1;
     pub const US: u64 = 1 << 2;

@@ -562,6 +562,7 @@ proptest! {
             ad_writes_all_levels: options[0],
             exception_bitmap_ve: options[1],
             eptp_index_reads_zero: options[2],
+            no_translation_cache: false,
         };
         let mut w = world(user, config);
         w.m.mem.write(Gpa(DATA_GPA), &[fill; 4096]);
@@ -824,6 +825,7 @@ fn chaos_world(c: &Chaos) -> World {
         ad_writes_all_levels: c.flags[0],
         exception_bitmap_ve: c.flags[1],
         eptp_index_reads_zero: c.flags[2],
+        no_translation_cache: false,
     };
     let mut w = world(c.flags[3], config);
     // Paging-structure entries on the paths of code, data, stack and IDT.

@@ -300,3 +300,27 @@ fn q16_unload_race_breaks_i7() {
         vec![None; 40]
     );
 }
+
+/// The invisible translation cache never changes a result (VE-SEMANTICS section 1): every
+/// built-in, #VE on and off, gives the same trace hash and counters with the cache and with
+/// every translation walked.
+#[test]
+fn the_translation_cache_changes_no_result() {
+    use vesim::workload::{build_world, generate, run_scenario, swarm_params, Builtin};
+    for (_, b) in Builtin::ALL {
+        for seed in 0..4 {
+            let params = swarm_params(b, &Default::default(), seed).unwrap();
+            let sc = generate(b, &params, seed);
+            for ve in [true, false] {
+                let run = |walk_all: bool| {
+                    let mut w =
+                        build_world(b, &params, ve, vesim::quirks::Profile::Fixed, seed).unwrap();
+                    w.machine.config.no_translation_cache = walk_all;
+                    let w = run_scenario(w, &sc, &Schedule::Random { seed }).unwrap();
+                    (vesim::trace::trace_hash(&w.events), w.counters, w.tsc)
+                };
+                assert_eq!(run(false), run(true), "{} seed {seed} ve {ve}", b.name());
+            }
+        }
+    }
+}

@@ -106,6 +106,32 @@ fn ept_fault(check: EptCheck, qual: EptQualification, gpa: Gpa, gla: Gla) -> Opt
     }
 }
 
+/// What a cached translation depends on besides the page tables and EPT: the VCPU's paging
+/// state, the view and the access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TlbKey {
+    cr3: u64,
+    page: u64,
+    view: u16,
+    kind: u8,
+    ctx: u8,
+}
+
+/// The invisible translation cache VE-SEMANTICS section 1 allows: successful translations
+/// (after their A/D writes, so a hit would write none) by linear page, dropped as a whole
+/// when a paging-structure frame any of them read is written or an EPT view may have changed
+/// (and keyed by CR3, view, access kind and paging mode, so a CR3 load or a view switch
+/// misses).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tlb {
+    map: crate::fastmap::FastMap<TlbKey, Gpa>,
+    mem_generation: u64,
+    ept_generation: u64,
+}
+
+/// Entries the cache holds before it starts over.
+const TLB_ENTRIES_MAX: usize = 4096;
+
 impl Machine {
     /// The walk context for an access by `vcpu`.
     pub fn walk_context(&self, vcpu: &Vcpu, implicit_supervisor: bool) -> WalkContext {
@@ -136,6 +162,30 @@ impl Machine {
         }
         let ctx = self.walk_context(vcpu, implicit_supervisor);
         let view = vcpu.eptp_index;
+        let key = TlbKey {
+            cr3: ctx.cr3,
+            page: gla.0 >> 12,
+            view: view.0,
+            kind: kind as u8,
+            ctx: u8::from(ctx.wp)
+                | u8::from(ctx.smep) << 1
+                | u8::from(ctx.smap) << 2
+                | u8::from(ctx.nxe) << 3
+                | u8::from(ctx.ac) << 4
+                | u8::from(ctx.user) << 5
+                | u8::from(ctx.implicit_supervisor) << 6
+                | u8::from(ctx.ad_writes_all_levels) << 7,
+        };
+        let cached = !self.config.no_translation_cache;
+        let generations = (self.mem.generation(), self.ept.generation());
+        if cached {
+            if (self.tlb.mem_generation, self.tlb.ept_generation) != generations {
+                self.tlb.map.clear();
+                (self.tlb.mem_generation, self.tlb.ept_generation) = generations;
+            } else if let Some(page) = self.tlb.map.get(&key) {
+                return Ok(page.wrapping_add(gla.0 & 0xFFF));
+            }
+        }
         let ept = &self.ept;
         let w = match walk(
             &self.mem,
@@ -181,6 +231,22 @@ impl Machine {
         ) {
             return Err(f);
         }
+        if !cached {
+            return Ok(w.gpa);
+        }
+        // Remember it: the tables it read are watched from now on.
+        for e in &w.entries[..w.levels as usize] {
+            self.mem.watch(e.gpa.gfn());
+        }
+        let generations = (self.mem.generation(), self.ept.generation());
+        if self.tlb.map.len() >= TLB_ENTRIES_MAX
+            || (self.tlb.mem_generation, self.tlb.ept_generation) != generations
+        {
+            self.tlb.map.clear();
+        }
+        self.tlb.mem_generation = self.mem.generation();
+        self.tlb.ept_generation = self.ept.generation();
+        self.tlb.map.insert(key, Gpa(w.gpa.0 & !0xFFF));
         Ok(w.gpa)
     }
 

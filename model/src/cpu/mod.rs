@@ -33,10 +33,13 @@ pub struct MachineConfig {
     pub exception_bitmap_ve: bool,
     /// The Xeon Gold 5118 erratum: the EPTP index written to the #VE area is always 0 (HW §8.1).
     pub eptp_index_reads_zero: bool,
+    /// Walk every translation (no invisible translation cache): for checking that the cache
+    /// never changes a result.
+    pub no_translation_cache: bool,
 }
 
 /// The machine shared by all VCPUs: guest-physical memory and the EPTP list.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Machine {
     /// Guest-physical memory.
     pub mem: GuestMemory,
@@ -44,7 +47,17 @@ pub struct Machine {
     pub ept: Ept,
     /// Options.
     pub config: MachineConfig,
+    /// The invisible translation cache (`mmu`): never changes a result.
+    pub(crate) tlb: mmu::Tlb,
 }
+
+impl PartialEq for Machine {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.mem, &self.ept, &self.config) == (&other.mem, &other.ept, &other.config)
+    }
+}
+
+impl Eq for Machine {}
 
 /// One linear write an executed instruction made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +116,7 @@ impl Machine {
             mem: GuestMemory::new(),
             ept: Ept::new(),
             config,
+            tlb: mmu::Tlb::default(),
         }
     }
 
