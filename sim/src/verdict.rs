@@ -133,6 +133,23 @@ fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     a < b.wrapping_add(blen) && b < a.wrapping_add(alen)
 }
 
+/// The world every verdict starts from: one VCPU, the agent deployed, in `profile`. It is
+/// built once per profile and cloned (deploying the agent costs more than the #VE).
+fn base_world(profile: Profile) -> Result<World, VerdictError> {
+    static BASES: std::sync::OnceLock<[Result<World, String>; 2]> = std::sync::OnceLock::new();
+    let bases = BASES.get_or_init(|| {
+        [Profile::Fixed, Profile::Hvmi].map(|p| {
+            World::new(WorldConfig {
+                quirks: p.quirks(),
+                ..WorldConfig::default()
+            })
+            .map_err(|e| e.to_string())
+        })
+    });
+    let i = usize::from(profile == Profile::Hvmi);
+    bases[i].clone().map_err(VerdictError::World)
+}
+
 /// Builds the world, synthesizes the #VE and runs the agent until it returns.
 pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
     run_observed(req, |_| {}).map(|(v, _)| v)
@@ -223,11 +240,7 @@ pub fn run_observed(
             return Err(VerdictError::Reserved(what, a));
         }
     }
-    let config = WorldConfig {
-        quirks: req.profile.quirks(),
-        ..WorldConfig::default()
-    };
-    let mut w = World::new(config).map_err(|e| VerdictError::World(e.to_string()))?;
+    let mut w = base_world(req.profile)?;
     let err = |e: crate::guest::GuestError| VerdictError::World(e.to_string());
     // The page-table page holding the entry.
     let gpa = layout::VERDICT_PT_FRAME.wrapping_add(gla & 0xFFF).0;
