@@ -15,7 +15,6 @@
 
 // A benchmark whose set-up fails has nothing to measure: it stops there.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
-
 // criterion_group! makes an undocumented public function.
 #![allow(missing_docs)]
 
@@ -187,7 +186,11 @@ fn scale(c: &mut Criterion) {
 }
 
 /// A workload for the hit-rate table: name, built-in, parameters.
-type Workload = (&'static str, vesim::workload::Builtin, Vec<(&'static str, u64)>);
+type Workload = (
+    &'static str,
+    vesim::workload::Builtin,
+    Vec<(&'static str, u64)>,
+);
 
 fn cache_hit_rate(_: &mut Criterion) {
     use vesim::workload::{build_world, generate, resolve_params, run_scenario, Builtin};
