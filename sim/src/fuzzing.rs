@@ -459,6 +459,68 @@ pub fn page_walk(data: &[u8]) {
     let want = reference_translate(&mem, &p, gla, access, denied);
     let got = model_translate(&mem, &p, gla, access, denied);
     assert_eq!(got, want, "{case:?}: GLA {gla:#x}");
+    page_walk_handler(&case);
+}
+
+/// The agent's page-walk handler (B61–B67 with Q10 off): a touch of a monitored page whose
+/// entries lack A (or D) is a page-walk #VE, and when the touch completes every level has A,
+/// the leaf has D exactly when the touch wrote, and no other bit of any entry changed.
+fn page_walk_handler(case: &WalkCase) {
+    // One world per KPTI setting, built once: a protected process with eight pages mapped
+    // and their translations hooked.
+    static BASES: std::sync::OnceLock<[Option<World>; 2]> = std::sync::OnceLock::new();
+    let bases = BASES.get_or_init(|| {
+        [false, true].map(|kpti| {
+            let mut c = WorldConfig::default();
+            c.guest.kpti = kpti;
+            let mut w = World::new(c).ok()?;
+            let pid = w.create_process(true).ok()?;
+            for i in 0..8 {
+                let va = layout::USER_BASE + i * 0x1000;
+                w.mm_map(0, pid, va, bits::RW).ok()?;
+                w.start_op(0, GuestOp::Hook { pid, va }).ok()?;
+            }
+            Some(w)
+        })
+    });
+    let Some(mut w) = bases[usize::from(case.mode & 0x40 != 0)].clone() else {
+        return;
+    };
+    let pid = 0;
+    let va = layout::USER_BASE + (case.gla & 0x7) * 0x1000;
+    // Clear A and D on the levels `ept` picks (bit i: level i + 1).
+    let mut before = [0u64; 4];
+    for level in 1..=4u8 {
+        let Some((v, gpa)) = w.entry_value(pid, va, level) else {
+            return;
+        };
+        let v = if case.ept & (1 << (level - 1)) != 0 {
+            v & !(bits::A | bits::D)
+        } else {
+            v
+        };
+        w.machine.mem.write_u64(gpa, v);
+        before[usize::from(level - 1)] = v;
+    }
+    let write = case.access % 2 == 1;
+    if w.mm_touch(0, pid, va, write, case.gla).is_err() {
+        return;
+    }
+    for level in 1..=4u8 {
+        let Some((v, _)) = w.entry_value(pid, va, level) else {
+            return;
+        };
+        let old = before[usize::from(level - 1)];
+        let d = level == 1 && write;
+        let want = old | bits::A | if d { bits::D } else { 0 };
+        let mask = if level == 1 { u64::MAX } else { !bits::D };
+        assert_eq!(
+            v & mask,
+            want & mask,
+            "{case:?}: level {level} after a {} touch",
+            if write { "write" } else { "read" }
+        );
+    }
 }
 
 // =============================================================================================
