@@ -222,8 +222,12 @@ impl crate::world::World {
         }))
     }
 
-    /// What a finished attack achieved that it must not have (`None`: it was stopped).
+    /// What a finished attack achieved that it must not have (`None`: it was stopped, or
+    /// there is no agent to protect: after an unload its pages are guest memory again).
     pub fn attack_breach(&self, cpu: usize, probe: Probe) -> Option<String> {
+        if !self.intro.deployed || self.intro.agent_hooks.is_empty() {
+            return None;
+        }
         let v = self.vcpus.get(cpu)?;
         match probe {
             Probe::Read { value, .. } => (v.reg(vesim_model::vcpu::Gpr::Rax) == value)

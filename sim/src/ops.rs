@@ -424,11 +424,13 @@ impl World {
         let events_before = self.events.len();
         if let Err(stop) = self.step(cpu) {
             // An attack that must stop the VCPU did, with an alert: the guest hangs on the
-            // blocked fetch (B118, B119), so the VCPU runs nothing more.
+            // blocked fetch (B118, B119), so the VCPU runs nothing more. With no agent
+            // deployed the jump lands in what is now plain guest memory, and the guest crashes
+            // there on its own.
             let alerted = self.events[events_before..]
                 .iter()
                 .any(|e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == cpu));
-            if alerted {
+            if alerted || !self.intro.deployed {
                 if let Some(a) = runner.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
                     runner.log.push(cpu);
                     runner.ended.push((cpu, a.op, OpEnd::Done));

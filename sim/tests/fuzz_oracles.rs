@@ -521,3 +521,12 @@ fn regression(target: &str, name: &str) {
 fn regression_agent_instruction_unaligned_rsp_stack_window() {
     regression("agent_instruction", "unaligned_rsp_stack_window");
 }
+
+/// An agent-write attack after an unload completed: the unload gives the agent's pages back
+/// to the guest (B97/B98 step 3), so the write landed and the I3 probe called it a breach. I3
+/// is about the agent's pages while an agent is deployed; probes now stand down once it is
+/// gone, and an attempt that ends its VCPU may crash the guest without an alert then.
+#[test]
+fn regression_scenario_attack_after_unload() {
+    regression("scenario", "attack_after_unload");
+}
