@@ -50,6 +50,27 @@ pub fn run_target(name: &str, data: &[u8]) -> bool {
     true
 }
 
+/// A fresh world for `vcpus` VCPUs (1..=4) and KPTI on or off: built once per shape and
+/// cloned (building one deploys the agent, which costs more than most cases).
+fn fresh_world(vcpus: usize, kpti: bool) -> Option<World> {
+    static BASES: std::sync::OnceLock<Vec<Option<World>>> = std::sync::OnceLock::new();
+    let bases = BASES.get_or_init(|| {
+        (0..8)
+            .map(|i| {
+                let mut c = WorldConfig {
+                    quirks: Quirks::fixed(),
+                    ..WorldConfig::default()
+                };
+                c.guest.vcpus = i / 2 + 1;
+                c.guest.kpti = i % 2 == 1;
+                World::new(c).ok()
+            })
+            .collect()
+    });
+    let i = (vcpus.clamp(1, 4) - 1) * 2 + usize::from(kpti);
+    bases.get(i)?.clone()
+}
+
 fn le(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
@@ -316,7 +337,7 @@ pub fn hypercall(data: &[u8]) {
     let Ok(case) = HypercallCase::arbitrary(&mut Unstructured::new(data)) else {
         return;
     };
-    let Ok(mut w) = World::new(WorldConfig::default()) else {
+    let Some(mut w) = fresh_world(1, false) else {
         return;
     };
     let Some(page) = w.vcpus[0].ve_info else {
@@ -686,13 +707,7 @@ pub fn scenario(data: &[u8]) {
         return;
     };
     let (vcpus, protected, kpti, schedule, queues) = case.build();
-    let mut config = WorldConfig {
-        quirks: Quirks::fixed(),
-        ..WorldConfig::default()
-    };
-    config.guest.vcpus = vcpus;
-    config.guest.kpti = kpti;
-    let Ok(mut w) = World::new(config) else {
+    let Some(mut w) = fresh_world(vcpus, kpti) else {
         return;
     };
     for p in &protected {
