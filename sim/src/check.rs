@@ -67,6 +67,8 @@ struct CpuState {
     /// RIP of the last fault (#VE or exit) and how many in a row.
     fault_rip: u64,
     faults_in_row: u32,
+    /// The information page the semaphore is read from.
+    page: Option<Gpa>,
     /// Consecutive steps of this VCPU inside the agent.
     agent_steps: u64,
 }
@@ -117,6 +119,7 @@ impl Checker {
         };
         for (i, s) in c.cpus.iter_mut().enumerate() {
             s.semaphore = semaphore(w, i);
+            s.page = w.vcpus.get(i).and_then(|v| v.ve_info);
         }
         c
     }
@@ -209,7 +212,14 @@ impl Checker {
             .iter()
             .any(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == cpu));
         let now = semaphore(w, cpu);
+        let page = w.vcpus.get(cpu).and_then(|v| v.ve_info);
         if let Some(s) = self.cpus.get_mut(cpu) {
+            // A VCPU whose information page changed (an unload took it away, a redeploy gave a
+            // fresh one) starts over from that page's semaphore.
+            if page != s.page {
+                s.page = page;
+                s.semaphore = if delivered { 0 } else { now };
+            }
             if delivered && s.semaphore != 0 {
                 out.push(fail(
                     Invariant::I4,

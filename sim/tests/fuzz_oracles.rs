@@ -530,3 +530,12 @@ fn regression_agent_instruction_unaligned_rsp_stack_window() {
 fn regression_scenario_attack_after_unload() {
     regression("scenario", "attack_after_unload");
 }
+
+/// A VCPU left with its semaphore set (its CPU index has no slot, so the agent returned at
+/// once), then an unload took its information page away: the checker read the missing page's
+/// semaphore as 0 and called it "cleared outside the agent's exit" (I4). The checker now
+/// starts over whenever a VCPU's information page changes.
+#[test]
+fn regression_scenario_semaphore_of_an_unloaded_page() {
+    regression("scenario", "semaphore_of_an_unloaded_page");
+}
