@@ -58,19 +58,11 @@ fn pt_write(c: &mut Criterion) {
 
 fn page_walk(c: &mut Criterion) {
     use vesim_model::ept::EptCheck;
-    use vesim_model::paging::{walk, AccessType, WalkContext};
-    let (w, _) = pt_write_world(true, 1, 0);
-    let ctx = WalkContext {
-        cr3: w.guest.cr3,
-        wp: true,
-        smep: false,
-        smap: false,
-        nxe: true,
-        ac: false,
-        user: false,
-        implicit_supervisor: false,
-        ad_writes_all_levels: false,
-    };
+    use vesim_model::paging::{walk, AccessType};
+    let (mut w, _) = pt_write_world(true, 1, 0);
+    // VCPU 0 in the kernel address space, as the guest runs.
+    w.vcpus[0].cr3 = w.guest.cr3;
+    let ctx = w.machine.walk_context(&w.vcpus[0], false);
     c.bench_function("page_walk", |b| {
         b.iter(|| {
             black_box(walk(
