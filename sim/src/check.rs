@@ -1,10 +1,10 @@
 //! Invariants evaluated after every step (ARCHITECTURE "check"): I1 notification soundness,
-//! I4 the #VE protocol, I5 the statistics identities, I7 cache soundness and I10 progress.
-//! Each failure carries its id, the step and the VCPU. (I2 is checked by the fidelity oracle,
-//! I3 by the alerts and blocked accesses, I6 by running both worlds, I8 by replaying, I9 by not
-//! panicking.)
+//! I2 emulation fidelity, I4 the #VE protocol, I5 the statistics identities, I7 cache soundness
+//! and I10 progress. Each failure carries its id, the step and the VCPU. (I3 is judged by the
+//! attacks' probes, I6 by running both worlds, I8 by replaying, I9 by not panicking.)
 
 use crate::agent::rip as agent_rip;
+use crate::agent::AgentOutcome;
 use crate::layout;
 use crate::quirks::MONITORED_BITS_FIXED;
 use crate::world::{Event, Stop, World};
@@ -17,6 +17,9 @@ use vesim_model::{Gpa, ViewId};
 pub enum Invariant {
     /// Notification soundness.
     I1,
+    /// Emulation fidelity: an instruction the agent (or introcore for it) completed left what
+    /// the reference CPU leaves.
+    I2,
     /// Isolation (judged by the attacks' probes, [`crate::attack`]).
     I3,
     /// #VE on vs off equivalence ([`crate::equivalence`]).
@@ -35,6 +38,7 @@ impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Invariant::I1 => "I1",
+            Invariant::I2 => "I2",
             Invariant::I3 => "I3",
             Invariant::I6 => "I6",
             Invariant::I4 => "I4",
@@ -71,6 +75,23 @@ struct CpuState {
     page: Option<Gpa>,
     /// Consecutive steps of this VCPU inside the agent.
     agent_steps: u64,
+    /// The page-table write its current #VE is about, for I2.
+    emulation: Option<Emulation>,
+}
+
+/// A page-table write delivered as a #VE: the state the instruction started from and what the
+/// agent reported (outcome, old value read, new value stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Emulation {
+    bytes: Vec<u8>,
+    regs: [u64; 16],
+    rflags: u64,
+    rip: u64,
+    /// The faulting linear address and its guest-physical address (8-byte aligned).
+    gla: u64,
+    gpa: Gpa,
+    old: u64,
+    verdict: Option<(AgentOutcome, Option<u64>, Option<u64>)>,
 }
 
 /// The checker: call [`Checker::before_step`] and [`Checker::after_step`] around each step.
@@ -88,6 +109,8 @@ pub struct Checker {
     monitored_generation: Option<(u64, u64)>,
     events_seen: usize,
     rip_before: u64,
+    regs_before: [u64; 16],
+    rflags_before: u64,
     step: u64,
     /// What I7 depends on, as of its last scan.
     i7_epoch: Option<I7Epoch>,
@@ -114,6 +137,8 @@ impl Checker {
             monitored_generation: None,
             events_seen: w.events.len(),
             rip_before: 0,
+            regs_before: [0; 16],
+            rflags_before: 0,
             step: 0,
             i7_epoch: None,
         };
@@ -142,7 +167,11 @@ impl Checker {
             self.monitored_generation = Some(generation);
         }
         self.events_seen = w.events.len();
-        self.rip_before = w.vcpus.get(cpu).map_or(0, |v| v.rip);
+        if let Some(v) = w.vcpus.get(cpu) {
+            self.rip_before = v.rip;
+            self.regs_before = v.gpr;
+            self.rflags_before = v.rflags.bits();
+        }
     }
 
     /// Checks the step `cpu` just took (`result` is what `World::step` returned).
@@ -259,6 +288,46 @@ impl Checker {
             }
             s.semaphore = now;
         }
+        // I2: the instruction behind a page-table-write #VE, once the agent returns from it
+        // having completed it, left what the reference CPU leaves.
+        if let Some(s) = self.cpus.get_mut(cpu) {
+            for e in new_events {
+                match *e {
+                    Event::Ve {
+                        cpu: c,
+                        qualification,
+                        gla,
+                        gpa,
+                    } if c == cpu => {
+                        s.emulation = pt_write_emulation(
+                            w,
+                            cpu,
+                            (self.rip_before, self.regs_before, self.rflags_before),
+                            qualification,
+                            gla,
+                            gpa,
+                        );
+                    }
+                    Event::Agent {
+                        cpu: c,
+                        outcome,
+                        old,
+                        new,
+                        ..
+                    } if c == cpu => {
+                        if let Some(em) = s.emulation.as_mut() {
+                            em.verdict = Some((outcome, old, new));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if self.rip_before == layout::AGENT_GVA + agent_rip::STUB_RETURN {
+                if let Some(detail) = s.emulation.take().and_then(|em| fidelity(w, cpu, &em)) {
+                    out.push(fail(Invariant::I2, detail));
+                }
+            }
+        }
         // I1: every relevant change of a monitored entry reaches introcore in the same step.
         for (entry, value) in &mut self.monitored {
             let (old, new) = (*value, w.machine.mem.read_u64(*entry));
@@ -321,7 +390,7 @@ impl Checker {
                     ),
                 ));
             }
-            if !w.quirks.q18_stats && c.ve_unknown == 0 && w.intro.deployed {
+            if c.ve_unknown == 0 && w.intro.deployed {
                 let stats = w.ve_stats();
                 let sum = |f: fn(&crate::introcore::lifecycle::CpuStats) -> u64| {
                     stats.iter().map(f).sum::<u64>()
@@ -339,4 +408,121 @@ impl Checker {
         }
         out
     }
+}
+
+/// The I2 record of a #VE `cpu` just took, if it is a page-table write (a data write to the
+/// final translation) at an aligned address; `before` is the RIP, GPRs and RFLAGS the
+/// instruction started from.
+fn pt_write_emulation(
+    w: &World,
+    cpu: usize,
+    before: (u64, [u64; 16], u64),
+    qualification: u64,
+    gla: u64,
+    gpa: u64,
+) -> Option<Emulation> {
+    use vesim_model::ept::EptQualification as Q;
+    let q = Q::from_bits_retain(qualification);
+    if !q.contains(Q::WRITE | Q::GLA_VALID | Q::GLA_TRANSLATED) || gla % 8 != 0 {
+        return None;
+    }
+    let (rip, regs, rflags) = before;
+    let cr3 = w.vcpus.get(cpu)?.cr3;
+    let mut bytes = Vec::with_capacity(15);
+    for i in 0..15u64 {
+        let g = crate::guest::software_translate(&w.machine, cr3, rip.wrapping_add(i))?;
+        let mut b = [0u8; 1];
+        w.machine.mem.read(g, &mut b);
+        bytes.push(b[0]);
+    }
+    Some(Emulation {
+        bytes,
+        regs,
+        rflags,
+        rip,
+        gla,
+        gpa: Gpa(gpa),
+        old: w.machine.mem.read_u64(Gpa(gpa)),
+        verdict: None,
+    })
+}
+
+/// I2 for a #VE the agent has returned from: `None` when it matches the reference CPU (or the
+/// instruction was not completed: refused, or never judged), else what differs.
+fn fidelity(w: &World, cpu: usize, em: &Emulation) -> Option<String> {
+    use vesim_model::vcpu::{Gpr, Rflags};
+    let (outcome, old, new) = em.verdict?;
+    if !matches!(
+        outcome,
+        AgentOutcome::IgnoredIrrelevant
+            | AgentOutcome::IgnoredCache
+            | AgentOutcome::Raised
+            | AgentOutcome::EmulatedByIntrocore
+    ) {
+        return None;
+    }
+    let req = crate::exec::ExecRequest {
+        bytes: em.bytes.clone(),
+        regs: Gpr::ALL
+            .iter()
+            .map(|g| (*g, em.regs[*g as usize]))
+            .collect(),
+        rflags: em.rflags,
+        mem: [(em.gla, old.unwrap_or(em.old))].into_iter().collect(),
+        rip: em.rip,
+    };
+    // A request the reference cannot set up (RF set, the entry next to the code) or an
+    // instruction it does not complete is not judged.
+    let r = crate::exec::run(&req).ok()?;
+    if r.outcome != vesim_model::Outcome::Executed {
+        return None;
+    }
+    // The registers as the instruction left them: the runner may have loaded the next one.
+    let v = match w.completed {
+        Some(c) if c.cpu == cpu => c,
+        _ => {
+            let v = w.vcpus.get(cpu)?;
+            crate::world::Completed {
+                cpu,
+                gpr: v.gpr,
+                rip: v.rip,
+                rflags: v.rflags.bits(),
+            }
+        }
+    };
+    let mut diffs = Vec::new();
+    let entry = new.unwrap_or_else(|| w.machine.mem.read_u64(em.gpa));
+    if r.mem.get(&em.gla) != Some(&entry) {
+        diffs.push(format!(
+            "entry {:#x} (reference {:#x?})",
+            entry,
+            r.mem.get(&em.gla)
+        ));
+    }
+    if v.rip != r.rip {
+        diffs.push(format!("RIP {:#x} (reference {:#x})", v.rip, r.rip));
+    }
+    let rf = Rflags::RF.bits();
+    if v.rflags & !rf != r.rflags & !rf {
+        diffs.push(format!(
+            "RFLAGS {:#x} (reference {:#x})",
+            v.rflags, r.rflags
+        ));
+    }
+    for g in Gpr::ALL {
+        let (a, b) = (v.gpr[g as usize], r.regs[g as usize]);
+        if a != b {
+            diffs.push(format!("{} {a:#x} (reference {b:#x})", g.name()));
+        }
+    }
+    if diffs.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{} at RIP {:#x} ({}): {}",
+        r.mnemonic,
+        em.rip,
+        outcome.name(),
+        diffs.join(", ")
+    ))
 }

@@ -22,6 +22,9 @@ pub const GUEST_TABLES_START: Gpa = Gpa(0x0100_0000);
 pub const GUEST_TABLES_END: Gpa = Gpa(0x0200_0000);
 /// Guest-physical window for ordinary guest pages (IDT, OS code, stacks, data).
 pub const GUEST_DATA_START: Gpa = Gpa(0x0020_0000);
+/// Low memory below [`GUEST_DATA_START`] that no allocator hands out: the guest may move a
+/// page table there (`movetable` operations), frame 0 included.
+pub const LOW_FRAMES_END: Gpa = GUEST_DATA_START;
 /// End (exclusive) of the ordinary data window.
 pub const GUEST_DATA_END: Gpa = Gpa(0x0100_0000);
 /// Guest-physical address of the agent image (contiguous).
@@ -237,8 +240,14 @@ pub mod mm_code {
     pub const MOV_RDX_RDI: (u64, &[u8]) = (0xC0, &[0x48, 0x89, 0xFA]);
     /// `vmcall` (the attacks built-in: RAISE_EPT from outside the agent)
     pub const VMCALL: (u64, &[u8]) = (0xD0, &[0x0F, 0x01, 0xC1]);
+    /// `stosq` (a directed entry write: RDI the entry, RAX the value)
+    pub const STOSQ: (u64, &[u8]) = (0xE0, &[0x48, 0xAB]);
+    /// `add [rdi], rsi` (a directed entry write the agent does not emulate)
+    pub const ADD: (u64, &[u8]) = (0xF0, &[0x48, 0x01, 0x37]);
+    /// `lock bts [rdi], rsi` (a directed entry write with a register bit offset)
+    pub const LOCK_BTS_REG: (u64, &[u8]) = (0x100, &[0xF0, 0x48, 0x0F, 0xAB, 0x37]);
     /// The instructions that write a page-table entry.
-    pub const PT_WRITES: [(u64, &[u8]); 7] = [
+    pub const PT_WRITES: [(u64, &[u8]); 10] = [
         MOV,
         XCHG,
         LOCK_CMPXCHG,
@@ -246,9 +255,12 @@ pub mod mm_code {
         LOCK_AND,
         LOCK_BTR_A,
         LOCK_XOR,
+        STOSQ,
+        ADD,
+        LOCK_BTS_REG,
     ];
     /// Every instruction, for writing the page.
-    pub const ALL: [(u64, &[u8]); 14] = [
+    pub const ALL: [(u64, &[u8]); 17] = [
         MOV,
         XCHG,
         LOCK_CMPXCHG,
@@ -263,6 +275,9 @@ pub mod mm_code {
         VMFUNC,
         MOV_RDX_RDI,
         VMCALL,
+        STOSQ,
+        ADD,
+        LOCK_BTS_REG,
     ];
 }
 

@@ -9,7 +9,7 @@
 //!    context switch fewer;
 //! 4. operations once more, under the new schedule.
 
-use crate::check::{Checker, Invariant};
+use crate::check::{Checker, Invariant, Violation};
 use crate::ops::{OpRunner, RunFailure};
 use crate::quirks::Quirks;
 use crate::sched::{Schedule, Scheduler};
@@ -31,24 +31,59 @@ pub struct Setup {
     pub schedule: Schedule,
 }
 
-/// What a checked run of a scenario did: the first invariant that failed (if any) and the
-/// (VCPU, steps) runs the scheduler made.
-fn checked_run(setup: &Setup, sc: &Scenario) -> Option<(Invariant, Vec<(usize, u64)>)> {
-    let mut w =
-        build_world_quirks(setup.builtin, &setup.params, true, setup.quirks, setup.seed).ok()?;
+/// How a checked run of a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// Every operation ended and every invariant held after every step.
+    Passed,
+    /// The first failed check, and the step count at which it failed.
+    Failed(Violation),
+    /// A VCPU stopped (or the world could not be built or run the scenario): not a pass.
+    Stopped(String),
+}
+
+/// Runs `sc` under `setup` with #VE on and every check after every step; how it ended.
+pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
+    match run_checked(setup, sc) {
+        Ok((c, _)) => c,
+        Err(e) => Checked::Stopped(e),
+    }
+}
+
+fn run_checked(setup: &Setup, sc: &Scenario) -> Result<(Checked, Vec<(usize, u64)>), String> {
+    let mut w = build_world_quirks(setup.builtin, &setup.params, true, setup.quirks, setup.seed)
+        .map_err(|e| e.to_string())?;
     if sc.queues.len() > w.vcpus.len() {
-        return None;
+        return Err(format!(
+            "the scenario has queues for {} VCPUs but the machine has {}",
+            sc.queues.len(),
+            w.vcpus.len()
+        ));
     }
     for p in &sc.processes {
-        w.create_process(*p).ok()?;
+        w.create_process(*p).map_err(|e| e.to_string())?;
     }
     let mut queues = sc.queues.clone();
     queues.resize(w.vcpus.len(), Vec::new());
     let mut runner = OpRunner::new(queues);
     let mut sched = Scheduler::new(setup.schedule.clone(), w.vcpus.len()).recording();
     let mut checker = Checker::new(&w);
-    match w.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
-        Err(RunFailure::Violations(v)) => v.first().map(|x| (x.invariant, sched.runs())),
+    let c = match w.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
+        Ok(_) => Checked::Passed,
+        Err(RunFailure::Violations(v)) => match v.into_iter().next() {
+            Some(x) => Checked::Failed(x),
+            None => Checked::Passed,
+        },
+        Err(RunFailure::Stopped(cpu, s)) => Checked::Stopped(format!("VCPU {cpu}: {s:?}")),
+    };
+    Ok((c, sched.runs()))
+}
+
+/// What a checked run of a scenario did: the first invariant that failed (if any) and the
+/// (VCPU, steps) runs the scheduler made.
+fn checked_run(setup: &Setup, sc: &Scenario) -> Option<(Invariant, Vec<(usize, u64)>)> {
+    match run_checked(setup, sc) {
+        Ok((Checked::Failed(v), runs)) => Some((v.invariant, runs)),
         _ => None,
     }
 }
@@ -132,10 +167,12 @@ fn ddmin(total: usize, fails: impl Fn(&[bool]) -> bool) -> Vec<bool> {
     keep
 }
 
-fn shrink_ops(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Scenario {
-    let keep = ddmin(op_count(sc), |keep| {
-        failing_invariant(setup, &without(sc, keep)) == Some(invariant)
-    });
+fn shrink_ops(
+    setup: &Setup,
+    sc: &Scenario,
+    still: &impl Fn(&Setup, &Scenario) -> bool,
+) -> Scenario {
+    let keep = ddmin(op_count(sc), |keep| still(setup, &without(sc, keep)));
     without(sc, &keep)
 }
 
@@ -220,9 +257,20 @@ pub struct Minimized {
 /// Shrinks `sc` under `setup` while `invariant` still fails: operations, VCPUs, schedule
 /// preemptions, operations again. Returns the smallest failing set-up and scenario found.
 pub fn minimize(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Minimized {
-    let still = |s: &Setup, sc: &Scenario| failing_invariant(s, sc) == Some(invariant);
+    minimize_while(setup, sc, &|s: &Setup, sc: &Scenario| {
+        failing_invariant(s, sc) == Some(invariant)
+    })
+}
+
+/// [`minimize`] for any property `still` of a failing run (it must hold for `setup` and
+/// `sc`): the smallest set-up and scenario found for which it still holds.
+pub fn minimize_while(
+    setup: &Setup,
+    sc: &Scenario,
+    still: &impl Fn(&Setup, &Scenario) -> bool,
+) -> Minimized {
     let preemptions_before = checked_run(setup, sc).map_or(0, |(_, r)| r.len().saturating_sub(1));
-    let mut sc = shrink_ops(setup, sc, invariant);
+    let mut sc = shrink_ops(setup, sc, still);
     let mut setup = setup.clone();
     // VCPUs, highest first so that the numbers of those still to try stay valid.
     let vcpus = setup.params.get("vcpus").copied().unwrap_or(1) as usize;
@@ -245,13 +293,13 @@ pub fn minimize(setup: &Setup, sc: &Scenario, invariant: Invariant) -> Minimized
         if !still(&exact, &sc) {
             break;
         }
-        let shrunk = shrink_runs(&setup, &sc, runs.clone(), &still);
+        let shrunk = shrink_runs(&setup, &sc, runs.clone(), still);
         setup = exact;
         if shrunk == runs {
             break;
         }
         setup.schedule = Schedule::List(shrunk);
-        sc = shrink_ops(&setup, &sc, invariant);
+        sc = shrink_ops(&setup, &sc, still);
     }
     // Processes stay (their numbering is what operations refer to); empty queues at the end
     // of the VCPU list go.

@@ -6,7 +6,7 @@
 //! are then (another VCPU may have changed them since the operation was queued).
 
 use crate::attack::{Attack, Probe};
-use crate::guest::mm::{MmError, Plan};
+use crate::guest::mm::{EntryInsn, MmError, Plan};
 use crate::introcore::pts::Owner;
 use crate::sched::Scheduler;
 use crate::world::{Stop, World};
@@ -90,6 +90,28 @@ pub enum GuestOp {
         write: bool,
         /// Value written.
         value: u64,
+    },
+    /// A directed write of `va`'s PTE with an instruction form the memory manager does not
+    /// otherwise use (the quirk report's scenarios).
+    Write {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+        /// Instruction form.
+        insn: EntryInsn,
+        /// Its operand.
+        arg: u64,
+    },
+    /// The memory manager moves the page table that maps `va` to `frame` (low memory below
+    /// [`crate::layout::LOW_FRAMES_END`], frame 0 included) and points the PDE at it.
+    MoveTable {
+        /// Process.
+        pid: u32,
+        /// Page.
+        va: u64,
+        /// The new table's guest-physical address.
+        frame: u64,
     },
     /// Introcore starts monitoring the translation of a page of a protected process.
     Hook {
@@ -264,6 +286,10 @@ impl World {
                 form,
             } => Some(self.plan_set_caching(pid, va, attrs, form)?),
             GuestOp::Trim { pid, va } => Some(self.plan_trim(pid, va)?),
+            GuestOp::Write { pid, va, insn, arg } => {
+                Some(self.plan_write_entry(pid, va, insn, arg)?)
+            }
+            GuestOp::MoveTable { pid, va, frame } => Some(self.plan_move_table(pid, va, frame)?),
             GuestOp::SwapOut { pid, va } => Some(self.plan_swap_out(pid, va)?),
             GuestOp::SwapIn { pid, va } => Some(self.plan_swap_in(pid, va)?),
             GuestOp::Touch {
@@ -337,6 +363,7 @@ impl World {
         if cpu >= self.vcpus.len() || cpu >= runner.active.len() {
             return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
         }
+        self.completed = None;
         let Some(active) = runner.active[cpu].as_mut() else {
             let Some(op) = runner.queues[cpu].pop_front() else {
                 return Ok(());
@@ -462,6 +489,13 @@ impl World {
             runner.active[cpu] = Some(a);
             return Ok(());
         }
+        let v = &self.vcpus[cpu];
+        self.completed = Some(crate::world::Completed {
+            cpu,
+            gpr: v.gpr,
+            rip,
+            rflags: v.rflags.bits(),
+        });
         runner.log.push(cpu);
         let loaded = self.load_micro(cpu, &mut a)?;
         runner.active[cpu] = Some(a);
@@ -586,6 +620,14 @@ impl std::fmt::Display for GuestOp {
                 )
             }
             GuestOp::Trim { pid, va } => write!(f, "trim pid={pid} va={va:#x}"),
+            GuestOp::Write { pid, va, insn, arg } => write!(
+                f,
+                "write pid={pid} va={va:#x} insn={} arg={arg:#x}",
+                insn.name()
+            ),
+            GuestOp::MoveTable { pid, va, frame } => {
+                write!(f, "movetable pid={pid} va={va:#x} frame={frame:#x}")
+            }
             GuestOp::SwapOut { pid, va } => write!(f, "swapout pid={pid} va={va:#x}"),
             GuestOp::SwapIn { pid, va } => write!(f, "swapin pid={pid} va={va:#x}"),
             GuestOp::Touch {
@@ -626,6 +668,7 @@ impl std::str::FromStr for GuestOp {
         let kind = words.next().ok_or("an empty operation")?;
         let mut kv = std::collections::BTreeMap::new();
         let mut attack = None;
+        let mut insn = None;
         for w in words {
             let (k, v) = w
                 .split_once('=')
@@ -637,6 +680,19 @@ impl std::str::FromStr for GuestOp {
                 })?;
                 if attack.replace(a).is_some() {
                     return Err("key kind is given twice".into());
+                }
+                continue;
+            }
+            if kind == "write" && k == "insn" {
+                let names: Vec<&str> = EntryInsn::ALL.iter().map(|(n, _)| *n).collect();
+                let i = EntryInsn::from_name(v).ok_or_else(|| {
+                    format!(
+                        "'{v}' is not an entry-write instruction (one of {})",
+                        names.join(", ")
+                    )
+                })?;
+                if insn.replace(i).is_some() {
+                    return Err("key insn is given twice".into());
                 }
                 continue;
             }
@@ -672,6 +728,17 @@ impl std::str::FromStr for GuestOp {
                 va: take("va")?,
                 attrs: take("attrs")?,
                 form: narrow(take("form")?)?,
+            },
+            "write" => GuestOp::Write {
+                pid: narrow(take("pid")?)?,
+                va: take("va")?,
+                insn: insn.ok_or("write needs insn=")?,
+                arg: take("arg")?,
+            },
+            "movetable" => GuestOp::MoveTable {
+                pid: narrow(take("pid")?)?,
+                va: take("va")?,
+                frame: take("frame")?,
             },
             "trim" => GuestOp::Trim {
                 pid: narrow(take("pid")?)?,

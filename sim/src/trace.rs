@@ -184,6 +184,9 @@ pub struct TraceFile {
     pub params: std::collections::BTreeMap<String, u64>,
     /// The VCPU schedule.
     pub schedule: crate::sched::Schedule,
+    /// Where the runs stop, in scheduling steps (`None`: when every operation has ended). A
+    /// trace of a livelock ends at the step its invariant failed.
+    pub steps: Option<u64>,
     /// The scenario.
     pub scenario_data: crate::workload::Scenario,
     /// The runs.
@@ -239,6 +242,9 @@ impl TraceFile {
             .collect();
         let _ = writeln!(out, "params {}", p.join(" "));
         let _ = writeln!(out, "schedule {}", self.schedule);
+        if let Some(n) = self.steps {
+            let _ = writeln!(out, "steps {n}");
+        }
         for (i, prot) in self.scenario_data.processes.iter().enumerate() {
             let _ = writeln!(out, "process {i} protected={}", u8::from(*prot));
         }
@@ -316,6 +322,7 @@ impl TraceFile {
         let schedule = field(n, &l, "schedule")?
             .parse::<crate::sched::Schedule>()
             .map_err(|e| err(n, e.to_string()))?;
+        let mut steps = None;
         let mut processes = Vec::new();
         let mut queues: Vec<Vec<crate::ops::GuestOp>> = Vec::new();
         let mut runs: Vec<TraceRun> = Vec::new();
@@ -326,6 +333,12 @@ impl TraceFile {
             }
             let (head, rest) = l.split_once(' ').unwrap_or((l, ""));
             match head {
+                "steps" => {
+                    if steps.is_some() || !processes.is_empty() || !queues.is_empty() {
+                        return Err(err(n, "'steps' comes once, right after 'schedule'".into()));
+                    }
+                    steps = Some(crate::cli::parse_u64(rest).map_err(|m| err(n, m))?);
+                }
                 "process" => {
                     let (idx, kv) = rest
                         .split_once(' ')
@@ -413,6 +426,7 @@ impl TraceFile {
             quirks,
             params,
             schedule,
+            steps,
             scenario_data: crate::workload::Scenario { processes, queues },
             runs,
         })
@@ -452,7 +466,7 @@ pub enum ReplayError {
 /// Re-runs every run of a trace and checks every record and the hash. Returns the number of
 /// records verified.
 pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
-    use crate::workload::{build_world_quirks, resolve_params, run_scenario, Builtin};
+    use crate::workload::{build_world_quirks, resolve_params, run_scenario_steps, Builtin};
     let b = Builtin::from_name(&tf.scenario).ok_or_else(|| {
         ReplayError::Setup(format!("'{}' is not a built-in scenario", tf.scenario))
     })?;
@@ -462,7 +476,8 @@ pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
         let name = if r.ve { "ve_on" } else { "ve_off" };
         let w = build_world_quirks(b, &params, r.ve, tf.quirks, tf.seed)
             .map_err(|e| ReplayError::Setup(e.to_string()))?;
-        let w = run_scenario(w, &tf.scenario_data, &tf.schedule)
+        let steps = tf.steps.unwrap_or(crate::workload::STEPS_MAX);
+        let w = run_scenario_steps(w, &tf.scenario_data, &tf.schedule, steps)
             .map_err(|e| ReplayError::Setup(e.to_string()))?;
         let replayed: Vec<String> = w.events.iter().map(event_line).collect();
         for i in 0..r.lines.len().max(replayed.len()) {
@@ -526,11 +541,27 @@ pub fn record_scenario(
     sc: crate::workload::Scenario,
     ves: &[bool],
 ) -> Result<TraceFile, crate::workload::RunError> {
-    use crate::workload::{build_world_quirks, run_scenario};
+    record_scenario_steps(b, params, quirks, profile, seed, schedule, None, sc, ves)
+}
+
+/// [`record_scenario`], the runs stopping after `steps` scheduling steps when given.
+#[allow(clippy::too_many_arguments)]
+pub fn record_scenario_steps(
+    b: crate::workload::Builtin,
+    params: &std::collections::BTreeMap<&'static str, u64>,
+    quirks: crate::quirks::Quirks,
+    profile: &str,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+    steps: Option<u64>,
+    sc: crate::workload::Scenario,
+    ves: &[bool],
+) -> Result<TraceFile, crate::workload::RunError> {
+    use crate::workload::{build_world_quirks, run_scenario_steps, STEPS_MAX};
     let mut runs = Vec::new();
     for &ve in ves {
         let w = build_world_quirks(b, params, ve, quirks, seed)?;
-        let w = run_scenario(w, &sc, schedule)?;
+        let w = run_scenario_steps(w, &sc, schedule, steps.unwrap_or(STEPS_MAX))?;
         runs.push(TraceRun {
             ve,
             lines: w.events.iter().map(event_line).collect(),
@@ -544,6 +575,7 @@ pub fn record_scenario(
         quirks,
         params: params.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
         schedule: schedule.clone(),
+        steps,
         scenario_data: sc,
         runs,
     })

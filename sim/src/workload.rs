@@ -453,9 +453,19 @@ fn run_built(
 /// Runs a scenario in `w` under `schedule`: its processes are created, then its queues run
 /// interleaved. Returns the world.
 pub fn run_scenario(
+    w: World,
+    sc: &Scenario,
+    schedule: &crate::sched::Schedule,
+) -> Result<World, RunError> {
+    run_scenario_steps(w, sc, schedule, STEPS_MAX)
+}
+
+/// [`run_scenario`], stopping after `steps_max` scheduling steps.
+pub fn run_scenario_steps(
     mut w: World,
     sc: &Scenario,
     schedule: &crate::sched::Schedule,
+    steps_max: u64,
 ) -> Result<World, RunError> {
     for p in &sc.processes {
         w.create_process(*p)?;
@@ -471,7 +481,7 @@ pub fn run_scenario(
     queues.resize(w.vcpus.len(), Vec::new());
     let mut runner = crate::ops::OpRunner::new(queues);
     let mut sched = crate::sched::Scheduler::new(schedule.clone(), w.vcpus.len());
-    w.run_ops(&mut runner, &mut sched, STEPS_MAX)
+    w.run_ops(&mut runner, &mut sched, steps_max)
         .map_err(|(cpu, s)| RunError::Stopped(cpu, format!("{s:?}")))?;
     Ok(w)
 }

@@ -199,6 +199,23 @@ pub struct World {
     /// When `Some`, every cache operation in order: the agent's lookups and introcore's
     /// inserts and removals (for replaying the workload on other cache designs).
     pub cache_log: Option<Vec<CacheOp>>,
+    /// Set by the operation runner for the step in which a guest instruction completed: the
+    /// VCPU and its GPRs, RIP and RFLAGS at that point, before the runner loads the next
+    /// instruction (what I2 compares).
+    pub completed: Option<Completed>,
+}
+
+/// A VCPU's registers as an instruction left them ([`World::completed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completed {
+    /// The VCPU.
+    pub cpu: usize,
+    /// GPRs.
+    pub gpr: [u64; 16],
+    /// RIP.
+    pub rip: u64,
+    /// RFLAGS.
+    pub rflags: u64,
 }
 
 /// One operation on the #VE cache, by entry address.
@@ -245,6 +262,7 @@ impl World {
             ve: config.ve,
             last_ve_walk: Vec::new(),
             cache_log: None,
+            completed: None,
         };
         w.intro_init_checked()
             .map_err(|e| WorldError::Deploy(e.to_string()))?;

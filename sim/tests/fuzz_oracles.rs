@@ -342,7 +342,9 @@ fn scenario_seeds() -> Vec<(&'static str, ScenarioCase)> {
                         GuestOp::Attack { pid, arg, .. } => (10, page(pid, 0), arg),
                         GuestOp::Unload { delay } => (11, 0, u64::from(delay)),
                         GuestOp::Redeploy => (12, 0, 0),
-                        GuestOp::CreateProcess { .. } => continue,
+                        GuestOp::CreateProcess { .. }
+                        | GuestOp::Write { .. }
+                        | GuestOp::MoveTable { .. } => continue,
                     };
                     ops[n] = (cpu as u8, t.0, t.1, t.2);
                     n += 1;

@@ -85,6 +85,42 @@ impl From<Stop> for MmError {
 /// Steps the memory-manager instruction may take, #VEs and the agent included.
 pub const MM_STEPS_MAX: u64 = 10_000;
 
+/// The instruction of a directed page-table-entry write (`write` operations), each with its
+/// operand `arg`. These are the forms the memory manager itself does not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryInsn {
+    /// `stosq`: the entry becomes `old ^ arg` (RDI advances past it).
+    Stosq,
+    /// `add [rdi], rsi`: the entry becomes `old + arg` (an arithmetic write the agent does
+    /// not emulate).
+    Add,
+    /// `lock bts [rdi], rsi`: sets bit `arg` of the bit string at the entry (a signed offset;
+    /// 64 and up address the entries after it).
+    BtsReg,
+}
+
+impl EntryInsn {
+    /// Every form with its name.
+    pub const ALL: [(&'static str, EntryInsn); 3] = [
+        ("stosq", EntryInsn::Stosq),
+        ("add", EntryInsn::Add),
+        ("bts", EntryInsn::BtsReg),
+    ];
+
+    /// The form called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, i)| *i)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, i)| *i == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
 /// One memory-manager instruction with its operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Micro {
@@ -552,6 +588,46 @@ impl World {
             1 => Micro::new(mm_code::LOCK_CMPXCHG, gla, new, e),
             _ => Micro::new(mm_code::LOCK_XOR, gla, e ^ new, 0),
         };
+        Ok(Plan::one(pid, m, Finish::Nothing))
+    }
+
+    /// The plan of a directed entry write ([`EntryInsn`]): `va`'s PTE written once with
+    /// `insn`, whose operand is `arg`.
+    pub fn plan_write_entry(
+        &mut self,
+        pid: u32,
+        va: u64,
+        insn: EntryInsn,
+        arg: u64,
+    ) -> Result<Plan, MmError> {
+        let e = self.leaf(pid, va)?;
+        let gla = self.entry_gla(va, 1);
+        let m = match insn {
+            EntryInsn::Stosq => Micro::new(mm_code::STOSQ, gla, 0, e ^ arg),
+            EntryInsn::Add => Micro::new(mm_code::ADD, gla, arg, 0),
+            EntryInsn::BtsReg => Micro::new(mm_code::LOCK_BTS_REG, gla, arg, 0),
+        };
+        Ok(Plan::one(pid, m, Finish::Nothing))
+    }
+
+    /// The plan of a page-table move: the page table that maps `va` (its level-1 table) is
+    /// copied to `frame`, in low memory ([`layout::LOW_FRAMES_END`]), and the PDE is pointed
+    /// at the copy with one MOV.
+    pub fn plan_move_table(&mut self, pid: u32, va: u64, frame: u64) -> Result<Plan, MmError> {
+        const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+        let (pde, _) = self.entry_value(pid, va, 2).ok_or(MmError::State(va))?;
+        let ps = 1 << 7;
+        if pde & bits::P == 0 || pde & ps != 0 || frame & 0xFFF != 0 {
+            return Err(MmError::State(va));
+        }
+        if frame >= layout::LOW_FRAMES_END.0 {
+            return Err(MmError::State(frame));
+        }
+        let mut table = [0u8; 4096];
+        self.machine.mem.read(Gpa(pde & ADDR), &mut table);
+        self.machine.mem.write(Gpa(frame), &table);
+        let gla = self.entry_gla(va, 2);
+        let m = Micro::new(mm_code::MOV, gla, (pde & !ADDR) | frame, 0);
         Ok(Plan::one(pid, m, Finish::Nothing))
     }
 
