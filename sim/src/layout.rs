@@ -242,8 +242,8 @@ pub mod mm_code {
     pub const VMCALL: (u64, &[u8]) = (0xD0, &[0x0F, 0x01, 0xC1]);
     /// `stosq` (a directed entry write: RDI the entry, RAX the value)
     pub const STOSQ: (u64, &[u8]) = (0xE0, &[0x48, 0xAB]);
-    /// `add [rdi], rsi` (a directed entry write the agent does not emulate)
-    pub const ADD: (u64, &[u8]) = (0xF0, &[0x48, 0x01, 0x37]);
+    /// `mov dword [rdi], esi` (a directed 4-byte entry write, which the agent refuses)
+    pub const MOV32: (u64, &[u8]) = (0xF0, &[0x89, 0x37]);
     /// `lock bts [rdi], rsi` (a directed entry write with a register bit offset)
     pub const LOCK_BTS_REG: (u64, &[u8]) = (0x100, &[0xF0, 0x48, 0x0F, 0xAB, 0x37]);
     /// The instructions that write a page-table entry.
@@ -256,7 +256,7 @@ pub mod mm_code {
         LOCK_BTR_A,
         LOCK_XOR,
         STOSQ,
-        ADD,
+        MOV32,
         LOCK_BTS_REG,
     ];
     /// Every instruction, for writing the page.
@@ -276,7 +276,7 @@ pub mod mm_code {
         MOV_RDX_RDI,
         VMCALL,
         STOSQ,
-        ADD,
+        MOV32,
         LOCK_BTS_REG,
     ];
 }

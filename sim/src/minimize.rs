@@ -42,15 +42,63 @@ pub enum Checked {
     Stopped(String),
 }
 
-/// Runs `sc` under `setup` with #VE on and every check after every step; how it ended.
+/// Runs `sc` under `setup` with #VE on and every check after every step; how it ended. A run
+/// that passes them and whose page-table writes are serialized (one VCPU has operations; not
+/// `attacks`, whose remaps move agent pages) is also compared with the #VE-off run of the same
+/// operations (I6).
 pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
-    match run_checked(setup, sc) {
-        Ok((c, _)) => c,
-        Err(e) => Checked::Stopped(e),
+    let (c, _, on) = match run_checked(setup, sc) {
+        Ok(r) => r,
+        Err(e) => return Checked::Stopped(e),
+    };
+    let serialized = sc.queues.iter().filter(|q| !q.is_empty()).count() <= 1
+        && setup.builtin != Builtin::Attacks;
+    if c != Checked::Passed || !serialized {
+        return c;
+    }
+    let (on, log) = on;
+    let i6 = |detail: String| {
+        Checked::Failed(Violation {
+            invariant: Invariant::I6,
+            step: on.tsc,
+            cpu: 0,
+            detail,
+        })
+    };
+    let mut off = match build_world_quirks(
+        setup.builtin,
+        &setup.params,
+        false,
+        setup.quirks,
+        setup.seed,
+    ) {
+        Ok(w) => w,
+        Err(e) => return Checked::Stopped(e.to_string()),
+    };
+    for p in &sc.processes {
+        if let Err(e) = off.create_process(*p) {
+            return Checked::Stopped(e.to_string());
+        }
+    }
+    let mut queues = sc.queues.clone();
+    queues.resize(off.vcpus.len(), Vec::new());
+    let mut runner = OpRunner::new(queues);
+    if let Err(d) = crate::equivalence::follow(&mut off, &mut runner, &log) {
+        return i6(d);
+    }
+    match crate::equivalence::difference(&on, &off) {
+        Some(d) => i6(d),
+        None => Checked::Passed,
     }
 }
 
-fn run_checked(setup: &Setup, sc: &Scenario) -> Result<(Checked, Vec<(usize, u64)>), String> {
+/// The #VE-on world after a checked run and its operation log.
+type OnRun = (crate::world::World, Vec<usize>);
+
+fn run_checked(
+    setup: &Setup,
+    sc: &Scenario,
+) -> Result<(Checked, Vec<(usize, u64)>, OnRun), String> {
     let mut w = build_world_quirks(setup.builtin, &setup.params, true, setup.quirks, setup.seed)
         .map_err(|e| e.to_string())?;
     if sc.queues.len() > w.vcpus.len() {
@@ -76,14 +124,15 @@ fn run_checked(setup: &Setup, sc: &Scenario) -> Result<(Checked, Vec<(usize, u64
         },
         Err(RunFailure::Stopped(cpu, s)) => Checked::Stopped(format!("VCPU {cpu}: {s:?}")),
     };
-    Ok((c, sched.runs()))
+    let log = std::mem::take(&mut runner.log);
+    Ok((c, sched.runs(), (w, log)))
 }
 
 /// What a checked run of a scenario did: the first invariant that failed (if any) and the
 /// (VCPU, steps) runs the scheduler made.
 fn checked_run(setup: &Setup, sc: &Scenario) -> Option<(Invariant, Vec<(usize, u64)>)> {
     match run_checked(setup, sc) {
-        Ok((Checked::Failed(v), runs)) => Some((v.invariant, runs)),
+        Ok((Checked::Failed(v), runs, _)) => Some((v.invariant, runs)),
         _ => None,
     }
 }

@@ -98,6 +98,8 @@ pub enum GuestOp {
         pid: u32,
         /// Page.
         va: u64,
+        /// The entry's level (1: the PTE, 2: the PDE, 3: the PDPTE, 4: the PML4E).
+        level: u8,
         /// Instruction form.
         insn: EntryInsn,
         /// Its operand.
@@ -286,9 +288,13 @@ impl World {
                 form,
             } => Some(self.plan_set_caching(pid, va, attrs, form)?),
             GuestOp::Trim { pid, va } => Some(self.plan_trim(pid, va)?),
-            GuestOp::Write { pid, va, insn, arg } => {
-                Some(self.plan_write_entry(pid, va, insn, arg)?)
-            }
+            GuestOp::Write {
+                pid,
+                va,
+                level,
+                insn,
+                arg,
+            } => Some(self.plan_write_entry(pid, va, level, insn, arg)?),
             GuestOp::MoveTable { pid, va, frame } => Some(self.plan_move_table(pid, va, frame)?),
             GuestOp::SwapOut { pid, va } => Some(self.plan_swap_out(pid, va)?),
             GuestOp::SwapIn { pid, va } => Some(self.plan_swap_in(pid, va)?),
@@ -620,9 +626,15 @@ impl std::fmt::Display for GuestOp {
                 )
             }
             GuestOp::Trim { pid, va } => write!(f, "trim pid={pid} va={va:#x}"),
-            GuestOp::Write { pid, va, insn, arg } => write!(
+            GuestOp::Write {
+                pid,
+                va,
+                level,
+                insn,
+                arg,
+            } => write!(
                 f,
-                "write pid={pid} va={va:#x} insn={} arg={arg:#x}",
+                "write pid={pid} va={va:#x} level={level} insn={} arg={arg:#x}",
                 insn.name()
             ),
             GuestOp::MoveTable { pid, va, frame } => {
@@ -732,6 +744,10 @@ impl std::str::FromStr for GuestOp {
             "write" => GuestOp::Write {
                 pid: narrow(take("pid")?)?,
                 va: take("va")?,
+                level: match take("level")? {
+                    l @ 1..=4 => l as u8,
+                    l => return Err(format!("level={l} is not 1 to 4")),
+                },
                 insn: insn.ok_or("write needs insn=")?,
                 arg: take("arg")?,
             },

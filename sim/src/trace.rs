@@ -466,7 +466,9 @@ pub enum ReplayError {
 /// Re-runs every run of a trace and checks every record and the hash. Returns the number of
 /// records verified.
 pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
-    use crate::workload::{build_world_quirks, resolve_params, run_scenario_steps, Builtin};
+    use crate::workload::{
+        build_world_quirks, resolve_params, run_scenario, run_scenario_until, Builtin,
+    };
     let b = Builtin::from_name(&tf.scenario).ok_or_else(|| {
         ReplayError::Setup(format!("'{}' is not a built-in scenario", tf.scenario))
     })?;
@@ -476,9 +478,11 @@ pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
         let name = if r.ve { "ve_on" } else { "ve_off" };
         let w = build_world_quirks(b, &params, r.ve, tf.quirks, tf.seed)
             .map_err(|e| ReplayError::Setup(e.to_string()))?;
-        let steps = tf.steps.unwrap_or(crate::workload::STEPS_MAX);
-        let w = run_scenario_steps(w, &tf.scenario_data, &tf.schedule, steps)
-            .map_err(|e| ReplayError::Setup(e.to_string()))?;
+        let w = match tf.steps {
+            Some(n) => run_scenario_until(w, &tf.scenario_data, &tf.schedule, n),
+            None => run_scenario(w, &tf.scenario_data, &tf.schedule),
+        }
+        .map_err(|e| ReplayError::Setup(e.to_string()))?;
         let replayed: Vec<String> = w.events.iter().map(event_line).collect();
         for i in 0..r.lines.len().max(replayed.len()) {
             let a = r.lines.get(i);
@@ -544,7 +548,8 @@ pub fn record_scenario(
     record_scenario_steps(b, params, quirks, profile, seed, schedule, None, sc, ves)
 }
 
-/// [`record_scenario`], the runs stopping after `steps` scheduling steps when given.
+/// [`record_scenario`], the runs stopping after `steps` scheduling steps when given (or at a
+/// VCPU stop before that).
 #[allow(clippy::too_many_arguments)]
 pub fn record_scenario_steps(
     b: crate::workload::Builtin,
@@ -557,11 +562,14 @@ pub fn record_scenario_steps(
     sc: crate::workload::Scenario,
     ves: &[bool],
 ) -> Result<TraceFile, crate::workload::RunError> {
-    use crate::workload::{build_world_quirks, run_scenario_steps, STEPS_MAX};
+    use crate::workload::{build_world_quirks, run_scenario, run_scenario_until};
     let mut runs = Vec::new();
     for &ve in ves {
         let w = build_world_quirks(b, params, ve, quirks, seed)?;
-        let w = run_scenario_steps(w, &sc, schedule, steps.unwrap_or(STEPS_MAX))?;
+        let w = match steps {
+            Some(n) => run_scenario_until(w, &sc, schedule, n)?,
+            None => run_scenario(w, &sc, schedule)?,
+        };
         runs.push(TraceRun {
             ve,
             lines: w.events.iter().map(event_line).collect(),

@@ -460,13 +460,40 @@ pub fn run_scenario(
     run_scenario_steps(w, sc, schedule, STEPS_MAX)
 }
 
-/// [`run_scenario`], stopping after `steps_max` scheduling steps.
-pub fn run_scenario_steps(
-    mut w: World,
+/// [`run_scenario`] for a trace that ends at a step bound: it stops after `steps_max`
+/// scheduling steps or when a VCPU stops, whichever comes first (the events up to there are
+/// the run).
+pub fn run_scenario_until(
+    w: World,
     sc: &Scenario,
     schedule: &crate::sched::Schedule,
     steps_max: u64,
 ) -> Result<World, RunError> {
+    let (w, _) = run_scenario_inner(w, sc, schedule, steps_max)?;
+    Ok(w)
+}
+
+/// [`run_scenario`], stopping after `steps_max` scheduling steps.
+pub fn run_scenario_steps(
+    w: World,
+    sc: &Scenario,
+    schedule: &crate::sched::Schedule,
+    steps_max: u64,
+) -> Result<World, RunError> {
+    match run_scenario_inner(w, sc, schedule, steps_max)? {
+        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, format!("{s:?}"))),
+        (w, None) => Ok(w),
+    }
+}
+
+type StopAt = Option<(usize, crate::world::Stop)>;
+
+fn run_scenario_inner(
+    mut w: World,
+    sc: &Scenario,
+    schedule: &crate::sched::Schedule,
+    steps_max: u64,
+) -> Result<(World, StopAt), RunError> {
     for p in &sc.processes {
         w.create_process(*p)?;
     }
@@ -481,9 +508,8 @@ pub fn run_scenario_steps(
     queues.resize(w.vcpus.len(), Vec::new());
     let mut runner = crate::ops::OpRunner::new(queues);
     let mut sched = crate::sched::Scheduler::new(schedule.clone(), w.vcpus.len());
-    w.run_ops(&mut runner, &mut sched, steps_max)
-        .map_err(|(cpu, s)| RunError::Stopped(cpu, format!("{s:?}")))?;
-    Ok(w)
+    let stop = w.run_ops(&mut runner, &mut sched, steps_max).err();
+    Ok((w, stop))
 }
 
 fn paper_synthetic(params: &BTreeMap<&'static str, u64>) -> Scenario {

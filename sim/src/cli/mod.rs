@@ -7,6 +7,7 @@ mod agent;
 mod check;
 mod exec;
 mod minimize;
+mod quirks;
 mod replay;
 mod run;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Shrink a failing trace to the fewest operations that still fail the same invariant.
     Minimize(minimize::MinimizeArgs),
+    /// For each HVMI quirk, the invariant it breaks with a minimal replay, or its cost.
+    Quirks(quirks::QuirksArgs),
 }
 
 /// Parses a number: hex with a 0x prefix, or decimal.
@@ -117,6 +120,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Minimize(args) => minimize::run(args),
+        Command::Quirks(args) => quirks::run(args),
     }
 }
 

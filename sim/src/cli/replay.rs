@@ -10,9 +10,11 @@ const EXAMPLES: &str = "\
 Examples:
   vesim run --builtin desktop-mix --seed 3 --trace t.trace
   vesim replay t.trace
+  vesim replay --check corpus/quirks/Q5.trace
 
-Exit status: 0 when every record and hash match, 1 when one differs, 2 when the file cannot be
-read or does not parse.";
+Exit status: 0 when every record and hash match, 1 when one differs (with --check, also when an
+invariant fails under the trace's quirk switches), 2 when the file cannot be read or does not
+parse.";
 
 /// Arguments of `vesim replay`.
 #[derive(Debug, Args)]
@@ -24,6 +26,30 @@ pub struct ReplayArgs {
     /// "trace_hash"), the top-level "trace_hash" and, on a mismatch, "mismatch".
     #[arg(long)]
     json: bool,
+    /// Also run the trace's operations with every check after every step, under its quirk
+    /// switches and under `fixed`, and print the first failure of each ("check" in JSON).
+    #[arg(long)]
+    check: bool,
+}
+
+/// The first failure of a checked run, as text and JSON.
+fn check_line(c: &crate::minimize::Checked) -> (String, serde_json::Value) {
+    use crate::minimize::Checked;
+    match c {
+        Checked::Passed => ("passes".into(), serde_json::json!({"passed": true})),
+        Checked::Failed(v) => (
+            format!(
+                "{} fails at step {} on VCPU {}: {}",
+                v.invariant, v.step, v.cpu, v.detail
+            ),
+            serde_json::json!({"passed": false, "invariant": v.invariant.to_string(),
+                "step": v.step, "cpu": v.cpu, "detail": v.detail}),
+        ),
+        Checked::Stopped(s) => (
+            format!("stops: {s}"),
+            serde_json::json!({"passed": false, "stopped": s}),
+        ),
+    }
 }
 
 /// Runs `vesim replay`.
@@ -54,6 +80,44 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         eprintln!("vesim: {name}: {m}.");
         return ExitCode::from(EXIT_USAGE);
     }
+    let checks = if args.check {
+        let Some(b) = crate::workload::Builtin::from_name(&tf.scenario) else {
+            eprintln!(
+                "vesim: {name}: '{}' is not a built-in scenario.",
+                tf.scenario
+            );
+            return ExitCode::from(EXIT_USAGE);
+        };
+        let params = match crate::workload::resolve_params(b, &tf.params) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("vesim: {name}: {e}.");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let setup = crate::minimize::Setup {
+            builtin: b,
+            params,
+            quirks: tf.quirks,
+            seed: tf.seed,
+            schedule: tf.schedule.clone(),
+        };
+        let fixed = crate::minimize::Setup {
+            quirks: crate::quirks::Quirks::fixed(),
+            ..setup.clone()
+        };
+        let on = crate::minimize::checked(&setup, &tf.scenario_data);
+        let off = crate::minimize::checked(&fixed, &tf.scenario_data);
+        Some((on, off))
+    } else {
+        None
+    };
+    let switches = tf.quirks.enabled().join(",");
+    let switches = if switches.is_empty() {
+        "fixed".to_string()
+    } else {
+        format!("fixed+{switches}")
+    };
     if args.json {
         let runs: Vec<serde_json::Value> = tf
             .runs
@@ -71,6 +135,13 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         if let (Err(e), Some(o)) = (&result, v.as_object_mut()) {
             o.insert("mismatch".into(), serde_json::Value::from(e.to_string()));
         }
+        if let (Some((on, off)), Some(o)) = (&checks, v.as_object_mut()) {
+            o.insert(
+                "check".into(),
+                serde_json::json!({"switches": switches, "with_switches": check_line(on).1,
+                    "fixed": check_line(off).1}),
+            );
+        }
         println!("{v}");
     } else {
         match &result {
@@ -80,8 +151,15 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             ),
             Err(e) => println!("{name}: {e}"),
         }
+        if let Some((on, off)) = &checks {
+            println!("{switches}: {}", check_line(on).0);
+            println!("fixed: {}", check_line(off).0);
+        }
     }
-    if result.is_ok() {
+    let failed = checks
+        .as_ref()
+        .is_some_and(|(on, _)| *on != crate::minimize::Checked::Passed);
+    if result.is_ok() && !failed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

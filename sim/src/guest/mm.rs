@@ -91,9 +91,9 @@ pub const MM_STEPS_MAX: u64 = 10_000;
 pub enum EntryInsn {
     /// `stosq`: the entry becomes `old ^ arg` (RDI advances past it).
     Stosq,
-    /// `add [rdi], rsi`: the entry becomes `old + arg` (an arithmetic write the agent does
-    /// not emulate).
-    Add,
+    /// `mov dword [rdi], esi`: the entry's low half becomes that of `old ^ arg` (a 4-byte
+    /// write, which the agent refuses, B37).
+    Mov32,
     /// `lock bts [rdi], rsi`: sets bit `arg` of the bit string at the entry (a signed offset;
     /// 64 and up address the entries after it).
     BtsReg,
@@ -103,7 +103,7 @@ impl EntryInsn {
     /// Every form with its name.
     pub const ALL: [(&'static str, EntryInsn); 3] = [
         ("stosq", EntryInsn::Stosq),
-        ("add", EntryInsn::Add),
+        ("mov32", EntryInsn::Mov32),
         ("bts", EntryInsn::BtsReg),
     ];
 
@@ -591,20 +591,24 @@ impl World {
         Ok(Plan::one(pid, m, Finish::Nothing))
     }
 
-    /// The plan of a directed entry write ([`EntryInsn`]): `va`'s PTE written once with
-    /// `insn`, whose operand is `arg`.
+    /// The plan of a directed entry write ([`EntryInsn`]): the entry of `level` (1: the PTE,
+    /// up to 4: the PML4E) that maps `va`, written once with `insn`, whose operand is `arg`.
     pub fn plan_write_entry(
         &mut self,
         pid: u32,
         va: u64,
+        level: u8,
         insn: EntryInsn,
         arg: u64,
     ) -> Result<Plan, MmError> {
-        let e = self.leaf(pid, va)?;
-        let gla = self.entry_gla(va, 1);
+        if !(1..=4).contains(&level) {
+            return Err(MmError::State(va));
+        }
+        let (e, _) = self.entry_value(pid, va, level).ok_or(MmError::State(va))?;
+        let gla = self.entry_gla(va, level);
         let m = match insn {
             EntryInsn::Stosq => Micro::new(mm_code::STOSQ, gla, 0, e ^ arg),
-            EntryInsn::Add => Micro::new(mm_code::ADD, gla, arg, 0),
+            EntryInsn::Mov32 => Micro::new(mm_code::MOV32, gla, (e ^ arg) & 0xFFFF_FFFF, 0),
             EntryInsn::BtsReg => Micro::new(mm_code::LOCK_BTS_REG, gla, arg, 0),
         };
         Ok(Plan::one(pid, m, Finish::Nothing))
