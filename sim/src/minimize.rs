@@ -95,10 +95,10 @@ pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
 /// The #VE-on world after a checked run and its operation log.
 type OnRun = (crate::world::World, Vec<usize>);
 
-fn run_checked(
-    setup: &Setup,
-    sc: &Scenario,
-) -> Result<(Checked, Vec<(usize, u64)>, OnRun), String> {
+/// How a checked run ended, the (VCPU, steps) runs it took, and its world and log.
+type CheckedRun = (Checked, Vec<(usize, u64)>, OnRun);
+
+fn run_checked(setup: &Setup, sc: &Scenario) -> Result<CheckedRun, String> {
     let mut w = build_world_quirks(setup.builtin, &setup.params, true, setup.quirks, setup.seed)
         .map_err(|e| e.to_string())?;
     if sc.queues.len() > w.vcpus.len() {

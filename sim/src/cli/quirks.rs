@@ -47,12 +47,11 @@ fn cell(s: &str, width: usize) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{} {} {} {} {}",
+        "{} {} {} {} replay / cost / why not",
         cell("quirk", 5),
         cell("invariant", 9),
         cell("ops", 4),
         cell("description", 58),
-        "replay / cost / why not"
     );
     for r in rows {
         let inv = match (r.invariant, r.switches.len()) {
