@@ -3,6 +3,8 @@
 //! `fixed`, within 50 guest operations; and the report has a row for every quirk of
 //! HVMI-BEHAVIOURS section Q and Q31.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use vesim::check::Invariant;
 use vesim::minimize::{checked, op_count, Checked, Setup};
