@@ -15,7 +15,7 @@
 
 use crate::agent::AgentOutcome;
 use crate::check::Checker;
-use crate::guest::mm::bits;
+use crate::guest::mm::{bits, EntryInsn};
 use crate::layout;
 use crate::ops::{GuestOp, OpRunner, RunFailure};
 use crate::quirks::{Profile, Quirks, MONITORED_BITS_FIXED};
@@ -557,7 +557,9 @@ pub struct ScenarioCase {
     pub setup: u8,
     /// The schedule: 0 round-robin, 1 random, 2 PCT (mod 3); the seed.
     pub sched: (u8, u64),
-    /// Operations: (VCPU, kind, page, value).
+    /// Operations: (VCPU, kind, page, value). Kinds modulo 13 are map (0, 1), unmap, protect,
+    /// caching, trim, swap out, swap in, touch, hook, attack, unload and redeploy; kind 13
+    /// exactly is a directed entry write, kind 14 exactly a page-table move.
     pub ops: [(u8, u8, u8, u64); 24],
     /// How many of `ops` run.
     pub count: u8,
@@ -602,7 +604,14 @@ impl ScenarioCase {
             // attacks and lifecycle requests come from any VCPU.
             let mm_cpu = pid as usize % vcpus;
             let va = layout::USER_BASE + (u64::from(pid) << 30) + u64::from(page & 7) * 0x1000;
-            let (cpu, op) = match kind % 13 {
+            // Kinds 13 and 14 are the directed entry writes and table moves; every other
+            // kind keeps its meaning modulo 13, so older inputs decode as they did.
+            let kind = if kind == 13 || kind == 14 {
+                kind
+            } else {
+                kind % 13
+            };
+            let (cpu, op) = match kind {
                 0 | 1 => (
                     mm_cpu,
                     GuestOp::Map {
@@ -664,7 +673,39 @@ impl ScenarioCase {
                         delay: (value % 64) as u32,
                     },
                 ),
-                _ => (usize::from(c) % vcpus, GuestOp::Redeploy),
+                12 => (usize::from(c) % vcpus, GuestOp::Redeploy),
+                13 => {
+                    // Bits the memory manager's bookkeeping does not depend on (not P, not
+                    // the frame): caching, A, D, RW, XD; for BTS one of those bits, in this
+                    // entry or the next.
+                    let (name, insn) = EntryInsn::ALL[(value % 3) as usize];
+                    let safe = bits::CACHING | bits::A | bits::D | bits::RW | bits::XD;
+                    let arg = if name == "bts" {
+                        const BITS: [u64; 7] = [1, 3, 4, 5, 6, 7, 63];
+                        BITS[((value >> 8) % 7) as usize] + 64 * ((value >> 16) & 1)
+                    } else {
+                        (value >> 8) & safe
+                    };
+                    (
+                        mm_cpu,
+                        GuestOp::Write {
+                            pid,
+                            va,
+                            level: 1,
+                            insn,
+                            arg,
+                        },
+                    )
+                }
+                _ => (
+                    mm_cpu,
+                    GuestOp::MoveTable {
+                        pid,
+                        va,
+                        // 64 low frames per process, so no two processes share a table.
+                        frame: (u64::from(pid) * 0x40 + (value >> 8) % 0x40) << 12,
+                    },
+                ),
             };
             queues[cpu].push(op);
         }

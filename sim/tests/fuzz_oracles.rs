@@ -362,6 +362,33 @@ fn scenario_seeds() -> Vec<(&'static str, ScenarioCase)> {
             ));
         }
     }
+    // The directed entry writes (kind 13: STOSQ, a 4-byte MOV, BTS past the entry) and a
+    // page-table move to a low frame (kind 14) on a hooked page, then a protect and a touch.
+    let mut ops = [(0u8, 0u8, 0u8, 0u64); 24];
+    let directed = [
+        (0, 0, 0),                     // map page 0
+        (0, 0, 1),                     // map page 1
+        (9, 0, 0),                     // hook page 0
+        (13, 0, 0x10 << 8),            // stosq: PCD
+        (13, 0, 1 | 0x10 << 8),        // mov32: PCD
+        (13, 0, 2 | 2 << 8 | 1 << 16), // bts: bit 4 of the next entry
+        (14, 0, 3 << 8),               // the table to low frame 3
+        (3, 0, 2),                     // protect: read-only, executable
+        (8, 0, 1),                     // touch: write
+    ];
+    for (i, &(kind, page, value)) in directed.iter().enumerate() {
+        ops[i] = (0, kind, page, value);
+    }
+    out.push((
+        "entry_writes_and_a_table_move",
+        ScenarioCase {
+            vcpus: 0,
+            setup: 0,
+            sched: (0, 0),
+            ops,
+            count: directed.len() as u8,
+        },
+    ));
     out
 }
 
