@@ -56,11 +56,11 @@ pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
     if c != Checked::Passed || !serialized {
         return c;
     }
-    let (on, log) = on;
+    let (on, log, steps) = on;
     let i6 = |detail: String| {
         Checked::Failed(Violation {
             invariant: Invariant::I6,
-            step: on.tsc,
+            step: steps,
             cpu: 0,
             detail,
         })
@@ -92,8 +92,8 @@ pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
     }
 }
 
-/// The #VE-on world after a checked run and its operation log.
-type OnRun = (crate::world::World, Vec<usize>);
+/// The #VE-on world after a checked run, its operation log and its scheduling steps.
+type OnRun = (crate::world::World, Vec<usize>, u64);
 
 /// How a checked run ended, the (VCPU, steps) runs it took, and its world and log.
 type CheckedRun = (Checked, Vec<(usize, u64)>, OnRun);
@@ -116,16 +116,21 @@ fn run_checked(setup: &Setup, sc: &Scenario) -> Result<CheckedRun, String> {
     let mut runner = OpRunner::new(queues);
     let mut sched = Scheduler::new(setup.schedule.clone(), w.vcpus.len()).recording();
     let mut checker = Checker::new(&w);
+    let mut steps = 0;
     let c = match w.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
-        Ok(_) => Checked::Passed,
+        Ok(n) => {
+            steps = n;
+            Checked::Passed
+        }
         Err(RunFailure::Violations(v)) => match v.into_iter().next() {
             Some(x) => Checked::Failed(x),
             None => Checked::Passed,
         },
         Err(RunFailure::Stopped(cpu, s)) => Checked::Stopped(format!("VCPU {cpu}: {s:?}")),
     };
+    steps = steps.max(checker.steps());
     let log = std::mem::take(&mut runner.log);
-    Ok((c, sched.runs(), (w, log)))
+    Ok((c, sched.runs(), (w, log, steps)))
 }
 
 /// What a checked run of a scenario did: the first invariant that failed (if any) and the
@@ -354,6 +359,16 @@ pub fn minimize_while(
     // of the VCPU list go.
     while sc.queues.last().is_some_and(Vec::is_empty) && sc.queues.len() > 1 {
         sc.queues.pop();
+    }
+    // One VCPU needs no schedule list.
+    if setup.params.get("vcpus").copied().unwrap_or(1) == 1 {
+        let rr = Setup {
+            schedule: Schedule::RoundRobin,
+            ..setup.clone()
+        };
+        if still(&rr, &sc) {
+            setup = rr;
+        }
     }
     Minimized {
         preemptions_before,

@@ -567,17 +567,7 @@ pub fn shrink(f: &Finding, q: &str) -> Finding {
     let still = |s: &Setup, sc: &Scenario| {
         breaks(s, sc, q, f.companion).is_some_and(|v| v.invariant == inv)
     };
-    let mut m = minimize_while(&f.setup, &f.scenario, &still);
-    // One VCPU needs no schedule.
-    if m.setup.params.get("vcpus").copied().unwrap_or(1) == 1 {
-        let rr = Setup {
-            schedule: Schedule::RoundRobin,
-            ..m.setup.clone()
-        };
-        if still(&rr, &m.scenario) {
-            m.setup = rr;
-        }
-    }
+    let m = minimize_while(&f.setup, &f.scenario, &still);
     match breaks(&m.setup, &m.scenario, q, f.companion) {
         Some(v) if v.invariant == inv => Finding {
             origin: f.origin.clone(),

@@ -2,8 +2,8 @@
 //! fail the same invariant, and write it.
 
 use super::EXIT_USAGE;
-use crate::minimize::{failing_invariant, minimize, op_count, preemptions, Setup};
-use crate::trace::{record_scenario, TraceFile};
+use crate::minimize::{checked, minimize_while, op_count, preemptions, Checked, Setup};
+use crate::trace::{record_scenario_steps, TraceFile};
 use crate::workload::{resolve_params, Builtin};
 use clap::Args;
 use std::path::PathBuf;
@@ -67,7 +67,11 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
         seed: tf.seed,
         schedule: tf.schedule.clone(),
     };
-    let Some(inv) = failing_invariant(&setup, &tf.scenario_data) else {
+    let fails = |s: &Setup, sc: &crate::workload::Scenario| match checked(s, sc) {
+        Checked::Failed(v) => Some(v),
+        _ => None,
+    };
+    let Some(inv) = fails(&setup, &tf.scenario_data).map(|v| v.invariant) else {
         if args.json {
             println!(
                 "{}",
@@ -78,7 +82,12 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
         }
         return ExitCode::from(1);
     };
-    let small = minimize(&setup, &tf.scenario_data, inv);
+    let small = minimize_while(&setup, &tf.scenario_data, &|s, sc| {
+        fails(s, sc).is_some_and(|v| v.invariant == inv)
+    });
+    // The written trace ends where the invariant fails (a livelock would otherwise run to the
+    // step limit).
+    let steps = fails(&small.setup, &small.scenario).map(|v| v.step);
     let vcpus = |s: &Setup| s.params.get("vcpus").copied().unwrap_or(1);
     let (ops_before, ops_after) = (op_count(&tf.scenario_data), op_count(&small.scenario));
     let (vcpus_before, vcpus_after) = (vcpus(&setup), vcpus(&small.setup));
@@ -89,13 +98,14 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{}.min", args.file.display())));
-    let trace = match record_scenario(
+    let trace = match record_scenario_steps(
         b,
         &small.setup.params,
         tf.quirks,
         &tf.profile,
         tf.seed,
         &small.setup.schedule,
+        steps,
         small.scenario,
         &[true],
     ) {
