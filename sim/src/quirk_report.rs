@@ -702,8 +702,11 @@ pub struct Row {
     pub preemptions: Option<usize>,
     /// The command that replays it.
     pub replay: Option<String>,
-    /// The measured cost, for switches that break nothing.
+    /// The measured cost, for switches that break nothing alone: the first costed workload on
+    /// which a figure changes.
     pub cost: Option<Cost>,
+    /// Every costed workload's figures, for the same switches.
+    pub costs: Vec<Cost>,
     /// Where it was found and what failed, or why there is no trace.
     pub note: String,
 }
@@ -711,7 +714,7 @@ pub struct Row {
 impl Row {
     /// The JSON object of the row.
     pub fn json(&self) -> serde_json::Value {
-        let cost = self.cost.as_ref().map(|c| {
+        let one = |c: &Cost| {
             serde_json::json!({
                 "workload": c.workload,
                 "vmcalls": {"fixed": c.vmcalls.0, "switch": c.vmcalls.1},
@@ -719,7 +722,13 @@ impl Row {
                 "cache_hit_rate": {"fixed": c.cache_hit_rate.0, "switch": c.cache_hit_rate.1},
                 "text": c.text(),
             })
-        });
+        };
+        let cost = self.cost.as_ref().map(one);
+        let costs = if self.costs.is_empty() {
+            serde_json::Value::Null
+        } else {
+            self.costs.iter().map(one).collect()
+        };
         serde_json::json!({
             "quirk": self.quirk,
             "description": self.description,
@@ -731,6 +740,7 @@ impl Row {
             "preemptions": self.preemptions,
             "replay": self.replay,
             "cost": cost,
+            "costs": costs,
             "note": self.note,
         })
     }
@@ -749,6 +759,7 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
         preemptions: None,
         replay: None,
         cost: None,
+        costs: Vec::new(),
         note: String::new(),
     };
     let found = search(q.id, None).or_else(|| q.companion.and_then(|c| search(q.id, Some(c))));
@@ -774,7 +785,8 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
         row.switches = f.setup.quirks.enabled();
         if f.companion.is_some() {
             // What the switch does on its own.
-            row.cost = measured_cost(q.id)?.filter(Cost::differs);
+            row.costs = measured_costs(q.id)?;
+            row.cost = row.costs.iter().find(|c| c.differs()).cloned();
         }
         row.operations = Some(op_count(&f.scenario));
         row.vcpus = Some(f.setup.params.get("vcpus").copied().unwrap_or(1));
@@ -802,13 +814,13 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
         );
         return Ok(row);
     }
-    let first = measured_cost(q.id)?;
-    let differs = first.as_ref().is_some_and(Cost::differs);
+    row.costs = measured_costs(q.id)?;
+    row.cost = row.costs.iter().find(|c| c.differs()).cloned();
+    let differs = row.cost.is_some();
     let why = match q.kind {
         Kind::Switch(w) if !w.is_empty() => format!(": {w}"),
         _ => String::new(),
     };
-    row.cost = first.filter(|_| differs);
     row.note = if differs {
         format!(
             "no invariant fails in the directed scenarios or {SWARM_SEEDS} swarm seeds per \
@@ -823,18 +835,12 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
     Ok(row)
 }
 
-/// Switch `q`'s cost on the first costed workload where it changes a figure (or on the
-/// first workload, when it changes none).
-fn measured_cost(q: &str) -> Result<Option<Cost>, String> {
-    let mut first = None;
-    for (name, s, sc) in cost_workloads() {
-        let c = cost(name, &s, &sc, q).map_err(|e| format!("{q}: {e}"))?;
-        if c.differs() {
-            return Ok(Some(c));
-        }
-        first.get_or_insert(c);
-    }
-    Ok(first)
+/// Switch `q`'s figures on every costed workload.
+fn measured_costs(q: &str) -> Result<Vec<Cost>, String> {
+    cost_workloads()
+        .into_iter()
+        .map(|(name, s, sc)| cost(name, &s, &sc, q).map_err(|e| format!("{q}: {e}")))
+        .collect()
 }
 
 /// The row of a quirk without a switch.
@@ -850,6 +856,7 @@ pub fn no_switch_row(q: &'static Quirk) -> Row {
         preemptions: None,
         replay: None,
         cost: None,
+        costs: Vec::new(),
         note: match q.kind {
             Kind::NoSwitch(why) => why.to_string(),
             Kind::Switch(_) => String::new(),
