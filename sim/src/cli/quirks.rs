@@ -24,9 +24,9 @@ Exit status: 0 when the report was made, 2 when a trace cannot be written.";
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct QuirksArgs {
-    /// Print one JSON object {"quirks": [{"quirk", "description", "invariant", "trace",
-    /// "operations", "vcpus", "preemptions", "replay", "cost", "note"}, ...]}, null where a
-    /// field does not apply.
+    /// Print one JSON object {"quirks": [{"quirk", "description", "invariant", "switches",
+    /// "trace", "operations", "vcpus", "preemptions", "replay", "cost", "costs", "note"},
+    /// ...]}, null where a field does not apply.
     #[arg(long)]
     json: bool,
     /// Where the traces go.
