@@ -39,6 +39,7 @@ pub mod minimize;
 pub mod ops;
 pub mod quirk_report;
 pub mod quirks;
+pub mod scenario_case;
 pub mod scenario_file;
 pub mod sched;
 pub mod trace;

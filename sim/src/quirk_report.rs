@@ -1,7 +1,7 @@
 //! The quirk report (`vesim quirks`). For each quirk switch of VE-SEMANTICS section 2 it
 //! searches for a world in which `fixed` plus that one switch fails an invariant while `fixed`
 //! passes the same operations under the same schedule: first the directed scenarios below,
-//! then seeded swarm runs of the built-ins. What it finds is shrunk (operations, VCPUs,
+//! then seeded swarm runs of the built-ins, then inputs of the `scenario` fuzz target. What it finds is shrunk (operations, VCPUs,
 //! preemptions) under the same two conditions and recorded as a trace whose header names the
 //! switch. A switch that breaks nothing gets its cost measured instead (VMCALLs, #VEs and the
 //! cache hit rate with and without it, on a named workload). Every other quirk of
@@ -455,6 +455,30 @@ pub fn directed() -> Vec<Directed> {
 /// Swarm runs tried after the directed scenarios: seeds per built-in.
 pub const SWARM_SEEDS: u64 = 12;
 
+/// Inputs of the `scenario` fuzz target tried last: ChaCha bytes from seeds 0 .. this.
+pub const FUZZ_CASES: u64 = 64;
+
+/// The world and operations of the `scenario` fuzz target's input number `i` (ChaCha bytes
+/// seeded with `i`), as a `desktop-mix` world of its VCPUs and KPTI.
+pub fn fuzz_case(i: u64) -> (Setup, Scenario) {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(i ^ 0x5155_4952_4b53);
+    let mut bytes = vec![0u8; crate::scenario_case::ScenarioCase::LEN];
+    rng.fill_bytes(&mut bytes);
+    let (vcpus, processes, kpti, schedule, queues) =
+        crate::scenario_case::ScenarioCase::from_data(&bytes).build();
+    let s = setup(
+        Builtin::DesktopMix,
+        &[
+            ("vcpus", vcpus as u64),
+            ("processes", processes.len() as u64),
+            ("kpti", u64::from(kpti)),
+        ],
+        schedule,
+    );
+    (s, Scenario { processes, queues })
+}
+
 /// A world in which the switch fails an invariant and `fixed` passes.
 #[derive(Clone, Debug)]
 pub struct Finding {
@@ -556,6 +580,12 @@ pub fn search(q: &str, companion: Option<&'static str>) -> Option<Finding> {
             if let Some(f) = found(format!("{name} seed {seed}"), s, sc) {
                 return Some(f);
             }
+        }
+    }
+    for i in 0..FUZZ_CASES {
+        let (s, sc) = fuzz_case(i);
+        if let Some(f) = found(format!("scenario fuzz input {i}"), on(s), sc) {
+            return Some(f);
         }
     }
     None
@@ -823,13 +853,14 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
     };
     row.note = if differs {
         format!(
-            "no invariant fails in the directed scenarios or {SWARM_SEEDS} swarm seeds per \
-             built-in{why}"
+            "no invariant fails in the directed scenarios, {SWARM_SEEDS} swarm seeds per \
+             built-in or {FUZZ_CASES} scenario fuzz inputs{why}"
         )
     } else {
         format!(
-            "no invariant fails and no figure changes in the directed scenarios, \
-             {SWARM_SEEDS} swarm seeds per built-in or the costed workloads{why}"
+            "no invariant fails in the directed scenarios, {SWARM_SEEDS} swarm seeds per \
+             built-in or {FUZZ_CASES} scenario fuzz inputs, and no figure changes on the \
+             costed workloads{why}"
         )
     };
     Ok(row)

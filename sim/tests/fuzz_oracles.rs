@@ -568,3 +568,25 @@ fn regression_scenario_attack_after_unload() {
 fn regression_scenario_semaphore_of_an_unloaded_page() {
     regression("scenario", "semaphore_of_an_unloaded_page");
 }
+
+/// The quirk report reads scenario cases without `arbitrary`; it must read them as the fuzz
+/// target does.
+#[test]
+fn scenario_cases_read_without_arbitrary_as_with_it() {
+    let mut full = 0;
+    for d in generated("scenario_from_data", 200, 2 * ScenarioCase::LEN) {
+        let want = ScenarioCase::arbitrary(&mut Unstructured::new(&d));
+        if d.len() >= ScenarioCase::LEN {
+            full += 1;
+            assert_eq!(
+                Ok(ScenarioCase::from_data(&d)),
+                want.map_err(|_| ()),
+                "{d:?}"
+            );
+        }
+    }
+    assert!(full >= 50, "{full} full-length inputs");
+    for (_, c) in scenario_seeds() {
+        assert_eq!(ScenarioCase::from_data(&c.to_data()), c);
+    }
+}
