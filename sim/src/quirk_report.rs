@@ -920,5 +920,17 @@ pub fn report(dir: &std::path::Path, jobs: usize) -> Result<Vec<Row>, String> {
     });
     let mut rows: Vec<(usize, Result<Row, String>)> = done.into_inner().unwrap_or_default();
     rows.sort_by_key(|(i, _)| *i);
-    rows.into_iter().map(|(_, r)| r).collect()
+    let rows: Vec<Row> = rows.into_iter().map(|(_, r)| r).collect::<Result<_, _>>()?;
+    // A trace left from an earlier report whose quirk no longer fails goes, so that the
+    // directory holds exactly this report's traces.
+    for r in rows.iter().filter(|r| r.trace.is_none()) {
+        let stale = dir.join(format!("{}.trace", r.quirk));
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{} cannot be removed: {e}", stale.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(rows)
 }
