@@ -550,6 +550,11 @@ fn page_walk_handler(case: &WalkCase) {
 
 pub use crate::scenario_case::ScenarioCase;
 
+/// Steps a `scenario` case may take. 24 operations take a few thousand; the bound matters for
+/// the unload that waits forever behind a VCPU parked in agent code (B140), which the fuzzer
+/// would otherwise spend seconds on per input.
+pub const SCENARIO_STEPS_MAX: u64 = 250_000;
+
 /// Arbitrary guest operations (memory-manager work, hooks, isolation attempts, unloads and
 /// redeploys) on 1–4 VCPUs under an arbitrary schedule, in `fixed`, with every invariant
 /// checked after every step: none may fail, and no VCPU may stop.
@@ -569,7 +574,7 @@ pub fn scenario(data: &[u8]) {
     let mut runner = OpRunner::new(queues);
     let mut sched = Scheduler::new(schedule, vcpus);
     let mut checker = Checker::new(&w);
-    match w.run_ops_checked(&mut runner, &mut sched, &mut checker, 2_000_000) {
+    match w.run_ops_checked(&mut runner, &mut sched, &mut checker, SCENARIO_STEPS_MAX) {
         Ok(_) => {}
         Err(RunFailure::Violations(v)) => panic!("{case:?}: {v:?}"),
         Err(RunFailure::Stopped(cpu, s)) => panic!("{case:?}: VCPU {cpu} stopped: {s:?}"),
