@@ -428,12 +428,20 @@ fn pt_write_emulation(
     }
     let (rip, regs, rflags) = before;
     let cr3 = w.vcpus.get(cpu)?.cr3;
-    let mut bytes = Vec::with_capacity(15);
-    for i in 0..15u64 {
-        let g = crate::guest::software_translate(&w.machine, cr3, rip.wrapping_add(i))?;
-        let mut b = [0u8; 1];
-        w.machine.mem.read(g, &mut b);
-        bytes.push(b[0]);
+    // Up to 15 bytes, translated once per page they lie on.
+    let mut bytes = vec![0u8; 15];
+    let first = (0x1000 - (rip & 0xFFF)).min(15) as usize;
+    let (head, tail) = bytes.split_at_mut(first);
+    w.machine.mem.read(
+        crate::guest::software_translate(&w.machine, cr3, rip)?,
+        head,
+    );
+    if !tail.is_empty() {
+        let next = rip.wrapping_add(first as u64);
+        w.machine.mem.read(
+            crate::guest::software_translate(&w.machine, cr3, next)?,
+            tail,
+        );
     }
     Some(Emulation {
         bytes,

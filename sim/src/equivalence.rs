@@ -125,6 +125,22 @@ fn exclusions(w: &World) -> Result<(BTreeSet<Gfn>, BTreeSet<Gpa>), String> {
 
 const ZERO_FRAME: [u8; 4096] = [0; 4096];
 
+/// I6 for a #VE-on run that passed its checks: the #VE-off world `off` (its processes created)
+/// runs `queues` in the order of `log`, the #VE-on run's operation log; the divergence or the
+/// first difference, if any.
+pub fn compare(
+    on: &World,
+    off: &mut World,
+    mut queues: Vec<Vec<crate::ops::GuestOp>>,
+    log: &[usize],
+) -> Option<String> {
+    queues.resize(off.vcpus.len(), Vec::new());
+    let mut runner = OpRunner::new(queues);
+    follow(off, &mut runner, log)
+        .err()
+        .or_else(|| difference(on, off))
+}
+
 /// The first guest-visible difference between the #VE-on world `on` and the #VE-off world
 /// `off` (memory outside the exclusions, registers with RF ignored, the process list).
 pub fn difference(on: &World, off: &World) -> Option<String> {

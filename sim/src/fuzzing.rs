@@ -19,6 +19,7 @@ use crate::guest::mm::bits;
 use crate::layout;
 use crate::ops::{GuestOp, OpRunner, RunFailure};
 use crate::quirks::{Profile, Quirks, MONITORED_BITS_FIXED};
+use crate::scenario_case::le;
 use crate::sched::Scheduler;
 use crate::verdict::{self, VerdictRequest};
 use crate::world::{World, WorldConfig};
@@ -69,10 +70,6 @@ fn fresh_world(vcpus: usize, kpti: bool) -> Option<World> {
     });
     let i = (vcpus.clamp(1, 4) - 1) * 2 + usize::from(kpti);
     bases.get(i)?.clone()
-}
-
-fn le(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(&v.to_le_bytes());
 }
 
 // =============================================================================================

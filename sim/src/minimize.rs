@@ -80,13 +80,7 @@ pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
             return Checked::Stopped(e.to_string());
         }
     }
-    let mut queues = sc.queues.clone();
-    queues.resize(off.vcpus.len(), Vec::new());
-    let mut runner = OpRunner::new(queues);
-    if let Err(d) = crate::equivalence::follow(&mut off, &mut runner, &log) {
-        return i6(d);
-    }
-    match crate::equivalence::difference(&on, &off) {
+    match crate::equivalence::compare(&on, &mut off, sc.queues.clone(), &log) {
         Some(d) => i6(d),
         None => Checked::Passed,
     }

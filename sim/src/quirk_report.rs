@@ -796,7 +796,7 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
     if let Some(found) = found {
         let f = shrink(&found, q.id);
         let path = dir.join(format!("{}.trace", q.id));
-        let tf = crate::trace::record_scenario_steps(
+        let tf = crate::trace::record_scenario(
             f.setup.builtin,
             &f.setup.params,
             f.setup.quirks,

@@ -7,7 +7,8 @@ use crate::layout;
 use crate::ops::GuestOp;
 use crate::sched::Schedule;
 
-fn le(out: &mut Vec<u8>, v: u64) {
+/// Appends `v` little-endian (how `arbitrary` reads integers back).
+pub(crate) fn le(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 

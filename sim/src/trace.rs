@@ -337,7 +337,14 @@ impl TraceFile {
                     if steps.is_some() || !processes.is_empty() || !queues.is_empty() {
                         return Err(err(n, "'steps' comes once, right after 'schedule'".into()));
                     }
-                    steps = Some(crate::cli::parse_u64(rest).map_err(|m| err(n, m))?);
+                    let v = crate::cli::parse_u64(rest).map_err(|m| err(n, m))?;
+                    if v > crate::workload::STEPS_MAX {
+                        return Err(err(
+                            n,
+                            format!("steps {v} exceeds {}", crate::workload::STEPS_MAX),
+                        ));
+                    }
+                    steps = Some(v);
                 }
                 "process" => {
                     let (idx, kv) = rest
@@ -528,30 +535,16 @@ pub fn record(
         &profile.to_string(),
         seed,
         schedule,
+        None,
         sc,
         ves,
     )
 }
 
-/// Runs a given scenario with #VE on and/or off and returns its trace file.
+/// Runs a given scenario with #VE on and/or off and returns its trace file; with `steps`, the
+/// runs stop after that many scheduling steps (or at a VCPU stop before that).
 #[allow(clippy::too_many_arguments)]
 pub fn record_scenario(
-    b: crate::workload::Builtin,
-    params: &std::collections::BTreeMap<&'static str, u64>,
-    quirks: crate::quirks::Quirks,
-    profile: &str,
-    seed: u64,
-    schedule: &crate::sched::Schedule,
-    sc: crate::workload::Scenario,
-    ves: &[bool],
-) -> Result<TraceFile, crate::workload::RunError> {
-    record_scenario_steps(b, params, quirks, profile, seed, schedule, None, sc, ves)
-}
-
-/// [`record_scenario`], the runs stopping after `steps` scheduling steps when given (or at a
-/// VCPU stop before that).
-#[allow(clippy::too_many_arguments)]
-pub fn record_scenario_steps(
     b: crate::workload::Builtin,
     params: &std::collections::BTreeMap<&'static str, u64>,
     quirks: crate::quirks::Quirks,

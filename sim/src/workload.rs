@@ -457,7 +457,10 @@ pub fn run_scenario(
     sc: &Scenario,
     schedule: &crate::sched::Schedule,
 ) -> Result<World, RunError> {
-    run_scenario_steps(w, sc, schedule, STEPS_MAX)
+    match run_scenario_inner(w, sc, schedule, STEPS_MAX)? {
+        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, format!("{s:?}"))),
+        (w, None) => Ok(w),
+    }
 }
 
 /// [`run_scenario`] for a trace that ends at a step bound: it stops after `steps_max`
@@ -471,19 +474,6 @@ pub fn run_scenario_until(
 ) -> Result<World, RunError> {
     let (w, _) = run_scenario_inner(w, sc, schedule, steps_max)?;
     Ok(w)
-}
-
-/// [`run_scenario`], stopping after `steps_max` scheduling steps.
-pub fn run_scenario_steps(
-    w: World,
-    sc: &Scenario,
-    schedule: &crate::sched::Schedule,
-    steps_max: u64,
-) -> Result<World, RunError> {
-    match run_scenario_inner(w, sc, schedule, steps_max)? {
-        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, format!("{s:?}"))),
-        (w, None) => Ok(w),
-    }
 }
 
 type StopAt = Option<(usize, crate::world::Stop)>;

@@ -124,10 +124,7 @@ fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, Str
     };
     if failure.is_none() && serialized(b) {
         let mut off = world(false)?;
-        let mut off_runner = crate::ops::OpRunner::new(sc.queues);
-        let i6 = crate::equivalence::follow(&mut off, &mut off_runner, &runner.log)
-            .err()
-            .or_else(|| crate::equivalence::difference(&on, &off));
+        let i6 = crate::equivalence::compare(&on, &mut off, sc.queues, &runner.log);
         failure = i6.map(|detail| Failure {
             invariant: crate::check::Invariant::I6.to_string(),
             step: checker.steps(),

@@ -3,7 +3,7 @@
 
 use super::EXIT_USAGE;
 use crate::minimize::{checked, minimize_while, op_count, preemptions, Checked, Setup};
-use crate::trace::{record_scenario_steps, TraceFile};
+use crate::trace::{record_scenario, TraceFile};
 use crate::workload::{resolve_params, Builtin};
 use clap::Args;
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{}.min", args.file.display())));
-    let trace = match record_scenario_steps(
+    let trace = match record_scenario(
         b,
         &small.setup.params,
         tf.quirks,
