@@ -521,6 +521,51 @@ impl PageTableBuilder {
         Ok(())
     }
 
+    /// The paging-structure page of `level` (1 = page table ... 4 = PML4) that translates
+    /// `gla`, with every upper entry on the way present (and writable, as [`Self::map`] makes
+    /// them). A missing table of `level` is `table` (zeroed); a missing table above it is a
+    /// fresh frame of the builder's. A large page in the way is a conflict.
+    pub fn table_for(
+        &mut self,
+        mem: &mut GuestMemory,
+        gla: Gla,
+        level: u8,
+        table: Gpa,
+    ) -> Result<Gpa, PagingError> {
+        if !gla.is_canonical() {
+            return Err(PagingError::NonCanonical(gla));
+        }
+        let level = level.clamp(1, 4);
+        let inter = PteFlags::PRESENT | PteFlags::WRITABLE;
+        let mut current = self.pml4;
+        for l in (level + 1..=4).rev() {
+            let slot = Gpa(current.0 + gla.table_index(l) * 8);
+            let e = PageTableEntry(mem.read_u64(slot));
+            if e.is_present() {
+                if l != 4 && e.flags().contains(PteFlags::PAGE_SIZE) {
+                    let existing = if l == 3 {
+                        PageSize::Size1G
+                    } else {
+                        PageSize::Size2M
+                    };
+                    return Err(PagingError::Conflict { gla, existing });
+                }
+                current = e.addr();
+            } else {
+                let t = if l == level + 1 {
+                    table.page_base()
+                } else {
+                    self.alloc.alloc()?.gpa()
+                };
+                mem.write(t, &[0u8; PAGE_SIZE as usize]);
+                self.tables.push(t);
+                mem.write_u64(slot, PageTableEntry::new(t, inter).0);
+                current = t;
+            }
+        }
+        Ok(current)
+    }
+
     /// Points PML4 entry `index` (0x100..=0x1FF) at the PML4 itself, present, writable and
     /// supervisor, so the paging structures appear at the self-map addresses.
     pub fn install_self_map(
@@ -552,12 +597,71 @@ pub fn self_map_entry_address(index: u64, gla: Gla, level: u8) -> Gla {
     Gla(base.wrapping_add(slot * 8)).canonicalize()
 }
 
+/// The inverse of [`self_map_entry_address`]: for a linear address in self-map slot `index`,
+/// the level of the paging-structure entry it shows (how many of its leading table indices are
+/// `index`: 1 = PTE ... 4 = PML4E) and the first linear address that entry translates. `None`
+/// outside the slot. At level 4 with entry index `index`, the entry is the self-map entry.
+pub fn self_map_target(index: u64, gla: Gla) -> Option<(u8, Gla)> {
+    let index = index & 0x1FF;
+    let level = (1..=4u8)
+        .rev()
+        .take_while(|l| gla.table_index(*l) == index)
+        .count() as u8;
+    if level == 0 {
+        return None;
+    }
+    let low = 12 + 9 * (u32::from(level) - 1);
+    let va = (gla.0 << (9 * u32::from(level))) & 0x0000_FFFF_FFFF_FFFF & !((1u64 << low) - 1);
+    Some((level, Gla(va).canonicalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn allow(_: Gpa, _: EptAccess) -> EptCheck {
         EptCheck::Allowed
+    }
+
+    #[test]
+    fn self_map_target_inverts_the_entry_address_and_the_walk_agrees() {
+        let s = 0x1ED;
+        let mut mem = GuestMemory::new();
+        let mut b = PageTableBuilder::new(
+            &mut mem,
+            FrameAllocator::new(Gpa(0x10_0000), Gpa(0x20_0000)),
+        )
+        .unwrap();
+        b.install_self_map(&mut mem, s).unwrap();
+        let vas = [
+            0x0000_0000_0020_1000u64,
+            0x0000_7FFF_FFFF_F000,
+            0xFFFF_8000_0000_0000,
+            0xFFFF_F800_0010_0000,
+            0x0000_0123_4567_8000,
+        ];
+        for (n, va) in vas.into_iter().enumerate() {
+            for level in 1..=4u8 {
+                let span_mask = !((1u64 << (12 + 9 * (u32::from(level) - 1))) - 1);
+                let first = Gla(va & span_mask).canonicalize();
+                let at = self_map_entry_address(s, Gla(va), level);
+                assert_eq!(
+                    self_map_target(s, at),
+                    Some((level, first)),
+                    "{va:#x} {level}"
+                );
+                // The walker, through the self-map, lands on the slot of the table that
+                // table_for placed.
+                let frame = Gpa(0x40_0000 + 0x1_0000 * n as u64 + 0x1000 * u64::from(level));
+                let table = b.table_for(&mut mem, Gla(va), level, frame).unwrap();
+                let w = walk(&mem, allow, &kernel_ctx(b.cr3()), at, AccessType::Read).unwrap();
+                assert_eq!(w.gpa, Gpa(table.0 + Gla(va).table_index(level) * 8));
+            }
+        }
+        assert_eq!(self_map_target(s, Gla(0xFFFF_F800_0000_0000)), None);
+        // Four times through the slot, entry index 0x1ED: the self-map entry itself.
+        let own = self_map_entry_address(s, Gla(0xFFFF_F680_0000_0000), 4);
+        assert_eq!(self_map_target(s, own).map(|t| t.0), Some(4));
     }
 
     fn kernel_ctx(cr3: u64) -> WalkContext {

@@ -44,6 +44,10 @@ pub struct VerdictRequest {
     pub monitored: bool,
     /// The profile.
     pub profile: Profile,
+    /// Also map the page after the one holding RIP, filled with INT3 (0xCC), so that a byte
+    /// the agent should not fetch is visible. The pages the instruction's bytes lie on are
+    /// always mapped.
+    pub map_next_page: bool,
 }
 
 impl Default for VerdictRequest {
@@ -59,6 +63,7 @@ impl Default for VerdictRequest {
             cached: false,
             monitored: false,
             profile: Profile::Fixed,
+            map_next_page: false,
         }
     }
 }
@@ -85,8 +90,23 @@ pub enum VerdictError {
     #[error("the entry at {0:#x} lies within 256 bytes below RSP, where the #VE frame goes")]
     GlaOnStack(u64),
     /// The GLA is in a region the guest model uses.
-    #[error("the entry at {0:#x} lies in a page the guest model already uses (self-map, IDT, OS code, stacks or agent)")]
-    GlaReserved(u64),
+    #[error("the entry at {0:#x} lies in {1}, which the guest model uses")]
+    GlaReserved(u64, &'static str),
+    /// The self-map GLA names an entry the guest model depends on.
+    #[error("the entry at {gla:#x} is the {level} of {va:#x}, which maps {what}, and the guest model depends on it")]
+    EntryInUse {
+        /// The self-map address.
+        gla: u64,
+        /// PTE, PDE, PDPTE or PML4E.
+        level: &'static str,
+        /// The first address the entry translates.
+        va: u64,
+        /// What it maps.
+        what: &'static str,
+    },
+    /// The self-map GLA names the self-map entry.
+    #[error("the entry at {0:#x} is the self-map entry (PML4E {1:#x}), which the guest model depends on")]
+    SelfMapEntry(u64, u64),
     /// RIP or RSP in a reserved region.
     #[error("{0} {1:#x} lies in a page the guest model already uses")]
     Reserved(&'static str, u64),
@@ -127,6 +147,40 @@ pub struct Verdict {
     pub gla: u64,
     /// GPA of the entry.
     pub gpa: u64,
+    /// For a GLA in the self-map: the entry it names, as (level, first address translated),
+    /// level 1 = PTE ... 4 = PML4E.
+    pub names: Option<(u8, u64)>,
+}
+
+/// The name of a paging-structure level (1 = PTE ... 4 = PML4E).
+pub fn level_name(level: u8) -> &'static str {
+    match level {
+        1 => "PTE",
+        2 => "PDE",
+        3 => "PDPTE",
+        _ => "PML4E",
+    }
+}
+
+/// The regions of the guest model (and of this request) that the #VE depends on, by name.
+fn model_regions(rip_pages: (u64, u64), rsp: u64) -> [(&'static str, u64, u64); 7] {
+    [
+        ("the IDT", layout::IDT_GVA, 0x1000),
+        ("OS code", layout::OS_VE_HANDLER_GVA, 0x1000),
+        ("OS code", layout::MM_CODE_GVA, 0x1000),
+        (
+            "the kernel stacks",
+            layout::KERNEL_STACKS_GVA,
+            layout::KERNEL_STACK_STRIDE,
+        ),
+        ("the agent", layout::AGENT_GVA, layout::AGENT_SIZE),
+        (
+            "the instruction",
+            rip_pages.0,
+            rip_pages.1.wrapping_sub(rip_pages.0) + 0x1000,
+        ),
+        ("the stack", rsp.wrapping_sub(0x1000) & !0xFFF, 0x2000),
+    ]
 }
 
 fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
@@ -222,42 +276,61 @@ pub fn run_observed(
     if overlaps(gla, 8, rsp.wrapping_sub(256), 256) {
         return Err(VerdictError::GlaOnStack(gla));
     }
-    let reserved = |a: u64| {
-        let p4 = (a >> 39) & 0x1FF;
-        p4 == layout::DEFAULT_SELF_MAP_INDEX
-            || (layout::IDT_GVA..layout::IDT_GVA + 0x1000).contains(&a)
-            || (layout::OS_VE_HANDLER_GVA..layout::OS_VE_HANDLER_GVA + 0x1000).contains(&a)
-            || (layout::MM_CODE_GVA..layout::MM_CODE_GVA + 0x1000).contains(&a)
-            || (layout::KERNEL_STACKS_GVA..layout::KERNEL_STACKS_GVA + layout::KERNEL_STACK_STRIDE)
-                .contains(&a)
-            || (layout::AGENT_GVA..layout::AGENT_GVA + layout::AGENT_SIZE).contains(&a)
+    // The pages the guest model uses, by name (the self-map slot as a whole for a GLA or RIP
+    // outside the slot's paging structures is not one of them: see `names`).
+    let self_map = layout::DEFAULT_SELF_MAP_INDEX;
+    let reserved = |a: u64| -> Option<&'static str> {
+        if (a >> 39) & 0x1FF == self_map {
+            return Some("the self-map");
+        }
+        model_regions((0, 0), 0)[..5]
+            .iter()
+            .find(|(_, start, len)| a.wrapping_sub(*start) < *len)
+            .map(|r| r.0)
     };
-    if reserved(gla) {
-        return Err(VerdictError::GlaReserved(gla));
+    let names = vesim_model::paging::self_map_target(self_map, Gla(gla));
+    if let Some((level, va)) = names {
+        if level == 4 && Gla(gla).table_index(4) == self_map && (gla >> 3) & 0x1FF == self_map {
+            return Err(VerdictError::SelfMapEntry(gla, self_map));
+        }
+        let span = 1u64 << (12 + 9 * (u32::from(level) - 1));
+        let regions = model_regions((req.rip & !0xFFF, last & !0xFFF), rsp);
+        if let Some((what, _, _)) = regions
+            .iter()
+            .find(|(_, start, len)| overlaps(va.0, span, *start, *len))
+        {
+            return Err(VerdictError::EntryInUse {
+                gla,
+                level: level_name(level),
+                va: va.0,
+                what,
+            });
+        }
+    } else if let Some(what) = reserved(gla) {
+        return Err(VerdictError::GlaReserved(gla, what));
     }
     for (what, a) in [("--rip", req.rip), ("--rip", last)] {
-        if reserved(a) {
+        if reserved(a).is_some() {
             return Err(VerdictError::Reserved(what, a));
         }
     }
     let mut w = base_world(req.profile)?;
     let err = |e: crate::guest::GuestError| VerdictError::World(e.to_string());
-    // The page-table page holding the entry.
-    let gpa = layout::VERDICT_PT_FRAME.wrapping_add(gla & 0xFFF).0;
     let kernel_rw = PteFlags::WRITABLE;
-    w.guest
-        .map_at(
-            &mut w.machine,
-            gla & !0xFFF,
-            layout::VERDICT_PT_FRAME,
-            kernel_rw | PteFlags::NO_EXECUTE,
-        )
-        .map_err(err)?;
-    w.machine.mem.write_u64(Gpa(gpa & !7), req.old);
     // Code pages and the stack pages (RSP's page and the one below), unless the guest has them.
+    let next_page = (req.rip & !0xFFF).wrapping_add(0x1000);
     let mut pages = vec![req.rip & !0xFFF, last & !0xFFF];
+    if req.map_next_page {
+        if !Gla(next_page).is_canonical() || next_page == 0 {
+            return Err(VerdictError::RipWraps(req.rip));
+        }
+        if let Some(what) = reserved(next_page) {
+            return Err(VerdictError::GlaReserved(next_page, what));
+        }
+        pages.push(next_page);
+    }
     for p in [rsp & !0xFFF, rsp.wrapping_sub(0x1000) & !0xFFF] {
-        if !reserved(p) {
+        if reserved(p).is_none() {
             pages.push(p);
         }
     }
@@ -268,9 +341,34 @@ pub fn run_observed(
             return Err(VerdictError::GlaOverlapsCode(gla));
         }
         if w.guest.phys(&w.machine, p).is_none() {
-            w.guest.map_new(&mut w.machine, p, kernel_rw).map_err(err)?;
+            let g = w.guest.map_new(&mut w.machine, p, kernel_rw).map_err(err)?;
+            if req.map_next_page && p == next_page {
+                w.machine.mem.write(g, &[0xCC; 0x1000]);
+            }
         }
     }
+    // The page-table page holding the entry: for a self-map GLA, the kernel's table of the
+    // entry's level for the address it translates (placed at the verdict frame if the guest
+    // has none), reached through the self-map; otherwise the verdict frame, mapped at the GLA.
+    let table = match names {
+        Some((level, va)) => w
+            .guest
+            .place_table(&mut w.machine, va.0, level, layout::VERDICT_PT_FRAME)
+            .map_err(err)?,
+        None => {
+            w.guest
+                .map_at(
+                    &mut w.machine,
+                    gla & !0xFFF,
+                    layout::VERDICT_PT_FRAME,
+                    kernel_rw | PteFlags::NO_EXECUTE,
+                )
+                .map_err(err)?;
+            layout::VERDICT_PT_FRAME
+        }
+    };
+    let gpa = table.wrapping_add(gla & 0xFFF).0;
+    w.machine.mem.write_u64(Gpa(gpa & !7), req.old);
     for (i, b) in code.iter().enumerate() {
         if let Some(g) = w.guest.phys(&w.machine, req.rip.wrapping_add(i as u64)) {
             w.machine.mem.write(g, &[*b]);
@@ -361,6 +459,7 @@ pub fn run_observed(
         stop,
         gla,
         gpa,
+        names: names.map(|(l, va)| (l, va.0)),
     };
     for e in &w.events {
         match e {
@@ -438,6 +537,8 @@ mod tests {
                 cached,
                 monitored: !cached,
                 profile: if hvmi { Profile::Hvmi } else { Profile::Fixed },
+                // RFLAGS bit 5 is reserved (masked off above): a free coin.
+                map_next_page: rflags & 0x20 != 0,
             };
             let _ = run(&req);
         }

@@ -665,6 +665,7 @@ fn check_fidelity(c: &Case) -> Result<(), TestCaseError> {
         cached: c.cached,
         monitored: c.monitored,
         profile: Profile::Fixed,
+        map_next_page: false,
     };
     let v = match verdict::run(&req) {
         Ok(v) => v,
@@ -1196,6 +1197,7 @@ fn run_row(row: &Row, profile: Profile) -> Verdict {
         cached: false,
         monitored: true,
         profile,
+        map_next_page: false,
     };
     verdict::run(&req).unwrap_or_else(|e| panic!("{}: {e}", row.what))
 }

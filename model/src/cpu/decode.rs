@@ -410,6 +410,12 @@ pub fn analyze(bytes: &[u8], rip: u64) -> Result<Analysis, Decoded> {
         Decoded::Ok(i) => i,
         other => return Err(other),
     };
+    analyze_instruction(&instr, bytes)
+}
+
+/// [`analyze`] of an instruction already decoded from `bytes`.
+pub(crate) fn analyze_instruction(instr: &Instruction, bytes: &[u8]) -> Result<Analysis, Decoded> {
+    let instr = *instr;
     let len = instr.len();
     let has_seg = bytes
         .iter()

@@ -7,6 +7,7 @@
 //! - `exec`: the pure semantics of the supported instructions.
 //! - `delivery`: IDT event delivery (#VE, #PF).
 
+pub mod bddisasm;
 pub mod decode;
 pub mod delivery;
 pub mod exec;

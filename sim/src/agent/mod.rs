@@ -10,6 +10,7 @@
 //! - `pagewalk`: the self-map A/D emulation (B61–B69).
 //! - `cache`: the reader (B71).
 
+pub mod decoder;
 mod entry;
 mod handler;
 mod pagewalk;
@@ -21,6 +22,9 @@ use crate::layout::{self, veinfo};
 use crate::world::{Stop, World};
 use vesim_model::cpu::mmu::AccessKind;
 use vesim_model::Gla;
+
+/// How many instruction bytes the agent reads at RIP: bddisasm's `ND_MAX_INSTRUCTION_LENGTH`.
+pub const AGENT_FETCH_LEN: usize = vesim_model::cpu::decode::MAX_INSTRUCTION_LEN;
 
 /// Step RIPs, as offsets from the image base.
 pub mod rip {
@@ -172,6 +176,18 @@ impl World {
         machine
             .write_linear(v, Gla(gla), data, false)
             .map_err(|f| Self::fault(&format!("agent write at {gla:#x}"), f))
+    }
+
+    /// The instruction fetch of HVMI's agent: `NdDecodeEx(&instrux, RIP, 16, ...)` copies
+    /// `min(16, ND_MAX_INSTRUCTION_LENGTH)` = 15 bytes from RIP into the zeroed
+    /// `INSTRUX.InstructionBytes[16]` before it decodes anything, whatever the instruction's
+    /// length. So the agent reads exactly bytes RIP..RIP+14 (a fault on any of them is an agent
+    /// fault, B60), and byte 15 of the buffer, which the agent later copies into the
+    /// information page's `Instruction` (B54), is always 0.
+    pub(crate) fn fetch_instruction(&mut self, cpu: usize, rip: u64) -> Result<[u8; 16], Stop> {
+        let mut insn = [0u8; 16];
+        self.a_read(cpu, rip, &mut insn[..AGENT_FETCH_LEN])?;
+        Ok(insn)
     }
 
     pub(crate) fn a_read_u64(&mut self, cpu: usize, gla: u64) -> Result<u64, Stop> {

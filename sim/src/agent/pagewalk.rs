@@ -50,8 +50,7 @@ impl World {
     /// Whether the instruction at the saved RIP writes the page of `gla` (Q10 `fixed`).
     fn walk_for_write(&mut self, cpu: usize, page: u64, gla: u64) -> Result<bool, Stop> {
         let rip_saved = self.page_read(cpu, page, veinfo::RIP)?;
-        let mut insn = [0u8; 16];
-        self.a_read(cpu, rip_saved, &mut insn)?;
+        let insn = self.fetch_instruction(cpu, rip_saved)?;
         let mut v = self.vcpus[cpu].clone();
         let mut regs = [0u8; 128];
         self.a_read(cpu, page.wrapping_add(veinfo::REGS), &mut regs)?;
@@ -61,7 +60,8 @@ impl World {
             *r = u64::from_le_bytes(q);
         }
         v.rip = rip_saved;
-        let Some(acc) = vesim_model::cpu::decode::accesses_of(&insn, &v) else {
+        let Some(acc) = vesim_model::cpu::decode::accesses_of(&insn[..super::AGENT_FETCH_LEN], &v)
+        else {
             return Ok(false);
         };
         Ok(acc.iter().any(|a| {

@@ -2,11 +2,12 @@
 //! the order of VE-SEMANTICS section 2, take one of the 512 locks, read the old value, emulate,
 //! transplant the flags, test relevance and the cache, raise, store, advance RIP.
 
+use super::decoder::DecodeVerdict;
 use super::{rip, status, AgentOutcome};
 use crate::introcore::{break_reason, call};
 use crate::layout::{self, veinfo};
 use crate::world::{Stop, World};
-use vesim_model::cpu::decode::{analyze, Analysis, Form, Source};
+use vesim_model::cpu::decode::{Analysis, Form, Source};
 use vesim_model::cpu::exec::{logic_flags, sub_flags};
 use vesim_model::vcpu::{Gpr, Rflags};
 
@@ -163,8 +164,7 @@ impl World {
             if reason == RejectReason::CsNotKernel {
                 // Refused before the decode: fetch the bytes introcore will emulate.
                 let rip_saved = self.page_read(cpu, page, veinfo::RIP)?;
-                let mut insn = [0u8; 16];
-                self.a_read(cpu, rip_saved, &mut insn)?;
+                let insn = self.fetch_instruction(cpu, rip_saved)?;
                 self.a_write(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &insn)?;
             }
             self.page_write(cpu, page, veinfo::LOCAL_STATUS, status::EMU_REQUEST)?;
@@ -187,36 +187,34 @@ impl World {
         let mut insn = [0u8; 16];
         self.a_read(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &mut insn)?;
         let rip = self.page_read(cpu, page, veinfo::RIP)?;
-        Ok(analyze(&insn, rip).ok())
+        Ok(super::decoder::agent_analyze(
+            &insn[..super::AGENT_FETCH_LEN],
+            rip,
+        ))
     }
 
-    /// B34–B40 (decode from the saved RIP, 16 bytes, then the rules in order).
+    /// B34–B40: decode the 15 bytes the agent fetches at the saved RIP, then the rules in
+    /// order.
     pub(crate) fn pt_decode(&mut self, cpu: usize) -> Result<(), Stop> {
         let page = self.page_gva(cpu)?;
         let rip_saved = self.page_read(cpu, page, veinfo::RIP)?;
-        let mut insn = [0u8; 16];
-        self.a_read(cpu, rip_saved, &mut insn)?;
+        let insn = self.fetch_instruction(cpu, rip_saved)?;
         self.a_write(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &insn)?;
-        let Ok(a) = analyze(&insn, rip_saved) else {
-            return self.reject(cpu, page, RejectReason::DecodeError);
+        let (verdict, analysis) =
+            super::decoder::decode_verdict(&insn[..super::AGENT_FETCH_LEN], rip_saved);
+        if let Some(a) = &analysis {
+            self.page_write(cpu, page, veinfo::LOCAL_LENGTH, a.length as u64)?;
+        }
+        let (DecodeVerdict::Decoded(_), Some(a)) = (verdict, analysis) else {
+            return match verdict {
+                DecodeVerdict::Refused(r) => self.reject(cpu, page, r),
+                DecodeVerdict::Decoded(_) => self.reject(cpu, page, RejectReason::DecodeError),
+            };
         };
-        self.page_write(cpu, page, veinfo::LOCAL_LENGTH, a.length as u64)?;
         let regs = self.saved_regs(cpu, page)?;
         let fault_gla = self.page_read(cpu, page, 0x10)?;
         let q = self.quirks;
-        let reason = if a.is_repeated {
-            Some(RejectReason::Rep)
-        } else if a.has_seg {
-            Some(RejectReason::SegmentPrefix)
-        } else if a.rip_relative {
-            Some(RejectReason::RipRelative)
-        } else if a.stack_access {
-            Some(RejectReason::StackAccess)
-        } else if !a.op0_memory {
-            Some(RejectReason::NotMemory)
-        } else if a.op0_size != 8 {
-            Some(RejectReason::Size)
-        } else if agent_gla(&a, &regs, q.q4_bt_mod64, q.q31_addr32) != fault_gla {
+        let reason = if agent_gla(&a, &regs, q.q4_bt_mod64, q.q31_addr32) != fault_gla {
             Some(RejectReason::GlaMismatch)
         } else if fault_gla & 7 != 0 {
             Some(RejectReason::Misaligned)

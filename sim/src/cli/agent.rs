@@ -2,7 +2,7 @@
 
 use super::{parse_hex_bytes, parse_u64, EXIT_USAGE};
 use crate::quirks::Profile;
-use crate::verdict::{run as run_verdict, Verdict, VerdictRequest};
+use crate::verdict::{level_name, run as run_verdict, Verdict, VerdictRequest};
 use clap::Args;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -69,6 +69,10 @@ pub struct AgentArgs {
     /// Quirk profile.
     #[arg(long, value_name = "fixed|hvmi", default_value = "fixed")]
     profile: Profile,
+    /// Also map the page after RIP's page (filled with INT3); by default only the pages the
+    /// instruction's bytes lie on are mapped.
+    #[arg(long)]
+    map_next_page: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -122,6 +126,15 @@ pub fn to_json(v: &Verdict) -> Value {
     m.insert("vm_exits".into(), Value::from(v.vm_exits));
     m.insert("gla".into(), hex(v.gla));
     m.insert("gpa".into(), hex(v.gpa));
+    if let Some((level, va)) = v.names {
+        let mut n = Map::new();
+        n.insert(
+            "level".into(),
+            Value::from(level_name(level).to_lowercase()),
+        );
+        n.insert("va".into(), hex(va));
+        m.insert("names".into(), Value::Object(n));
+    }
     if let Some(s) = &v.stop {
         m.insert("stop".into(), Value::from(s.clone()));
     }
@@ -137,7 +150,15 @@ pub fn to_text(v: &Verdict) -> String {
         None => out.push_str(&format!("outcome    {outcome}\n")),
     }
     let show = |x: Option<u64>| x.map_or("-".to_string(), |x| format!("{x:#x}"));
-    out.push_str(&format!("entry      gla {:#x}  gpa {:#x}\n", v.gla, v.gpa));
+    match v.names {
+        Some((level, va)) => out.push_str(&format!(
+            "entry      gla {:#x}  gpa {:#x}  ({} of {va:#x})\n",
+            v.gla,
+            v.gpa,
+            level_name(level)
+        )),
+        None => out.push_str(&format!("entry      gla {:#x}  gpa {:#x}\n", v.gla, v.gpa)),
+    }
     out.push_str(&format!("old        {}\n", show(v.old)));
     out.push_str(&format!("new        {}\n", show(v.new)));
     out.push_str(&format!("entry now  {:#x}\n", v.entry));
@@ -182,6 +203,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
         cached: args.cached,
         monitored: args.monitored,
         profile: args.profile,
+        map_next_page: args.map_next_page,
     };
     let v = match run_verdict(&req) {
         Ok(v) => v,

@@ -294,6 +294,31 @@ impl Guest {
         Ok(())
     }
 
+    /// The kernel's paging-structure page of `level` (1 = page table ... 4 = PML4) that
+    /// translates `gva`, placed at `frame` if it is missing (upper tables missing on the way
+    /// come from the table window). Every entry above it gets A and D: the kernel has used the
+    /// self-map, through which the entry just above is the leaf.
+    pub fn place_table(
+        &mut self,
+        machine: &mut Machine,
+        gva: u64,
+        level: u8,
+        frame: Gpa,
+    ) -> Result<Gpa, GuestError> {
+        let table = self
+            .tables
+            .table_for(&mut machine.mem, Gla(gva), level, frame)?;
+        let ad = (PteFlags::ACCESSED | PteFlags::DIRTY).bits();
+        let mut current = Gpa(self.cr3);
+        for l in (level.clamp(1, 4) + 1..=4).rev() {
+            let slot = Gpa(current.0 + Gla(gva).table_index(l) * 8);
+            let e = machine.mem.read_u64(slot);
+            machine.mem.write_u64(slot, e | ad);
+            current = vesim_model::paging::PageTableEntry(e).addr();
+        }
+        Ok(table)
+    }
+
     /// Translates `gva` in the kernel CR3 as software does (no EPT check, no A/D write).
     pub fn phys(&self, machine: &Machine, gva: u64) -> Option<Gpa> {
         software_translate(machine, self.cr3, gva)

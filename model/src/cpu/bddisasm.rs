@@ -1,0 +1,269 @@
+//! Where bddisasm, as HVMI's agent calls it, decodes differently from iced-x86: as data.
+//!
+//! The agent's decoder is bddisasm at the commit HVMI pins (727c87e), called with
+//! `NdDecodeEx(&instrux, RIP, 16, ND_CODE_64, ND_DATA_64)`: vendor `ND_VEND_ANY`, every
+//! feature on (`ND_FEAT_ALL`). vesim decodes with iced-x86; each class of byte sequences on
+//! which the two disagree is one row below, with the bddisasm behaviour it stands for. The
+//! classes were found by the `decode_survey` example and the `agent_decode` fuzz target of
+//! `fuzz/` (README, "Fuzzing"), which compare this module against bddisasm itself.
+//!
+//! This module is part of the iced adapter (`decode`): iced types stay inside it.
+
+use super::decode::{analyze_instruction, Analysis, Decoded};
+use iced_x86::{CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+
+/// bddisasm decodes MPX (`0F 1A`/`0F 1B` as BNDLDX, BNDMOV, BNDCL, ...) because the agent
+/// asks for every feature; iced needs the option, or it reads them as reserved NOPs.
+const AGENT_DECODER_OPTIONS: u32 = DecoderOptions::MPX;
+
+/// Instruction sets iced decodes that the pinned bddisasm (a 1.3x revision) has no table
+/// entries for: bddisasm added them in 2.x, so their encodings are invalid there and the agent
+/// answers DISASM_ERROR. (APX's REX2 prefix and USER_MSR, also 2.x, iced does not decode
+/// either.) The PREFETCHIT0/1 forms are handled apart: the same bytes are the hint NOP.
+const NOT_IN_PINNED_BDDISASM: &[CpuidFeature] = &[
+    CpuidFeature::AMX_FP16,
+    CpuidFeature::AMX_COMPLEX,
+    CpuidFeature::AVX_IFMA,
+    CpuidFeature::AVX_NE_CONVERT,
+    CpuidFeature::AVX_VNNI_INT8,
+    CpuidFeature::AVX_VNNI_INT16,
+    CpuidFeature::CMPCCXADD,
+    CpuidFeature::MSRLIST,
+    CpuidFeature::WRMSRNS,
+    CpuidFeature::RAO_INT,
+    CpuidFeature::RMPQUERY,
+    CpuidFeature::SHA512,
+    CpuidFeature::SM3,
+    CpuidFeature::SM4,
+    CpuidFeature::TSE,
+];
+
+/// Byte sequences iced rejects in 64-bit mode that bddisasm decodes (its tables list them
+/// for every mode, or iced does not know them), each as the opcode after the legacy and REX
+/// prefixes. None has a memory operand 0, so the agent refuses them as not memory (B36),
+/// after the segment-prefix rule (B35).
+const DECODED_WHERE_ICED_REFUSES: &[(&[u8], &str)] = &[
+    (&[0xD6], "SALC (undocumented), decoded in 64-bit mode"),
+    (&[0xDF, 0xE2], "FSTSG, an x87 register form"),
+    (&[0xDF, 0xFC], "FRINEAR, an x87 register form"),
+    (&[0x0F, 0x01, 0xCC], "TDCALL (66 prefix), TDX"),
+    (&[0x0F, 0x01, 0xCD], "SEAMRET (66 prefix), TDX"),
+    (&[0x0F, 0x01, 0xCE], "SEAMOPS (66 prefix), TDX"),
+    (&[0x0F, 0x01, 0xCF], "SEAMCALL (66 prefix), TDX"),
+];
+
+/// x87 instructions whose memory form bddisasm lists as `ST(0), mem` (the register first):
+/// operand 0 is ST(0), so the agent refuses them as not memory (B36). iced lists the memory
+/// operand alone. The stores (FST, FSTP, FIST, FISTP, FISTTP, FBSTP) have memory first in
+/// both.
+const X87_ST0_FIRST: &[Mnemonic] = &[
+    Mnemonic::Fadd,
+    Mnemonic::Fmul,
+    Mnemonic::Fcom,
+    Mnemonic::Fcomp,
+    Mnemonic::Fsub,
+    Mnemonic::Fsubr,
+    Mnemonic::Fdiv,
+    Mnemonic::Fdivr,
+    Mnemonic::Fiadd,
+    Mnemonic::Fimul,
+    Mnemonic::Ficom,
+    Mnemonic::Ficomp,
+    Mnemonic::Fisub,
+    Mnemonic::Fisubr,
+    Mnemonic::Fidiv,
+    Mnemonic::Fidivr,
+    Mnemonic::Fld,
+    Mnemonic::Fild,
+    Mnemonic::Fbld,
+];
+
+/// Instructions whose first operand bddisasm makes an implicit memory operand, with its size
+/// in bytes and base register, where iced lists a register (or nothing) first. None is 8
+/// bytes, so the agent refuses them all by size (B37).
+const IMPLICIT_MEMORY_FIRST: &[(Mnemonic, u32)] = &[
+    // `MOVDIR64B r64, m512` / `ENQCMD(S) r64, m512`: bddisasm's operand 0 is the 64-byte
+    // destination at [r64].
+    (Mnemonic::Movdir64b, 64),
+    (Mnemonic::Enqcmd, 64),
+    (Mnemonic::Enqcmds, 64),
+    // The address-monitoring and RMP instructions: a byte at [rAX].
+    (Mnemonic::Monitor, 1),
+    (Mnemonic::Monitorx, 1),
+    (Mnemonic::Umonitor, 1),
+    (Mnemonic::Rmpadjust, 1),
+    (Mnemonic::Rmpquery, 1),
+    // `SAVEPREVSSP`: the previous-SSP token on the shadow stack, a size other than 8
+    // (bddisasm's shadow-stack operand size); 0 stands for it.
+    (Mnemonic::Saveprevssp, 0),
+    // `SETSSBSY`: the supervisor shadow-stack token, 8 bytes; no GPR base.
+    (Mnemonic::Setssbsy, 8),
+];
+
+/// The agent decoder's analysis of `fetched` (the agent's 15 bytes) at `rip`: `None` where
+/// bddisasm returns an error status (DISASM_ERROR).
+pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
+    let bytes = &fetched[..fetched.len().min(super::decode::MAX_INSTRUCTION_LEN)];
+    let mut d = Decoder::with_ip(64, bytes, rip, AGENT_DECODER_OPTIONS);
+    let instr = d.decode();
+    if instr.code() == iced_x86::Code::INVALID {
+        return decoded_where_iced_refuses(bytes);
+    }
+    if instr
+        .cpuid_features()
+        .iter()
+        .any(|f| NOT_IN_PINNED_BDDISASM.contains(f))
+    {
+        return None;
+    }
+    let mut a = match analyze_instruction(&instr, bytes) {
+        Ok(a) => a,
+        Err(Decoded::Ok(_) | Decoded::Incomplete | Decoded::Invalid) => return None,
+    };
+    adjust(&instr, bytes, &mut a);
+    Some(a)
+}
+
+/// The legacy prefixes and REX bytes before the opcode, and the rest.
+fn split_prefixes(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let n = bytes
+        .iter()
+        .take_while(|b| {
+            matches!(
+                b,
+                0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40
+                    ..=0x4F
+            )
+        })
+        .count();
+    bytes.split_at(n)
+}
+
+/// bddisasm 1.x's `HasSeg` in 64-bit mode: set by 2E and 3E (as branch hints) and by 64 and
+/// 65 (FS, GS); ES (26) and SS (36) overrides leave it clear, since they do nothing there.
+/// (bddisasm 2.x sets it for all six.)
+fn has_seg(prefixes: &[u8]) -> bool {
+    prefixes
+        .iter()
+        .any(|b| matches!(b, 0x2E | 0x3E | 0x64 | 0x65))
+}
+
+fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
+    let (prefixes, rest) = split_prefixes(bytes);
+    // bddisasm checks neither XOP.pp, nor XOP.L, nor XOP.W where the instruction does not use
+    // them (iced requires 0 there): it decodes the same instruction as with those bits clear.
+    // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does).
+    if let [0x8F, p0, ..] = rest {
+        let locks = prefixes.iter().filter(|b| **b == 0xF0).count();
+        if p0 & 0x1F >= 8 {
+            for mask in [0x00u8, 0x07, 0x87] {
+                let mut fixed: Vec<u8> = prefixes.iter().copied().filter(|b| *b != 0xF0).collect();
+                let at = fixed.len() + 2;
+                fixed.extend_from_slice(rest);
+                match fixed.get_mut(at) {
+                    Some(p1) => *p1 &= !mask,
+                    None => return None,
+                }
+                let mut d = Decoder::with_ip(64, &fixed, 0, AGENT_DECODER_OPTIONS);
+                let instr = d.decode();
+                if instr.code() != iced_x86::Code::INVALID
+                    && instr.len() + locks <= super::decode::MAX_INSTRUCTION_LEN
+                {
+                    let mut a = analyze_instruction(&instr, &fixed).ok()?;
+                    adjust(&instr, &fixed, &mut a);
+                    a.length += locks;
+                    a.has_seg = has_seg(prefixes);
+                    a.lock = locks > 0;
+                    return Some(a);
+                }
+            }
+        }
+    }
+    let (opcode, _) = DECODED_WHERE_ICED_REFUSES
+        .iter()
+        .find(|(op, _)| rest.starts_with(op))?;
+    let tdx = opcode.len() == 3;
+    if tdx && prefixes.last() != Some(&0x66) {
+        return None;
+    }
+    // None of them accepts LOCK (BAD_LOCK_PREFIX).
+    if prefixes.contains(&0xF0) {
+        return None;
+    }
+    Some(Analysis {
+        length: prefixes.len() + opcode.len(),
+        mnemonic: String::new(),
+        form: super::decode::Form::Other,
+        is_repeated: false,
+        has_seg: has_seg(prefixes),
+        rip_relative: false,
+        stack_access: false,
+        op0_memory: false,
+        op0_size: 0,
+        source: super::decode::Source::Other,
+        base: None,
+        index: None,
+        scale: 1,
+        displacement: 0,
+        address_size: 8,
+        lock: prefixes.contains(&0xF0),
+    })
+}
+
+fn has_relative_offset(instr: &Instruction) -> bool {
+    (0..instr.op_count()).any(|i| {
+        matches!(
+            instr.op_kind(i),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        )
+    })
+}
+
+/// Applies the rows above to iced's analysis.
+fn adjust(instr: &Instruction, bytes: &[u8], a: &mut Analysis) {
+    // bddisasm sets `IsRipRelative` for every relative-offset operand (`ND_OP_OFFS`: Jcc,
+    // JMP rel, CALL rel, LOOPcc, JrCXZ, XBEGIN), not only for [rip+disp] memory operands.
+    if has_relative_offset(instr) {
+        a.rip_relative = true;
+    }
+    a.has_seg = has_seg(split_prefixes(bytes).0);
+    let m = instr.mnemonic();
+    if a.op0_memory && X87_ST0_FIRST.contains(&m) {
+        a.op0_memory = false;
+        a.op0_size = 10;
+    }
+    if let Some((_, size)) = IMPLICIT_MEMORY_FIRST.iter().find(|(x, _)| *x == m) {
+        a.op0_memory = true;
+        a.op0_size = *size;
+    }
+    // `0F 18 /6` and `/7`: the pinned bddisasm has no PREFETCHIT0/1 (bddisasm 2.x) and decodes
+    // the hint-NOP space `NOP Ev`, whose operand 0 has the operand size (8 with REX.W).
+    if instr.cpuid_features().contains(&CpuidFeature::PREFETCHITI) {
+        a.op0_size = nop_ev_size(bytes);
+    }
+}
+
+/// The operand size of a legacy instruction from its prefixes: 8 with REX.W (the REX byte
+/// just before the opcode), else 2 with 0x66, else 4.
+fn nop_ev_size(bytes: &[u8]) -> u32 {
+    let mut rex_w = false;
+    let mut opsize = false;
+    for b in bytes {
+        match b {
+            0x40..=0x4F => rex_w = b & 8 != 0,
+            0x66 => {
+                opsize = true;
+                rex_w = false;
+            }
+            0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x67 | 0xF0 | 0xF2 | 0xF3 => rex_w = false,
+            _ => break,
+        }
+    }
+    if rex_w {
+        8
+    } else if opsize {
+        2
+    } else {
+        4
+    }
+}
