@@ -467,6 +467,8 @@ impl World {
     }
 
     /// The GPA of VCPU `cpu`'s information page, if registered.
+    ///
+    /// This is HVMI's `_VCPU_STATE.VeInfoPage` (guests.h), by GPA.
     pub fn ve_page(&self, cpu: usize) -> Option<Gpa> {
         self.vcpus.get(cpu).and_then(|v| v.ve_info)
     }

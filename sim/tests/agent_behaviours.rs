@@ -964,16 +964,29 @@ fn b35_rep_rejected() {
     );
 }
 
-/// B35: any segment-override byte is refused, even ES/CS/SS/DS that 64-bit mode ignores.
+/// B35: `HasSeg` refuses the write. In 64-bit mode the pinned bddisasm (1.x) sets it for 2E
+/// and 3E (branch hints) and for FS and GS, not for ES and SS, whose overrides do nothing there:
+/// an ES- or SS-prefixed write is emulated like the bare one.
 #[test]
-fn b35_segment_prefix_rejected_even_if_ignored() {
-    for p in [0x26u8, 0x2E, 0x36, 0x3E, 0x64, 0x65] {
+fn b35_segment_prefix_rejected_as_bddisasm_sets_has_seg() {
+    for p in [0x2Eu8, 0x3E, 0x64, 0x65] {
         let v = hvmi(
             &[p, 0x48, 0x89, 0x18],
             &[(Gpr::Rax, G), (Gpr::Rbx, OLD ^ RW)],
             OLD,
         );
         assert_hvmi_refusal(&v, RejectReason::SegmentPrefix, OLD);
+    }
+    for p in [0x26u8, 0x36] {
+        let v = hvmi(
+            &[p, 0x48, 0x89, 0x18],
+            &[(Gpr::Rax, G), (Gpr::Rbx, OLD ^ RW)],
+            OLD,
+        );
+        // RW changes on a present entry: relevant, raised (B51, B54), stored, RIP + 4.
+        assert_eq!(v.outcome, Some(AgentOutcome::Raised), "{p:#x}: {v:?}");
+        assert_eq!(v.entry, OLD ^ RW);
+        assert_eq!(v.rip, layout::VERDICT_DEFAULT_RIP + 4);
     }
 }
 

@@ -781,8 +781,9 @@ const RAX_T: &[(Gpr, u64)] = &[(Gpr::Rax, T), (Gpr::Rbx, 0x2003)];
 const RDI_T: &[(Gpr, u64)] = &[(Gpr::Rdi, T), (Gpr::Rax, 0x2003), (Gpr::Rcx, 1)];
 
 /// The table. Reasons are worked out from VE-SEMANTICS section 2 and bddisasm's meanings:
-/// `IsRepeated` only for F2/F3 on a string instruction, `HasSeg` for any of 26/2E/36/3E/64/65
-/// even when 64-bit mode ignores it, `StackAccess` only for implicit stack accesses.
+/// `IsRepeated` only for F2/F3 on a string instruction, `HasSeg` (the pinned bddisasm 1.x in
+/// 64-bit mode) for 2E/3E/64/65 and not for 26/36, `StackAccess` only for implicit stack
+/// accesses.
 fn rejection_rows() -> Vec<Row> {
     use RejectReason::*;
     // RIP is 0x400000: a RIP-relative operand of an instruction of length n with disp32 d is
@@ -850,11 +851,11 @@ fn rejection_rows() -> Vec<Row> {
         ),
         both("rep movsq", &[0xF3, 0x48, 0xA5], RDI_T, Some(T), Some(Rep)),
         both(
-            "F3 on MOV is not REP: es mov [rax], rbx is a segment prefix",
+            "F3 on MOV is not REP, and ES is not HasSeg: f3 es mov [rax], rbx is emulated",
             &[0xF3, 0x26, 0x48, 0x89, 0x18],
             RAX_T,
             None,
-            Some(SegmentPrefix),
+            None,
         ),
         both(
             "ds prefix (ignored in 64-bit mode) still counts",
@@ -864,11 +865,11 @@ fn rejection_rows() -> Vec<Row> {
             Some(SegmentPrefix),
         ),
         both(
-            "ss prefix on a plain mov",
+            "ss prefix on a plain mov: not HasSeg in 1.x's 64-bit mode, emulated",
             &[0x36, 0x48, 0x89, 0x18],
             RAX_T,
             None,
-            Some(SegmentPrefix),
+            None,
         ),
         both(
             "cs prefix with a RIP-relative operand",

@@ -152,12 +152,19 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     let (prefixes, rest) = split_prefixes(bytes);
     // bddisasm checks neither XOP.pp, nor XOP.L, nor XOP.W where the instruction does not use
     // them (iced requires 0 there): it decodes the same instruction as with those bits clear.
-    // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does).
+    // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does; a
+    // REX byte not right before the XOP byte is dropped by both).
     if let [0x8F, p0, ..] = rest {
         let locks = prefixes.iter().filter(|b| **b == 0xF0).count();
         if p0 & 0x1F >= 8 {
+            let last = prefixes.len().wrapping_sub(1);
             for mask in [0x00u8, 0x07, 0x87] {
-                let mut fixed: Vec<u8> = prefixes.iter().copied().filter(|b| *b != 0xF0).collect();
+                let mut fixed: Vec<u8> = prefixes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, b)| **b != 0xF0 && !(matches!(b, 0x40..=0x4F) && *i != last))
+                    .map(|(_, b)| *b)
+                    .collect();
                 let at = fixed.len() + 2;
                 fixed.extend_from_slice(rest);
                 match fixed.get_mut(at) {

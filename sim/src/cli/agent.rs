@@ -24,13 +24,13 @@ fn cs_value(s: &str) -> Result<u16, String> {
 
 const EXAMPLES: &str = "\
 Examples:
-  vesim agent --bytes 488918 --reg rax=0x10000 --reg rbx=0x2003 --old 0x1003
+  vesim agent --bytes 488918 --reg rax=0xfffff68000001008 --reg rbx=0x2003 --old 0x1003
       mov [rax], rbx changes the PFN of a present entry: raised to introcore
-  vesim agent --bytes 488918 --reg rax=0x10000 --reg rbx=0x1063 --old 0x1003
+  vesim agent --bytes 488918 --reg rax=0xfffff68000001008 --reg rbx=0x1063 --old 0x1003
       only A and D change: ignored_irrelevant
-  vesim agent --bytes 488918 --reg rax=0x10000 --reg rbx=0x2003 --old 0x1003 --cached --json
+  vesim agent --bytes 488918 --reg rax=0xfffff68000001008 --reg rbx=0x2003 --old 0x1003 --cached --json
       relevant, but the entry is known to be unmonitored: ignored_cache
-  vesim agent --bytes 480118 --reg rax=0x10000 --reg rbx=1 --old 0x1003 --profile hvmi
+  vesim agent --bytes 480118 --reg rax=0xfffff68000001008 --reg rbx=1 --old 0x1003 --profile hvmi
       ADD is not emulated: rejected (and in hvmi the #VE would repeat forever)
 
 Exit status: 0 when a verdict is printed, 2 for bad arguments.";

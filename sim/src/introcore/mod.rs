@@ -77,13 +77,17 @@ pub struct Introcore {
     pub slots: Vec<Option<u64>>,
     /// Callback records, in order.
     pub callbacks: Vec<CallbackRecord>,
-    /// The EPTP index introcore believes current while dispatching (Q24).
+    /// The EPTP index introcore believes current while dispatching a raised #VE: HVMI's
+    /// `_VCPU_STATE.EptpIndex` (guests.h), forced at B105 (0 in `hvmi`, Q24). HVMI keeps it
+    /// per VCPU; vesim dispatches synchronously inside one VMCALL, so one value serves.
     pub dispatch_view: Option<ViewId>,
     /// Translation hooks.
     pub pts: pts::Pts,
     /// Swap callbacks, in order.
     pub swaps: Vec<pts::SwapRecord>,
-    /// GPA of the last real EPT violation (`ExitGpa`), which page-rights validation reuses.
+    /// GPA of the last real EPT violation: HVMI's `_VCPU_STATE.ExitGpa` (guests.h), which
+    /// page-rights validation reuses (`ExitGla` and `ExitAccess` feed only alerts there and are
+    /// not kept). One value for the engine, as `dispatch_view`.
     pub last_exit_gpa: Option<Gpa>,
     /// The OS handler bytes the trampoline replaced (`VeCoreReplacedCode`).
     pub replaced_code: Vec<u8>,
@@ -513,6 +517,12 @@ impl World {
     }
 
     /// RAISE_EPT: `IntDispatchVeAsEpt` (B104–B111), or the `fixed` Q1 emulation request.
+    ///
+    /// It stands for HVMI's `_VCPU_STATE` fields of a #VE dispatch (guests.h): `VeContext`
+    /// (TRUE for the call's duration: this function), `Gpa`/`Gla` (read from the information
+    /// page; `AccessSize` is always 8 here), and `PtEmuBuffer` (`Old`/`New` from the page's
+    /// 0x210/0x218, handed to the callbacks as `old`/`new`). `Instruction` is decoded from the
+    /// page's 0x260 only on the Q1 `fixed` path (`emulate_for_agent`).
     fn raise_ept(&mut self, cpu: usize, rbx: u64) -> u64 {
         let Some(page) = self.ve_page(cpu) else {
             // Q23: HVMI enters the debugger and then dereferences NULL; vesim refuses.

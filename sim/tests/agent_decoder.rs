@@ -1,0 +1,189 @@
+//! The agent's decoder verdicts on every class of byte sequences where bddisasm (as HVMI's
+//! agent calls it, at the commit HVMI pins) and iced-x86 disagree, one named test per class.
+//!
+//! Each input is a committed regression seed (`corpus/regressions/agent_decode/NAME`); the
+//! expected verdict is bddisasm's, as the `agent_decode` fuzz oracle computes it from the
+//! decoder itself (`fuzz/src/lib.rs`: the bundled bddisasm with the pinned decoder's known
+//! exceptions), written down here so that plain `cargo test` holds vesim to it without
+//! libclang. The last tests run whole #VEs through `vesim agent --profile hvmi` and check the
+//! BREAK's registers (B27–B29, C): status 0x80000002 for a decode error, 0x80000001 for every
+//! other refusal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use vesim::agent::decoder::{decode_verdict, DecodeVerdict};
+use vesim::agent::{AgentOutcome, RejectReason};
+use vesim::quirks::Profile;
+use vesim::verdict::VerdictRequest;
+use vesim_model::cpu::decode::Form;
+use vesim_model::vcpu::Gpr;
+
+fn seed(name: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../corpus/regressions/agent_decode")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn verdict_of(name: &str) -> DecodeVerdict {
+    let mut buf = [0u8; 16];
+    let s = seed(name);
+    let n = s.len().min(15);
+    buf[..n].copy_from_slice(&s[..n]);
+    decode_verdict(&buf[..15], 0).0
+}
+
+fn refused(name: &str, reason: RejectReason) {
+    assert_eq!(
+        verdict_of(name),
+        DecodeVerdict::Refused(reason),
+        "{name}: bddisasm refuses it with {}",
+        reason.name()
+    );
+}
+
+/// Decoded with an 8-byte memory operand 0 of family `form`, base `base` (B38 on).
+fn decoded(name: &str, form: Form, base: Option<Gpr>) {
+    match verdict_of(name) {
+        DecodeVerdict::Decoded(d) => {
+            assert_eq!(d.form, form, "{name}");
+            assert_eq!(d.base.map(|b| b.gpr), base, "{name}");
+            assert_eq!(d.index, None, "{name}");
+            assert_eq!(d.displacement, 0, "{name}");
+        }
+        other => {
+            panic!("{name}: bddisasm decodes it with an 8-byte memory operand 0, not {other:?}")
+        }
+    }
+}
+
+macro_rules! class {
+    ($name:ident, refused $reason:ident) => {
+        #[test]
+        fn $name() {
+            refused(stringify!($name), RejectReason::$reason);
+        }
+    };
+    ($name:ident, decoded $form:ident, $base:expr) => {
+        #[test]
+        fn $name() {
+            decoded(stringify!($name), Form::$form, $base);
+        }
+    };
+}
+
+// bddisasm marks every relative-offset operand IsRipRelative (B35 before StackAccess).
+class!(jcc_rel8_is_rip_relative, refused RipRelative);
+class!(call_rel32_is_rip_relative_before_stack, refused RipRelative);
+class!(xbegin_is_rip_relative, refused RipRelative);
+// x87 loads and arithmetic list ST(0) first; stores list the memory first.
+class!(fld_m64_has_st0_first, refused NotMemory);
+class!(fild_m64_has_st0_first, refused NotMemory);
+class!(fadd_m32_has_st0_first, refused NotMemory);
+class!(fstp_m64_has_memory_first, decoded Other, Some(Gpr::Rax));
+// Implicit memory operands first, where iced lists the register.
+class!(movdir64b_has_implicit_memory_first, refused Size);
+class!(monitor_has_implicit_memory_first, refused Size);
+class!(setssbsy_has_an_8_byte_shadow_stack_operand, decoded Other, None);
+class!(saveprevssp_shadow_stack_operand_is_not_8_bytes, refused Size);
+// Decoded by bddisasm, refused by iced.
+class!(salc_decodes_in_64_bit_mode, refused NotMemory);
+class!(tdcall_decodes, refused NotMemory);
+class!(fstsg_decodes, refused NotMemory);
+class!(lock_fstsg_is_invalid, refused DecodeError);
+class!(lock_before_xop_is_accepted, refused RipRelative);
+// Found by agent_decode: REX then LOCK before XOP; the REX is dropped (not right before the
+// XOP byte) and the LOCK accepted, so bddisasm decodes it (vesim said decode_error).
+class!(rex_then_lock_before_xop, refused NotMemory);
+// 1.x HasSeg in 64-bit mode: 2E, 3E, FS and GS only.
+class!(es_override_is_not_has_seg, decoded Mov, Some(Gpr::Rax));
+class!(ss_override_is_not_has_seg, decoded Mov, Some(Gpr::Rax));
+class!(es_override_salc_is_not_memory, refused NotMemory);
+class!(cs_override_salc_is_a_segment_prefix, refused SegmentPrefix);
+class!(ds_override_is_has_seg, refused SegmentPrefix);
+// Newer than the pinned decoder.
+class!(rex2_is_aad_invalid_in_64_bit_mode, refused DecodeError);
+class!(rao_int_is_not_in_the_pinned_decoder, refused DecodeError);
+class!(apx_evex_map4_is_invalid, refused DecodeError);
+class!(prefetchit0_rip_relative_is_a_hint_nop, refused RipRelative);
+class!(hint_nop_with_rex_w_is_8_bytes, decoded Other, Some(Gpr::Rax));
+// MPX is decoded (every feature on).
+class!(mpx_bndstx_is_decoded, refused Size);
+class!(mpx_bndldx_has_a_bound_register_first, refused NotMemory);
+
+#[test]
+fn every_regression_seed_has_a_named_test() {
+    let this = include_str!("agent_decoder.rs");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../corpus/regressions/agent_decode");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(
+            this.contains(&format!("class!({name},")),
+            "{name} has no test"
+        );
+        n += 1;
+    }
+    assert!(n >= 20, "{n} seeds");
+}
+
+fn hvmi(bytes: &[u8], gla: u64) -> vesim::verdict::Verdict {
+    vesim::verdict::run(&VerdictRequest {
+        bytes: bytes.to_vec(),
+        regs: [(Gpr::Rax, gla), (Gpr::Rbx, 0x2003)].into_iter().collect(),
+        old: 0x1003,
+        gla: Some(gla),
+        profile: Profile::Hvmi,
+        ..VerdictRequest::default()
+    })
+    .unwrap()
+}
+
+/// BREAK (RDX = 1) with RBX = EMULATION_FAILED (3) and RCX = the VESTATUS (C).
+fn assert_break(v: &vesim::verdict::Verdict, reason: RejectReason, status: u64) {
+    assert_eq!(v.outcome, Some(AgentOutcome::Rejected), "{v:?}");
+    assert_eq!(v.reason, Some(reason));
+    assert_eq!(v.vmcalls, [(1, 3, status)]);
+    assert_eq!(
+        v.rip,
+        vesim::layout::VERDICT_DEFAULT_RIP,
+        "Q1: RIP is not advanced"
+    );
+    assert_eq!(v.entry, 0x1003, "nothing is written");
+}
+
+#[test]
+fn hvmi_breaks_with_not_supported_where_iced_alone_would_say_disasm_error() {
+    // SALC: iced calls it invalid in 64-bit mode; bddisasm decodes it, operand 0 is AL.
+    let g = 0xFFFF_F800_0050_0010;
+    assert_break(
+        &hvmi(&seed("salc_decodes_in_64_bit_mode"), g),
+        RejectReason::NotMemory,
+        0x8000_0001,
+    );
+    // FLD qword [rax]: iced's operand 0 is the 8-byte memory; bddisasm's is ST(0).
+    assert_break(
+        &hvmi(&seed("fld_m64_has_st0_first"), g),
+        RejectReason::NotMemory,
+        0x8000_0001,
+    );
+}
+
+#[test]
+fn hvmi_breaks_with_disasm_error_where_the_pinned_decoder_has_no_entry() {
+    let g = 0xFFFF_F800_0050_0010;
+    assert_break(
+        &hvmi(&seed("rao_int_is_not_in_the_pinned_decoder"), g),
+        RejectReason::DecodeError,
+        0x8000_0002,
+    );
+}
+
+#[test]
+fn an_es_prefixed_write_is_emulated_by_the_agent() {
+    let v = hvmi(&seed("es_override_is_not_has_seg"), 0xFFFF_F800_0050_0010);
+    assert_eq!(v.outcome, Some(AgentOutcome::Raised), "{v:?}");
+    assert_eq!(v.entry, 0x2003);
+    assert_eq!(v.rip, vesim::layout::VERDICT_DEFAULT_RIP + 4);
+}
