@@ -193,24 +193,10 @@ const NEW_IN_2X: &[ffi::ND_INS_SET] = &[
     ffi::ND_INS_SET::ND_SET_TSE,
 ];
 
-fn split_prefixes(b: &[u8]) -> (&[u8], &[u8]) {
-    let n = b
-        .iter()
-        .take_while(|x| {
-            matches!(
-                x,
-                0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40
-                    ..=0x4F
-            )
-        })
-        .count();
-    b.split_at(n)
-}
-
 /// The pinned decoder's view of `data` (see [`Pinned`]); each arm names the difference.
 pub fn pinned_exception(data: &[u8]) -> Pinned {
     let buf = agent_buffer(data);
-    let (prefixes, rest) = split_prefixes(&buf[..FETCH]);
+    let (prefixes, rest) = vesim_model::cpu::bddisasm::split_prefixes(&buf[..FETCH]);
     let decode_error = Pinned::Verdict(DecodeVerdict::Refused(RejectReason::DecodeError));
     // 2.x reads D5 as the REX2 prefix (APX); 1.x reads AAD, which is invalid in 64-bit mode.
     if rest.first() == Some(&0xD5) {

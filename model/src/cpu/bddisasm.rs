@@ -124,8 +124,9 @@ pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
     Some(a)
 }
 
-/// The legacy prefixes and REX bytes before the opcode, and the rest.
-fn split_prefixes(bytes: &[u8]) -> (&[u8], &[u8]) {
+/// The legacy prefixes and REX bytes before the opcode (or the VEX/EVEX/XOP escape), and the
+/// rest.
+pub fn split_prefixes(bytes: &[u8]) -> (&[u8], &[u8]) {
     let n = bytes
         .iter()
         .take_while(|b| {

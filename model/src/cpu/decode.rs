@@ -356,7 +356,8 @@ pub struct Analysis {
     pub form: Form,
     /// `IsRepeated`: an F2/F3 prefix on a string instruction.
     pub is_repeated: bool,
-    /// `HasSeg`: a segment-override byte (26, 2E, 36, 3E, 64, 65) among the prefixes.
+    /// A segment-override byte (26, 2E, 36, 3E, 64, 65) among the prefixes: bddisasm 2.x's
+    /// `HasSeg` (the agent's decoder, `cpu::bddisasm`, narrows it to 1.x's).
     pub has_seg: bool,
     /// `IsRipRelative`.
     pub rip_relative: bool,

@@ -55,7 +55,7 @@ impl DecodeVerdict {
 }
 
 /// The agent's analysis of the fetched bytes: iced's, corrected where bddisasm decodes
-/// differently ([`bddisasm::adjust`]). `None` where bddisasm does not decode them.
+/// differently (the rows of [`bddisasm`]). `None` where bddisasm does not decode them.
 pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
     bddisasm::agent_analyze(fetched, rip)
 }
