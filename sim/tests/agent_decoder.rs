@@ -90,6 +90,9 @@ class!(saveprevssp_shadow_stack_operand_is_not_8_bytes, refused Size);
 // Decoded by bddisasm, refused by iced.
 class!(salc_decodes_in_64_bit_mode, refused NotMemory);
 class!(tdcall_decodes, refused NotMemory);
+// Found by agent_decode: F2 (or F3) takes the mandatory-prefix place of 66, so
+// `f3 f2 f2 48 66 0f 01 cc` is not TDCALL and bddisasm rejects it (vesim said not_memory).
+class!(f2_displaces_the_66_of_tdcall, refused DecodeError);
 class!(fstsg_decodes, refused NotMemory);
 class!(lock_fstsg_is_invalid, refused DecodeError);
 class!(lock_before_xop_is_accepted, refused RipRelative);

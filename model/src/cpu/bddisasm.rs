@@ -190,8 +190,9 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     let (opcode, _) = DECODED_WHERE_ICED_REFUSES
         .iter()
         .find(|(op, _)| rest.starts_with(op))?;
+    // The TDX forms need 66 as their mandatory prefix, which F2 or F3 would displace.
     let tdx = opcode.len() == 3;
-    if tdx && prefixes.last() != Some(&0x66) {
+    if tdx && (!prefixes.contains(&0x66) || prefixes.iter().any(|b| matches!(b, 0xF2 | 0xF3))) {
         return None;
     }
     // None of them accepts LOCK (BAD_LOCK_PREFIX).
