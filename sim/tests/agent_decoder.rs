@@ -94,6 +94,12 @@ class!(tdcall_decodes, refused NotMemory);
 // `f3 f2 f2 48 66 0f 01 cc` is not TDCALL and bddisasm rejects it (vesim said not_memory).
 class!(f2_displaces_the_66_of_tdcall, refused DecodeError);
 class!(fstsg_decodes, refused NotMemory);
+// Found by decode_survey: Knights Corner's CLEVICT1 in VEX form, a byte of memory first.
+class!(clevict1_vex_decodes, refused Size);
+// Found by agent_decode: Knights Corner's KMERGE2L1H (VEX 0F 48, register form).
+class!(kmerge2l1h_decodes, refused NotMemory);
+// Found by agent_decode: bddisasm's VCVTSI2SH entries take no embedded rounding ({er}).
+class!(vcvtsi2sh_embedded_rounding_is_invalid, refused DecodeError);
 class!(lock_fstsg_is_invalid, refused DecodeError);
 class!(lock_before_xop_is_accepted, refused RipRelative);
 // Found by agent_decode: REX then LOCK before XOP; the REX is dropped (not right before the
@@ -115,6 +121,22 @@ class!(hint_nop_with_rex_w_is_8_bytes, decoded Other, Some(Gpr::Rax));
 class!(mpx_bndstx_is_decoded, refused Size);
 class!(mpx_bndldx_has_a_bound_register_first, refused NotMemory);
 
+/// Found by agent_decode: `vpscatterqd [rax+xmm8]{k7}, xmm8`. bddisasm's operand 0 is both
+/// dwords (8 bytes) and its index is xmm8, by number, which the agent's REG() reads as R8 (with
+/// the vector's 16 bytes as its size). iced's memory size is one element.
+#[test]
+fn vpscatterqd_xmm_operand_is_8_bytes() {
+    match verdict_of("vpscatterqd_xmm_operand_is_8_bytes") {
+        DecodeVerdict::Decoded(d) => {
+            assert_eq!(d.form, Form::Other);
+            assert_eq!(d.base.map(|b| (b.gpr, b.size)), Some((Gpr::Rax, 8)));
+            assert_eq!(d.index.map(|i| (i.gpr, i.size)), Some((Gpr::R8, 16)));
+            assert_eq!((d.scale, d.displacement), (1, 0));
+        }
+        other => panic!("bddisasm decodes an 8-byte operand 0, not {other:?}"),
+    }
+}
+
 #[test]
 fn every_regression_seed_has_a_named_test() {
     let this = include_str!("agent_decoder.rs");
@@ -123,7 +145,7 @@ fn every_regression_seed_has_a_named_test() {
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
         assert!(
-            this.contains(&format!("class!({name},")),
+            this.contains(&format!("class!({name},")) || this.contains(&format!("fn {name}()")),
             "{name} has no test"
         );
         n += 1;

@@ -116,6 +116,13 @@ pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
     {
         return None;
     }
+    // bddisasm's VCVTSI2SH entries allow no embedded rounding (ND_STATUS_ER_SAE_NOT_SUPPORTED),
+    // where iced and the SDM do.
+    if instr.mnemonic() == Mnemonic::Vcvtsi2sh
+        && instr.rounding_control() != iced_x86::RoundingControl::None
+    {
+        return None;
+    }
     let mut a = match analyze_instruction(&instr, bytes) {
         Ok(a) => a,
         Err(Decoded::Ok(_) | Decoded::Incomplete | Decoded::Invalid) => return None,
@@ -153,6 +160,35 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     let (prefixes, rest) = split_prefixes(bytes);
     // bddisasm checks neither XOP.pp, nor XOP.L, nor XOP.W where the instruction does not use
     // them (iced requires 0 there): it decodes the same instruction as with those bits clear.
+    // bddisasm keeps Knights Corner's CLEVICT0/CLEVICT1 in VEX form (`VEX.F2/F3.0F AE /7`,
+    // memory, vvvv = 1111): operand 0 is a byte of memory. iced knows them only as KNC instructions.
+    let no_vex_prefix = !prefixes
+        .iter()
+        .any(|b| matches!(b, 0x66 | 0xF2 | 0xF3 | 0xF0 | 0x40..=0x4F));
+    let clevict = match rest {
+        [0xC5, p, 0xAE, m, ..] => Some((*p, *m)),
+        [0xC4, r, p, 0xAE, m, ..] if r & 0x1F == 1 => Some((*p, *m)),
+        _ => None,
+    };
+    if let Some((p, m)) = clevict {
+        if no_vex_prefix && p & 3 >= 2 && (p >> 3) & 0xF == 0xF && m >> 6 != 3 && (m >> 3) & 7 == 7
+        {
+            return Some(refusal(prefixes, rest.len().min(3), true, 1));
+        }
+    }
+    // Knights Corner's KMERGE2L1H/KMERGE2L1L (`VEX.L0.NP.0F.W0 48/49`, register form,
+    // vvvv = 1111) are in bddisasm's tables, with mask registers first.
+    // (Only the encodings seen decoding: C5 F8 and C4 E1 78, no VEX.R/X/B.)
+    let kmerge = match rest {
+        [0xC5, 0xF8, op, m, ..] => Some((*op, *m, 3)),
+        [0xC4, 0xE1, 0x78, op, m, ..] => Some((*op, *m, 4)),
+        _ => None,
+    };
+    if let Some((op, m, n)) = kmerge {
+        if no_vex_prefix && matches!(op, 0x48 | 0x49) && m >> 6 == 3 {
+            return Some(refusal(prefixes, n, false, 0));
+        }
+    }
     // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does; a
     // REX byte not right before the XOP byte is dropped by both).
     if let [0x8F, p0, ..] = rest {
@@ -199,16 +235,22 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     if prefixes.contains(&0xF0) {
         return None;
     }
-    Some(Analysis {
-        length: prefixes.len() + opcode.len(),
+    Some(refusal(prefixes, opcode.len(), false, 0))
+}
+
+/// The analysis of an instruction that B35–B37 refuse before its operands matter: no REP, no
+/// RIP-relative or stack operand, operand 0 memory of `size` bytes or not memory.
+fn refusal(prefixes: &[u8], opcode_len: usize, op0_memory: bool, size: u32) -> Analysis {
+    Analysis {
+        length: prefixes.len() + opcode_len,
         mnemonic: String::new(),
         form: super::decode::Form::Other,
         is_repeated: false,
         has_seg: has_seg(prefixes),
         rip_relative: false,
         stack_access: false,
-        op0_memory: false,
-        op0_size: 0,
+        op0_memory,
+        op0_size: size,
         source: super::decode::Source::Other,
         base: None,
         index: None,
@@ -216,7 +258,7 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
         displacement: 0,
         address_size: 8,
         lock: prefixes.contains(&0xF0),
-    })
+    }
 }
 
 fn has_relative_offset(instr: &Instruction) -> bool {
@@ -244,6 +286,21 @@ fn adjust(instr: &Instruction, bytes: &[u8], a: &mut Analysis) {
     if let Some((_, size)) = IMPLICIT_MEMORY_FIRST.iter().find(|(x, _)| *x == m) {
         a.op0_memory = true;
         a.op0_size = *size;
+    }
+    // A VSIB memory operand 0 (the scatters): bddisasm's size is that of all the elements
+    // moved, and its index is the vector register (by number, with the vector's size), which
+    // the agent's REG() reads as the general-purpose slot of that number.
+    if a.op0_memory && (instr.is_vsib32() || instr.is_vsib64()) {
+        let index = instr.memory_index();
+        let index_bytes = index.size() as u32;
+        let index_elem = if instr.is_vsib64() { 8 } else { 4 };
+        let elem = instr.memory_size().element_size().max(1) as u32;
+        let data_bytes = (1..instr.op_count())
+            .find(|i| instr.op_kind(*i) == OpKind::Register)
+            .map_or(index_bytes, |i| instr.op_register(i).size() as u32);
+        let count = (index_bytes / index_elem).min(data_bytes / elem);
+        a.op0_size = count * elem;
+        a.index = super::decode::gpr_number(index.number(), index_bytes as u8);
     }
     // `0F 18 /6` and `/7`: the pinned bddisasm has no PREFETCHIT0/1 (bddisasm 2.x) and decodes
     // the hint-NOP space `NOP Ev`, whose operand 0 has the operand size (8 with REX.W).

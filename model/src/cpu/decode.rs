@@ -383,6 +383,12 @@ pub struct Analysis {
     pub lock: bool,
 }
 
+/// The general-purpose register of number `n` (0 = RAX ... 15 = R15) as an address register of
+/// `size` bytes: how a decoder that names registers by number hands over a vector index.
+pub fn gpr_number(n: usize, size: u8) -> Option<AddressRegister> {
+    Gpr::ALL.get(n).map(|g| AddressRegister { gpr: *g, size })
+}
+
 fn address_register(reg: Register) -> Option<AddressRegister> {
     let (gpr, size, _) = gpr_of(reg)?;
     Some(AddressRegister { gpr, size })
