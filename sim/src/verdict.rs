@@ -183,8 +183,10 @@ fn model_regions(rip_pages: (u64, u64), rsp: u64) -> [(&'static str, u64, u64); 
     ]
 }
 
+/// Whether [a, a + alen) and [b, b + blen) share a byte (ranges may end at 2^64).
 fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
-    a < b.wrapping_add(blen) && b < a.wrapping_add(alen)
+    let (a, b) = (u128::from(a), u128::from(b));
+    a < b + u128::from(blen) && b < a + u128::from(alen)
 }
 
 /// The world every verdict starts from: one VCPU, the agent deployed, in `profile`. It is
