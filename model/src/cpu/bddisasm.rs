@@ -9,7 +9,7 @@
 //!
 //! This module is part of the iced adapter (`decode`): iced types stay inside it.
 
-use super::decode::{analyze_instruction, Analysis, Decoded};
+use super::decode::{analyze_instruction, Analysis};
 use iced_x86::{CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 
 /// bddisasm decodes MPX (`0F 1A`/`0F 1B` as BNDLDX, BNDMOV, BNDCL, ...) because the agent
@@ -123,10 +123,7 @@ pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
     {
         return None;
     }
-    let mut a = match analyze_instruction(&instr, bytes) {
-        Ok(a) => a,
-        Err(Decoded::Ok(_) | Decoded::Incomplete | Decoded::Invalid) => return None,
-    };
+    let mut a = analyze_instruction(&instr, bytes).ok()?;
     adjust(&instr, bytes, &mut a);
     Some(a)
 }
