@@ -98,6 +98,11 @@ class!(fstsg_decodes, refused NotMemory);
 class!(clevict1_vex_decodes, refused Size);
 // Found by agent_decode: Knights Corner's KMERGE2L1H (VEX 0F 48, register form).
 class!(kmerge2l1h_decodes, refused NotMemory);
+// Found by agent_decode: Knights Corner's DELAY r32 (VEX.F3.0F AE /6, register form).
+class!(delay_knc_vex_decodes, refused NotMemory);
+// Found by agent_decode: `48 67 64` before a VEX KMERGE2L1H: the REX is not right before the
+// VEX byte, so it is dropped (vesim refused every REX); GS makes it a segment prefix.
+class!(rex_not_before_vex_is_dropped, refused SegmentPrefix);
 // Found by agent_decode: bddisasm's VCVTSI2SH entries take no embedded rounding ({er}).
 class!(vcvtsi2sh_embedded_rounding_is_invalid, refused DecodeError);
 class!(lock_fstsg_is_invalid, refused DecodeError);

@@ -157,34 +157,8 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     let (prefixes, rest) = split_prefixes(bytes);
     // bddisasm checks neither XOP.pp, nor XOP.L, nor XOP.W where the instruction does not use
     // them (iced requires 0 there): it decodes the same instruction as with those bits clear.
-    // bddisasm keeps Knights Corner's CLEVICT0/CLEVICT1 in VEX form (`VEX.F2/F3.0F AE /7`,
-    // memory, vvvv = 1111): operand 0 is a byte of memory. iced knows them only as KNC instructions.
-    let no_vex_prefix = !prefixes
-        .iter()
-        .any(|b| matches!(b, 0x66 | 0xF2 | 0xF3 | 0xF0 | 0x40..=0x4F));
-    let clevict = match rest {
-        [0xC5, p, 0xAE, m, ..] => Some((*p, *m)),
-        [0xC4, r, p, 0xAE, m, ..] if r & 0x1F == 1 => Some((*p, *m)),
-        _ => None,
-    };
-    if let Some((p, m)) = clevict {
-        if no_vex_prefix && p & 3 >= 2 && (p >> 3) & 0xF == 0xF && m >> 6 != 3 && (m >> 3) & 7 == 7
-        {
-            return Some(refusal(prefixes, rest.len().min(3), true, 1));
-        }
-    }
-    // Knights Corner's KMERGE2L1H/KMERGE2L1L (`VEX.L0.NP.0F.W0 48/49`, register form,
-    // vvvv = 1111) are in bddisasm's tables, with mask registers first.
-    // (Only the encodings seen decoding: C5 F8 and C4 E1 78, no VEX.R/X/B.)
-    let kmerge = match rest {
-        [0xC5, 0xF8, op, m, ..] => Some((*op, *m, 3)),
-        [0xC4, 0xE1, 0x78, op, m, ..] => Some((*op, *m, 4)),
-        _ => None,
-    };
-    if let Some((op, m, n)) = kmerge {
-        if no_vex_prefix && matches!(op, 0x48 | 0x49) && m >> 6 == 3 {
-            return Some(refusal(prefixes, n, false, 0));
-        }
+    if let Some(a) = knights_corner_vex(prefixes, rest) {
+        return Some(a);
     }
     // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does; a
     // REX byte not right before the XOP byte is dropped by both).
@@ -233,6 +207,45 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
         return None;
     }
     Some(refusal(prefixes, opcode.len(), false, 0))
+}
+
+/// Knights Corner instructions bddisasm keeps in VEX form (map 0F, vvvv = 1111; iced knows
+/// them only as KNC instructions): (opcode, VEX.pp, ModRM.reg, register form, mask-register
+/// form (VEX.L = 0, no VEX.R or VEX.B), operand 0 is a byte of memory).
+const KNC_VEX: &[(u8, u8, Option<u8>, bool, bool, bool, &str)] = &[
+    (0xAE, 3, Some(7), false, false, true, "CLEVICT0 m8"),
+    (0xAE, 2, Some(7), false, false, true, "CLEVICT1 m8"),
+    (0xAE, 2, Some(6), true, false, false, "DELAY r32"),
+    (0xAE, 3, Some(6), true, false, false, "SPFLT r32"),
+    (0x48, 0, None, true, true, false, "KMERGE2L1H k, k"),
+    (0x49, 0, None, true, true, false, "KMERGE2L1L k, k"),
+];
+
+fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
+    // VEX refuses 66, F2, F3, LOCK and a REX right before it; a REX further back is dropped.
+    let bad_prefix = prefixes
+        .iter()
+        .any(|b| matches!(b, 0x66 | 0xF2 | 0xF3 | 0xF0))
+        || prefixes.last().is_some_and(|b| matches!(b, 0x40..=0x4F));
+    // `extends`: VEX.R or VEX.B set (register numbers 8-15), which mask registers refuse.
+    let (p, opcode, modrm, len, extends) = match rest {
+        [0xC5, p, op, m, ..] => (*p, *op, *m, 3, p & 0x80 == 0),
+        [0xC4, r, p, op, m, ..] if r & 0x1F == 1 && p & 0x80 == 0 => {
+            (*p, *op, *m, 4, r & 0xA0 != 0xA0)
+        }
+        _ => return None,
+    };
+    if bad_prefix || (p >> 3) & 0xF != 0xF {
+        return None;
+    }
+    let row = KNC_VEX.iter().find(|(op, pp, reg, register, l0, _, _)| {
+        *op == opcode
+            && *pp == p & 3
+            && reg.is_none_or(|r| r == (modrm >> 3) & 7)
+            && *register == (modrm >> 6 == 3)
+            && (!*l0 || (p & 4 == 0 && !extends))
+    })?;
+    Some(refusal(prefixes, len, row.5, u32::from(row.5)))
 }
 
 /// The analysis of an instruction that B35–B37 refuse before its operands matter: no REP, no
