@@ -142,6 +142,41 @@ fn vpscatterqd_xmm_operand_is_8_bytes() {
     }
 }
 
+/// Found by agent_decode: `vpscatterqd [rax+xmm11*2+0x58*4]`. bddisasm's `Disp` is the EVEX
+/// disp8 as encoded (0x58), not multiplied by the compressed-displacement factor.
+#[test]
+fn vsib_disp8_is_not_scaled() {
+    match verdict_of("vsib_disp8_is_not_scaled") {
+        DecodeVerdict::Decoded(d) => {
+            assert_eq!(d.index.map(|i| (i.gpr, i.size)), Some((Gpr::R11, 16)));
+            assert_eq!((d.scale, d.displacement), (2, 0x58));
+        }
+        other => panic!("bddisasm decodes an 8-byte operand 0, not {other:?}"),
+    }
+}
+
+/// `vmovq [rax+8], xmm0` encoded with EVEX disp8 = 1 (N = 8): bddisasm's `Disp` is 1, so the
+/// agent recomputes RAX + 1, which is not the faulting GLA: HVMI's agent refuses the write
+/// (gla_mismatch, B38) that the VEX encoding of the same store would get past.
+#[test]
+fn evex_vmovq_disp8_is_not_scaled() {
+    match verdict_of("evex_vmovq_disp8_is_not_scaled") {
+        DecodeVerdict::Decoded(d) => assert_eq!(d.displacement, 1),
+        other => panic!("bddisasm decodes an 8-byte operand 0, not {other:?}"),
+    }
+    let g = 0xFFFF_F800_0050_0010;
+    let v = vesim::verdict::run(&VerdictRequest {
+        bytes: seed("evex_vmovq_disp8_is_not_scaled"),
+        regs: [(Gpr::Rax, g - 8)].into_iter().collect(),
+        old: 0x1003,
+        profile: Profile::Hvmi,
+        ..VerdictRequest::default()
+    })
+    .unwrap();
+    assert_eq!(v.gla, g, "the reference CPU writes RAX + 8");
+    assert_break(&v, RejectReason::GlaMismatch, 0x8000_0001);
+}
+
 #[test]
 fn every_regression_seed_has_a_named_test() {
     let this = include_str!("agent_decoder.rs");

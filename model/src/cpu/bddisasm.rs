@@ -125,6 +125,15 @@ pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
     }
     let mut a = analyze_instruction(&instr, bytes).ok()?;
     adjust(&instr, bytes, &mut a);
+    // bddisasm's `Disp` is the displacement as encoded, sign-extended: for an EVEX disp8 it is
+    // not multiplied by the compressed-displacement factor N (that is `CompDispSize`, which
+    // the agent does not read), so B38 adds disp8, not disp8 × N.
+    let offsets = d.get_constant_offsets(&instr);
+    if instr.encoding() == iced_x86::EncodingKind::EVEX && offsets.displacement_size() == 1 {
+        if let Some(raw) = bytes.get(offsets.displacement_offset()) {
+            a.displacement = *raw as i8 as i64 as u64;
+        }
+    }
     Some(a)
 }
 
