@@ -238,16 +238,74 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     Some(refusal(prefixes, opcode.len(), false, 0))
 }
 
-/// Knights Corner instructions bddisasm keeps in VEX form (map 0F, vvvv = 1111; iced knows
-/// them only as KNC instructions): (opcode, VEX.pp, ModRM.reg, register form, mask-register
-/// form (VEX.L = 0, no VEX.R or VEX.B), operand 0 is a byte of memory).
-const KNC_VEX: &[(u8, u8, Option<u8>, bool, bool, bool, &str)] = &[
-    (0xAE, 3, Some(7), false, false, true, "CLEVICT0 m8"),
-    (0xAE, 2, Some(7), false, false, true, "CLEVICT1 m8"),
-    (0xAE, 2, Some(6), true, false, false, "DELAY r32"),
-    (0xAE, 3, Some(6), true, false, false, "SPFLT r32"),
-    (0x48, 0, None, true, true, false, "KMERGE2L1H k, k"),
-    (0x49, 0, None, true, true, false, "KMERGE2L1L k, k"),
+/// A Knights Corner instruction bddisasm keeps in VEX form (map 0F, vvvv = 1111); iced knows
+/// them only as KNC instructions.
+struct KncVex {
+    opcode: u8,
+    /// VEX.pp.
+    pp: u8,
+    /// ModRM.reg, where it selects the instruction.
+    reg: Option<u8>,
+    /// Register form (else memory).
+    register: bool,
+    /// Mask registers: VEX.L = 0, no VEX.R or VEX.B.
+    masks: bool,
+    /// Operand 0 is a byte of memory.
+    memory: bool,
+}
+
+const KNC_VEX: &[KncVex] = &[
+    // CLEVICT0 m8, CLEVICT1 m8.
+    KncVex {
+        opcode: 0xAE,
+        pp: 3,
+        reg: Some(7),
+        register: false,
+        masks: false,
+        memory: true,
+    },
+    KncVex {
+        opcode: 0xAE,
+        pp: 2,
+        reg: Some(7),
+        register: false,
+        masks: false,
+        memory: true,
+    },
+    // DELAY r32, SPFLT r32.
+    KncVex {
+        opcode: 0xAE,
+        pp: 2,
+        reg: Some(6),
+        register: true,
+        masks: false,
+        memory: false,
+    },
+    KncVex {
+        opcode: 0xAE,
+        pp: 3,
+        reg: Some(6),
+        register: true,
+        masks: false,
+        memory: false,
+    },
+    // KMERGE2L1H k, k and KMERGE2L1L k, k.
+    KncVex {
+        opcode: 0x48,
+        pp: 0,
+        reg: None,
+        register: true,
+        masks: true,
+        memory: false,
+    },
+    KncVex {
+        opcode: 0x49,
+        pp: 0,
+        reg: None,
+        register: true,
+        masks: true,
+        memory: false,
+    },
 ];
 
 fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
@@ -267,18 +325,18 @@ fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
     if bad_prefix || (p >> 3) & 0xF != 0xF {
         return None;
     }
-    let row = KNC_VEX.iter().find(|(op, pp, reg, register, l0, _, _)| {
-        *op == opcode
-            && *pp == p & 3
-            && reg.is_none_or(|r| r == (modrm >> 3) & 7)
-            && *register == (modrm >> 6 == 3)
-            && (!*l0 || (p & 4 == 0 && !extends))
+    let row = KNC_VEX.iter().find(|k| {
+        k.opcode == opcode
+            && k.pp == p & 3
+            && k.reg.is_none_or(|r| r == (modrm >> 3) & 7)
+            && k.register == (modrm >> 6 == 3)
+            && (!k.masks || (p & 4 == 0 && !extends))
     })?;
     let (modrm_len, rip_relative) = modrm_extent(&rest[len..])?;
     if prefixes.len() + len + modrm_len > super::decode::MAX_INSTRUCTION_LEN {
         return None; // ND_STATUS_INSTRUCTION_TOO_LONG
     }
-    let mut a = refusal(prefixes, len + modrm_len, row.5, u32::from(row.5));
+    let mut a = refusal(prefixes, len + modrm_len, row.memory, u32::from(row.memory));
     a.rip_relative = rip_relative;
     Some(a)
 }
