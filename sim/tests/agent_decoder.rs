@@ -100,6 +100,8 @@ class!(clevict1_vex_decodes, refused Size);
 class!(kmerge2l1h_decodes, refused NotMemory);
 // Found by agent_decode: CLEVICT1 with a [rip+disp32] operand is RIP-relative (B35 first).
 class!(knc_clevict1_rip_relative, refused RipRelative);
+// Found by agent_decode: CLEVICT1 in 3-byte VEX with W = 1 (bddisasm ignores W there).
+class!(knc_clevict1_ignores_vex_w, refused Size);
 // Found by agent_decode: eight prefixes, VEX, ModRM and disp32 make 16 bytes: too long.
 class!(knc_vex_too_long_is_invalid, refused DecodeError);
 // Found by agent_decode: bddisasm ignores VEX.L on VLDMXCSR/VSTMXCSR (4-byte operand).

@@ -248,7 +248,7 @@ struct KncVex {
     reg: Option<u8>,
     /// Register form (else memory).
     register: bool,
-    /// Mask registers: VEX.L = 0, no VEX.R or VEX.B.
+    /// Mask registers: VEX.L = 0 and VEX.W = 0, no VEX.R or VEX.B.
     masks: bool,
     /// Operand 0 is a byte of memory.
     memory: bool,
@@ -314,11 +314,12 @@ fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
         .iter()
         .any(|b| matches!(b, 0x66 | 0xF2 | 0xF3 | 0xF0))
         || prefixes.last().is_some_and(|b| matches!(b, 0x40..=0x4F));
-    // `extends`: VEX.R or VEX.B set (register numbers 8-15), which mask registers refuse.
+    // `extends`: VEX.R or VEX.B set (register numbers 8-15) or VEX.W set, which the mask
+    // register forms refuse (the others ignore W).
     let (p, opcode, modrm, len, extends) = match rest {
         [0xC5, p, op, m, ..] => (*p, *op, *m, 3, p & 0x80 == 0),
-        [0xC4, r, p, op, m, ..] if r & 0x1F == 1 && p & 0x80 == 0 => {
-            (*p, *op, *m, 4, r & 0xA0 != 0xA0)
+        [0xC4, r, p, op, m, ..] if r & 0x1F == 1 => {
+            (*p, *op, *m, 4, r & 0xA0 != 0xA0 || p & 0x80 != 0)
         }
         _ => return None,
     };
