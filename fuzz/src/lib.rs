@@ -138,7 +138,9 @@ fn verdict_of(ix: &ffi::INSTRUX, has_seg: bool) -> DecodeVerdict {
     } else {
         None
     };
-    let scale = if m.HasIndex() != 0 {
+    // A VSIB index of number 16-31 has no GPR slot: HVMI's REG() reads past R15 there, which
+    // vesim does not model; it compares as no index (scale 1) on both sides.
+    let scale = if m.HasIndex() != 0 && index.is_some() {
         u32::from(m.Scale())
     } else {
         1

@@ -199,6 +199,20 @@ fn disp32_under_67_is_sign_extended() {
     }
 }
 
+/// Found by the CI smoke run of agent_decode: `vpscatterqd [rdx+xmm28*2]{k7}`: the index is a
+/// vector register numbered past R15, which HVMI's REG() has no slot for (it reads past the
+/// saved GPRs); both sides compare it as no index.
+#[test]
+fn vsib_index_beyond_r15() {
+    match verdict_of("vsib_index_beyond_r15") {
+        DecodeVerdict::Decoded(d) => {
+            assert_eq!(d.base.map(|b| b.gpr), Some(Gpr::Rdx));
+            assert_eq!((d.index, d.scale), (None, 1));
+        }
+        other => panic!("bddisasm decodes an 8-byte operand 0, not {other:?}"),
+    }
+}
+
 #[test]
 fn every_regression_seed_has_a_named_test() {
     let this = include_str!("agent_decoder.rs");
