@@ -12,7 +12,7 @@ use bddisasm::ffi;
 use std::mem::MaybeUninit;
 use vesim::agent::decoder::{AgentInstruction, DecodeVerdict};
 use vesim::agent::RejectReason;
-use vesim_model::cpu::decode::{AddressRegister, Form, Source};
+use vesim_model::cpu::decode::{gpr_number, Form, Source};
 use vesim_model::vcpu::Gpr;
 
 /// How many bytes the agent fetches (bddisasm's `ND_MAX_INSTRUCTION_LENGTH`).
@@ -63,13 +63,6 @@ fn form(c: ffi::ND_INS_CLASS) -> Form {
         I::ND_INS_BTC => Form::Btc,
         _ => Form::Other,
     }
-}
-
-fn gpr(n: u32, size: u32) -> Option<AddressRegister> {
-    Some(AddressRegister {
-        gpr: *Gpr::ALL.get(n as usize)?,
-        size: size as u8,
-    })
 }
 
 /// The operand-1 view of `VeHandlePtWrite`: a register by number and size, an immediate, or
@@ -129,12 +122,12 @@ fn verdict_of(ix: &ffi::INSTRUX, has_seg: bool) -> DecodeVerdict {
     // SAFETY: the Memory arm of the union is the one a MEM operand fills.
     let m = unsafe { op0.Info.Memory };
     let base = if m.HasBase() != 0 {
-        gpr(u32::from(m.Base()), u32::from(m.BaseSize))
+        gpr_number(usize::from(m.Base()), m.BaseSize)
     } else {
         None
     };
     let index = if m.HasIndex() != 0 {
-        gpr(u32::from(m.Index), u32::from(m.IndexSize))
+        gpr_number(usize::from(m.Index), m.IndexSize)
     } else {
         None
     };

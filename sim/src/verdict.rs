@@ -162,26 +162,18 @@ pub fn level_name(level: u8) -> &'static str {
     }
 }
 
-/// The regions of the guest model (and of this request) that the #VE depends on, by name.
-fn model_regions(rip_pages: (u64, u64), rsp: u64) -> [(&'static str, u64, u64); 7] {
-    [
-        ("the IDT", layout::IDT_GVA, 0x1000),
-        ("OS code", layout::OS_VE_HANDLER_GVA, 0x1000),
-        ("OS code", layout::MM_CODE_GVA, 0x1000),
-        (
-            "the kernel stacks",
-            layout::KERNEL_STACKS_GVA,
-            layout::KERNEL_STACK_STRIDE,
-        ),
-        ("the agent", layout::AGENT_GVA, layout::AGENT_SIZE),
-        (
-            "the instruction",
-            rip_pages.0,
-            rip_pages.1.wrapping_sub(rip_pages.0) + 0x1000,
-        ),
-        ("the stack", rsp.wrapping_sub(0x1000) & !0xFFF, 0x2000),
-    ]
-}
+/// The pages of the guest model the #VE depends on, by name: (name, start, length).
+const MODEL_REGIONS: [(&str, u64, u64); 5] = [
+    ("the IDT", layout::IDT_GVA, 0x1000),
+    ("OS code", layout::OS_VE_HANDLER_GVA, 0x1000),
+    ("OS code", layout::MM_CODE_GVA, 0x1000),
+    (
+        "the kernel stacks",
+        layout::KERNEL_STACKS_GVA,
+        layout::KERNEL_STACK_STRIDE,
+    ),
+    ("the agent", layout::AGENT_GVA, layout::AGENT_SIZE),
+];
 
 /// Whether [a, a + alen) and [b, b + blen) share a byte (ranges may end at 2^64).
 fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
@@ -278,27 +270,42 @@ pub fn run_observed(
     if overlaps(gla, 8, rsp.wrapping_sub(256), 256) {
         return Err(VerdictError::GlaOnStack(gla));
     }
-    // The pages the guest model uses, by name (the self-map slot as a whole for a GLA or RIP
-    // outside the slot's paging structures is not one of them: see `names`).
+    // The page the instruction, RSP or the entry may not lie in, by name. For a self-map GLA
+    // the entry it names is judged instead (`names`).
     let self_map = layout::DEFAULT_SELF_MAP_INDEX;
     let reserved = |a: u64| -> Option<&'static str> {
         if (a >> 39) & 0x1FF == self_map {
             return Some("the self-map");
         }
-        model_regions((0, 0), 0)[..5]
+        MODEL_REGIONS
             .iter()
             .find(|(_, start, len)| a.wrapping_sub(*start) < *len)
             .map(|r| r.0)
     };
+    let code_page = req.rip & !0xFFF;
+    let next_page = code_page.wrapping_add(0x1000);
+    let code_end = if req.map_next_page {
+        next_page
+    } else {
+        last & !0xFFF
+    };
     let names = vesim_model::paging::self_map_target(self_map, Gla(gla));
     if let Some((level, va)) = names {
-        if level == 4 && Gla(gla).table_index(4) == self_map && (gla >> 3) & 0x1FF == self_map {
+        if level == 4 && (gla >> 3) & 0x1FF == self_map {
             return Err(VerdictError::SelfMapEntry(gla, self_map));
         }
         let span = 1u64 << (12 + 9 * (u32::from(level) - 1));
-        let regions = model_regions((req.rip & !0xFFF, last & !0xFFF), rsp);
-        if let Some((what, _, _)) = regions
+        let request = [
+            (
+                "the instruction",
+                code_page,
+                code_end.wrapping_sub(code_page) + 0x1000,
+            ),
+            ("the stack", rsp.wrapping_sub(0x1000) & !0xFFF, 0x2000),
+        ];
+        if let Some((what, _, _)) = MODEL_REGIONS
             .iter()
+            .chain(&request)
             .find(|(_, start, len)| overlaps(va.0, span, *start, *len))
         {
             return Err(VerdictError::EntryInUse {
@@ -320,8 +327,7 @@ pub fn run_observed(
     let err = |e: crate::guest::GuestError| VerdictError::World(e.to_string());
     let kernel_rw = PteFlags::WRITABLE;
     // Code pages and the stack pages (RSP's page and the one below), unless the guest has them.
-    let next_page = (req.rip & !0xFFF).wrapping_add(0x1000);
-    let mut pages = vec![req.rip & !0xFFF, last & !0xFFF];
+    let mut pages = vec![code_page, last & !0xFFF];
     if req.map_next_page {
         if !Gla(next_page).is_canonical() || next_page == 0 {
             return Err(VerdictError::RipWraps(req.rip));

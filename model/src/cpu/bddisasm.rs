@@ -9,6 +9,7 @@
 //!
 //! This module is part of the iced adapter (`decode`): iced types stay inside it.
 
+pub use super::decode::split_prefixes;
 use super::decode::{analyze_instruction, Analysis};
 use iced_x86::{CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 
@@ -137,22 +138,6 @@ pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
     Some(a)
 }
 
-/// The legacy prefixes and REX bytes before the opcode (or the VEX/EVEX/XOP escape), and the
-/// rest.
-pub fn split_prefixes(bytes: &[u8]) -> (&[u8], &[u8]) {
-    let n = bytes
-        .iter()
-        .take_while(|b| {
-            matches!(
-                b,
-                0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40
-                    ..=0x4F
-            )
-        })
-        .count();
-    bytes.split_at(n)
-}
-
 /// bddisasm 1.x's `HasSeg` in 64-bit mode: set by 2E and 3E (as branch hints) and by 64 and
 /// 65 (FS, GS); ES (26) and SS (36) overrides leave it clear, since they do nothing there.
 /// (bddisasm 2.x sets it for all six.)
@@ -164,8 +149,6 @@ fn has_seg(prefixes: &[u8]) -> bool {
 
 fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
     let (prefixes, rest) = split_prefixes(bytes);
-    // bddisasm checks neither XOP.pp, nor XOP.L, nor XOP.W where the instruction does not use
-    // them (iced requires 0 there): it decodes the same instruction as with those bits clear.
     if let Some(a) = knights_corner_vex(prefixes, rest) {
         return Some(a);
     }
@@ -180,15 +163,13 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
         if m >> 6 != 3 && matches!((m >> 3) & 7, 2 | 3) {
             let mut fixed = bytes.to_vec();
             fixed[prefixes.len() + at] &= !4;
-            let mut d = Decoder::with_ip(64, &fixed, 0, AGENT_DECODER_OPTIONS);
-            let instr = d.decode();
-            if instr.code() != iced_x86::Code::INVALID {
-                let mut a = analyze_instruction(&instr, &fixed).ok()?;
-                adjust(&instr, &fixed, &mut a);
+            if let Some(a) = reanalyze(&fixed) {
                 return Some(a);
             }
         }
     }
+    // bddisasm checks neither XOP.pp, nor XOP.L, nor XOP.W where the instruction does not use
+    // them (iced requires 0 there): it decodes the same instruction as with those bits clear.
     // Nor does it refuse LOCK before XOP (it refuses 66, F2, F3 and REX there, as iced does; a
     // REX byte not right before the XOP byte is dropped by both).
     if let [0x8F, p0, ..] = rest {
@@ -208,13 +189,9 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
                     Some(p1) => *p1 &= !mask,
                     None => return None,
                 }
-                let mut d = Decoder::with_ip(64, &fixed, 0, AGENT_DECODER_OPTIONS);
-                let instr = d.decode();
-                if instr.code() != iced_x86::Code::INVALID
-                    && instr.len() + locks <= super::decode::MAX_INSTRUCTION_LEN
+                if let Some(mut a) = reanalyze(&fixed)
+                    .filter(|a| a.length + locks <= super::decode::MAX_INSTRUCTION_LEN)
                 {
-                    let mut a = analyze_instruction(&instr, &fixed).ok()?;
-                    adjust(&instr, &fixed, &mut a);
                     a.length += locks;
                     a.has_seg = has_seg(prefixes);
                     a.lock = locks > 0;
@@ -254,58 +231,17 @@ struct KncVex {
     memory: bool,
 }
 
+#[rustfmt::skip]
 const KNC_VEX: &[KncVex] = &[
     // CLEVICT0 m8, CLEVICT1 m8.
-    KncVex {
-        opcode: 0xAE,
-        pp: 3,
-        reg: Some(7),
-        register: false,
-        masks: false,
-        memory: true,
-    },
-    KncVex {
-        opcode: 0xAE,
-        pp: 2,
-        reg: Some(7),
-        register: false,
-        masks: false,
-        memory: true,
-    },
+    KncVex { opcode: 0xAE, pp: 3, reg: Some(7), register: false, masks: false, memory: true },
+    KncVex { opcode: 0xAE, pp: 2, reg: Some(7), register: false, masks: false, memory: true },
     // DELAY r32, SPFLT r32.
-    KncVex {
-        opcode: 0xAE,
-        pp: 2,
-        reg: Some(6),
-        register: true,
-        masks: false,
-        memory: false,
-    },
-    KncVex {
-        opcode: 0xAE,
-        pp: 3,
-        reg: Some(6),
-        register: true,
-        masks: false,
-        memory: false,
-    },
+    KncVex { opcode: 0xAE, pp: 2, reg: Some(6), register: true, masks: false, memory: false },
+    KncVex { opcode: 0xAE, pp: 3, reg: Some(6), register: true, masks: false, memory: false },
     // KMERGE2L1H k, k and KMERGE2L1L k, k.
-    KncVex {
-        opcode: 0x48,
-        pp: 0,
-        reg: None,
-        register: true,
-        masks: true,
-        memory: false,
-    },
-    KncVex {
-        opcode: 0x49,
-        pp: 0,
-        reg: None,
-        register: true,
-        masks: true,
-        memory: false,
-    },
+    KncVex { opcode: 0x48, pp: 0, reg: None, register: true, masks: true, memory: false },
+    KncVex { opcode: 0x49, pp: 0, reg: None, register: true, masks: true, memory: false },
 ];
 
 fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
@@ -360,6 +296,18 @@ fn modrm_extent(b: &[u8]) -> Option<(usize, bool)> {
     };
     let n = 1 + usize::from(sib) + disp;
     (b.len() >= n).then_some((n, md == 0 && rm == 5))
+}
+
+/// iced's analysis of `bytes` (with the rows above applied) after a field bddisasm does not
+/// check was cleared in them; `None` if iced still refuses them.
+fn reanalyze(bytes: &[u8]) -> Option<Analysis> {
+    let instr = Decoder::with_ip(64, bytes, 0, AGENT_DECODER_OPTIONS).decode();
+    if instr.code() == iced_x86::Code::INVALID {
+        return None;
+    }
+    let mut a = analyze_instruction(&instr, bytes).ok()?;
+    adjust(&instr, bytes, &mut a);
+    Some(a)
 }
 
 /// The analysis of an instruction that B35–B37 refuse before its operands matter: no REP, no
@@ -433,25 +381,13 @@ fn adjust(instr: &Instruction, bytes: &[u8], a: &mut Analysis) {
     }
 }
 
-/// The operand size of a legacy instruction from its prefixes: 8 with REX.W (the REX byte
-/// just before the opcode), else 2 with 0x66, else 4.
+/// The operand size of a legacy instruction from its prefixes: 8 with REX.W (a REX counts only
+/// right before the opcode), else 2 with 0x66, else 4.
 fn nop_ev_size(bytes: &[u8]) -> u32 {
-    let mut rex_w = false;
-    let mut opsize = false;
-    for b in bytes {
-        match b {
-            0x40..=0x4F => rex_w = b & 8 != 0,
-            0x66 => {
-                opsize = true;
-                rex_w = false;
-            }
-            0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x67 | 0xF0 | 0xF2 | 0xF3 => rex_w = false,
-            _ => break,
-        }
-    }
-    if rex_w {
+    let prefixes = split_prefixes(bytes).0;
+    if prefixes.last().is_some_and(|b| (0x48..=0x4F).contains(b)) {
         8
-    } else if opsize {
+    } else if prefixes.contains(&0x66) {
         2
     } else {
         4

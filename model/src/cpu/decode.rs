@@ -420,20 +420,29 @@ pub fn analyze(bytes: &[u8], rip: u64) -> Result<Analysis, Decoded> {
     analyze_instruction(&instr, bytes)
 }
 
+/// The legacy prefixes and REX bytes before the opcode (or the VEX, EVEX or XOP escape), and
+/// the rest.
+pub fn split_prefixes(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let n = bytes
+        .iter()
+        .take_while(|b| {
+            matches!(
+                b,
+                0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3 | 0x40
+                    ..=0x4F
+            )
+        })
+        .count();
+    bytes.split_at(n)
+}
+
 /// [`analyze`] of an instruction already decoded from `bytes`.
 pub(crate) fn analyze_instruction(instr: &Instruction, bytes: &[u8]) -> Result<Analysis, Decoded> {
     let instr = *instr;
     let len = instr.len();
-    let has_seg = bytes
+    let prefixes = split_prefixes(&bytes[..len.min(bytes.len())]).0;
+    let has_seg = prefixes
         .iter()
-        .take(len)
-        .take_while(|b| {
-            matches!(
-                b,
-                0xF0 | 0xF2 | 0xF3 | 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0x40
-                    ..=0x4F
-            )
-        })
         .any(|b| matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65));
     let form = match instr.mnemonic() {
         Mnemonic::Mov => Form::Mov,
@@ -503,25 +512,7 @@ pub(crate) fn analyze_instruction(instr: &Instruction, bytes: &[u8]) -> Result<A
                 let bare_67 = !moffs
                     && b == Register::None
                     && i == Register::None
-                    && bytes
-                        .iter()
-                        .take_while(|x| {
-                            matches!(
-                                x,
-                                0x26 | 0x2E
-                                    | 0x36
-                                    | 0x3E
-                                    | 0x64
-                                    | 0x65
-                                    | 0x66
-                                    | 0x67
-                                    | 0xF0
-                                    | 0xF2
-                                    | 0xF3
-                                    | 0x40..=0x4F
-                            )
-                        })
-                        .any(|x| *x == 0x67);
+                    && prefixes.contains(&0x67);
                 if b.is_gpr32() || i.is_gpr32() || b == Register::EIP || bare_67 {
                     4
                 } else {

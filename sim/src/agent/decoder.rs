@@ -9,7 +9,9 @@
 //! fields B38–B49 go on with.
 
 use super::RejectReason;
-use vesim_model::cpu::bddisasm;
+/// The agent's analysis of the fetched bytes: iced's, corrected where bddisasm decodes
+/// differently. `None` where bddisasm does not decode them.
+pub use vesim_model::cpu::bddisasm::agent_analyze;
 use vesim_model::cpu::decode::{AddressRegister, Analysis, Form, Source};
 
 /// What B38–B49 read of a decoded instruction, in bddisasm's terms.
@@ -40,24 +42,6 @@ pub enum DecodeVerdict {
     Refused(RejectReason),
     /// Decoded, with an 8-byte memory operand 0: B38 onwards decide.
     Decoded(AgentInstruction),
-}
-
-impl DecodeVerdict {
-    /// The VESTATUS `VeHandlePtWrite` returns for a refusal (C): DISASM_ERROR for B34,
-    /// NOT_SUPPORTED otherwise; `None` for a decoded instruction.
-    pub fn status(&self) -> Option<u64> {
-        match self {
-            DecodeVerdict::Refused(RejectReason::DecodeError) => Some(0x8000_0002),
-            DecodeVerdict::Refused(_) => Some(0x8000_0001),
-            DecodeVerdict::Decoded(_) => None,
-        }
-    }
-}
-
-/// The agent's analysis of the fetched bytes: iced's, corrected where bddisasm decodes
-/// differently (the rows of [`bddisasm`]). `None` where bddisasm does not decode them.
-pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
-    bddisasm::agent_analyze(fetched, rip)
 }
 
 /// B34–B37 in order on the fetched bytes.
