@@ -113,12 +113,16 @@ fn run_throughput(c: &mut Criterion) {
             let id = BenchmarkId::new(b.name(), if trace { "trace_on" } else { "trace_off" });
             g.bench_function(id, |bn| {
                 bn.iter_batched(
-                    world,
+                    || {
+                        let mut w = world();
+                        if trace {
+                            w.events.start_hash();
+                        }
+                        w
+                    },
                     |w| {
                         let w = run_scenario(w, &sc, &schedule).expect("run");
-                        if trace {
-                            black_box(vesim::trace::trace_hash(&w.events));
-                        }
+                        black_box(w.events.hash());
                         w
                     },
                     criterion::BatchSize::LargeInput,

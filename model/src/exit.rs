@@ -151,6 +151,52 @@ pub enum Outcome {
     },
 }
 
+impl std::fmt::Display for Outcome {
+    /// The outcome in words (what an error message says).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Executed => write!(f, "the instruction executed"),
+            Outcome::PageFault { error_code, cr2 } => write!(
+                f,
+                "a page fault at {:#x} (error code {:#x})",
+                cr2.0,
+                error_code.bits()
+            ),
+            Outcome::GeneralProtection { error_code } => {
+                write!(f, "a general-protection fault (error code {error_code:#x})")
+            }
+            Outcome::StackFault => write!(f, "a stack fault"),
+            Outcome::InvalidOpcode => write!(f, "an invalid-opcode fault (#UD)"),
+            Outcome::EptViolation { violation, .. } => write!(
+                f,
+                "an EPT violation at guest-physical {:#x} (VM exit 48)",
+                violation.gpa.0
+            ),
+            Outcome::VeDelivered(v) => {
+                write!(f, "a #VE delivered for guest-physical {:#x}", v.gpa.0)
+            }
+            Outcome::VeExit(v) => write!(
+                f,
+                "a #VE intercepted by the exception bitmap for guest-physical {:#x}",
+                v.gpa.0
+            ),
+            Outcome::EptMisconfig { gpa } => {
+                write!(f, "an EPT misconfiguration at guest-physical {:#x}", gpa.0)
+            }
+            Outcome::DoubleFault => write!(f, "a double fault"),
+            Outcome::Vmcall => write!(f, "a VMCALL exit"),
+            Outcome::VmfuncExit { function, index } => {
+                write!(f, "a VMFUNC exit (function {function}, index {index})")
+            }
+            Outcome::VmExit(r) => write!(f, "a VM exit ({})", r.name()),
+            Outcome::Unsupported { mnemonic } => write!(
+                f,
+                "'{mnemonic}', an instruction the reference CPU does not implement"
+            ),
+        }
+    }
+}
+
 impl Outcome {
     /// A stable snake-case name (the `outcome` field of `vesim exec --json`).
     pub fn name(&self) -> &'static str {

@@ -107,7 +107,7 @@ pub struct Checker {
     /// `monitored_generation`.
     monitored: Vec<(Gpa, u64)>,
     monitored_generation: Option<(u64, u64)>,
-    events_seen: usize,
+    events_seen: u64,
     rip_before: u64,
     regs_before: [u64; 16],
     rflags_before: u64,
@@ -135,7 +135,7 @@ impl Checker {
             cpus: vec![CpuState::default(); w.vcpus.len()],
             monitored: Vec::new(),
             monitored_generation: None,
-            events_seen: w.events.len(),
+            events_seen: w.events.total(),
             rip_before: 0,
             regs_before: [0; 16],
             rflags_before: 0,
@@ -166,7 +166,7 @@ impl Checker {
                 .for_each_monitored(|e| self.monitored.push((e, w.machine.mem.read_u64(e))));
             self.monitored_generation = Some(generation);
         }
-        self.events_seen = w.events.len();
+        self.events_seen = w.events.total();
         if let Some(v) = w.vcpus.get(cpu) {
             self.rip_before = v.rip;
             self.regs_before = v.gpr;
@@ -189,7 +189,7 @@ impl Checker {
             cpu,
             detail,
         };
-        let new_events = w.events.get(self.events_seen..).unwrap_or(&[]);
+        let new_events = w.events.since(self.events_seen);
         // I10: an agent fault, or too many faults in a row on one RIP.
         if let Err(Stop::AgentFault(d)) = result {
             out.push(fail(Invariant::I10, format!("agent_fault: {d}")));

@@ -30,7 +30,7 @@ pub fn follow(w: &mut World, runner: &mut OpRunner, log: &[usize]) -> Result<(),
         let before = runner.log.len();
         while runner.log.len() == before {
             w.op_step(runner, cpu)
-                .map_err(|s| format!("VCPU {cpu} stopped in the #VE-off run: {s:?}"))?;
+                .map_err(|s| format!("VCPU {cpu} stopped in the #VE-off run: {s}"))?;
             steps += 1;
             if steps > STEPS_PER_EVENT_MAX {
                 return Err(format!(

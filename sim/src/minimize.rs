@@ -120,7 +120,7 @@ fn run_checked(setup: &Setup, sc: &Scenario) -> Result<CheckedRun, String> {
             Some(x) => Checked::Failed(x),
             None => Checked::Passed,
         },
-        Err(RunFailure::Stopped(cpu, s)) => Checked::Stopped(format!("VCPU {cpu}: {s:?}")),
+        Err(RunFailure::Stopped(cpu, s)) => Checked::Stopped(format!("VCPU {cpu}: {s}")),
     };
     steps = steps.max(checker.steps());
     let log = std::mem::take(&mut runner.log);

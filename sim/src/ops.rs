@@ -180,30 +180,106 @@ enum UnloadPhase {
     Gate,
 }
 
+/// One VCPU's operations: a list, or a generator that makes them one at a time (so a run's
+/// memory does not grow with its operation count).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpStream {
+    /// Operations given as data.
+    List(VecDeque<GuestOp>),
+    /// The paper's synthetic paging test ([`crate::workload`]), generated in order.
+    Paper(crate::workload::PaperGen),
+}
+
+impl OpStream {
+    /// Whether no operation is left.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            OpStream::List(q) => q.is_empty(),
+            OpStream::Paper(g) => g.remaining() == 0,
+        }
+    }
+
+    /// Operations left.
+    pub fn remaining(&self) -> u64 {
+        match self {
+            OpStream::List(q) => q.len() as u64,
+            OpStream::Paper(g) => g.remaining(),
+        }
+    }
+}
+
+impl Iterator for OpStream {
+    type Item = GuestOp;
+
+    fn next(&mut self) -> Option<GuestOp> {
+        match self {
+            OpStream::List(q) => q.pop_front(),
+            OpStream::Paper(g) => g.next(),
+        }
+    }
+}
+
+impl From<Vec<GuestOp>> for OpStream {
+    fn from(v: Vec<GuestOp>) -> Self {
+        OpStream::List(VecDeque::from(v))
+    }
+}
+
 /// Per-VCPU queues of operations and their progress.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpRunner {
-    queues: Vec<VecDeque<GuestOp>>,
+    queues: Vec<OpStream>,
     active: Vec<Option<Active>>,
-    /// How each operation ended, in completion order: (VCPU, operation, end).
+    /// How each operation ended, in completion order: (VCPU, operation, end). Kept only while
+    /// [`OpRunner::record`] is on.
     pub ended: Vec<(usize, GuestOp, OpEnd)>,
     /// Attacks that achieved what they tried (I3 breaches): (VCPU, operation, what).
     pub breaches: Vec<(usize, GuestOp, String)>,
     /// The schedule of guest operations: the VCPU of every operation start, instruction
-    /// completion and abnormal end, in order ([`World::op_step`]).
+    /// completion and abnormal end, in order ([`World::op_step`]). Kept only while
+    /// [`OpRunner::record`] is on.
     pub log: Vec<usize>,
+    /// Whether `ended` and `log` are kept (on by default; a long unchecked run turns it off so
+    /// that its memory does not grow with its length).
+    pub record: bool,
+    /// Operations started so far.
+    pub started: u64,
 }
 
 impl OpRunner {
     /// Queues for `vcpus` VCPUs.
     pub fn new(queues: Vec<Vec<GuestOp>>) -> Self {
+        Self::from_streams(queues.into_iter().map(OpStream::from).collect())
+    }
+
+    /// Queues for `vcpus` VCPUs, as streams.
+    pub fn from_streams(queues: Vec<OpStream>) -> Self {
         let n = queues.len();
         OpRunner {
-            queues: queues.into_iter().map(VecDeque::from).collect(),
+            queues,
             active: vec![None; n],
             ended: Vec::new(),
             breaches: Vec::new(),
             log: Vec::new(),
+            record: true,
+            started: 0,
+        }
+    }
+
+    /// Operations not yet started, over every VCPU.
+    pub fn remaining(&self) -> u64 {
+        self.queues.iter().map(OpStream::remaining).sum()
+    }
+
+    fn note(&mut self, cpu: usize) {
+        if self.record {
+            self.log.push(cpu);
+        }
+    }
+
+    fn end(&mut self, cpu: usize, op: GuestOp, end: OpEnd) {
+        if self.record {
+            self.ended.push((cpu, op, end));
         }
     }
 
@@ -352,7 +428,7 @@ impl World {
             if let Some(what) = a.probe.and_then(|p| self.attack_breach(cpu, p)) {
                 runner.breaches.push((cpu, a.op, what));
             }
-            runner.ended.push((cpu, a.op, OpEnd::Done));
+            runner.end(cpu, a.op, OpEnd::Done);
         }
     }
 
@@ -371,10 +447,11 @@ impl World {
         }
         self.completed = None;
         let Some(active) = runner.active[cpu].as_mut() else {
-            let Some(op) = runner.queues[cpu].pop_front() else {
+            let Some(op) = runner.queues[cpu].next() else {
                 return Ok(());
             };
-            runner.log.push(cpu);
+            runner.started += 1;
+            runner.note(cpu);
             if let GuestOp::Unload { delay } = op {
                 match self.remove_agent() {
                     Ok(()) => {
@@ -392,9 +469,7 @@ impl World {
                             armed: true,
                         })
                     }
-                    Err(e) => runner
-                        .ended
-                        .push((cpu, op, OpEnd::Skipped(format!("{e:?}")))),
+                    Err(e) => runner.end(cpu, op, OpEnd::Skipped(e.to_string())),
                 }
                 return Ok(());
             }
@@ -415,8 +490,8 @@ impl World {
                         self.finish_active(runner, cpu);
                     }
                 }
-                Ok(None) => runner.ended.push((cpu, op, OpEnd::Done)),
-                Err(e) => runner.ended.push((cpu, op, OpEnd::Skipped(e.to_string()))),
+                Ok(None) => runner.end(cpu, op, OpEnd::Done),
+                Err(e) => runner.end(cpu, op, OpEnd::Skipped(e.to_string())),
             }
             return Ok(());
         };
@@ -434,7 +509,7 @@ impl World {
                 UnloadPhase::Gate => {
                     if self.deliver_for_unload() {
                         self.complete_unloader();
-                        runner.log.push(cpu);
+                        runner.note(cpu);
                         self.finish_active(runner, cpu);
                     }
                 }
@@ -454,20 +529,22 @@ impl World {
                 }
             }
         }
-        let events_before = self.events.len();
+        let events_before = self.events.total();
         if let Err(stop) = self.step(cpu) {
             // An attack that must stop the VCPU did, with an alert: the guest hangs on the
             // blocked fetch (B118, B119), so the VCPU runs nothing more. With no agent
             // deployed the jump lands in what is now plain guest memory, and the guest crashes
             // there on its own.
-            let alerted = self.events[events_before..]
+            let alerted = self
+                .events
+                .since(events_before)
                 .iter()
                 .any(|e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == cpu));
             if alerted || !self.intro.deployed {
                 if let Some(a) = runner.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
-                    runner.log.push(cpu);
-                    runner.ended.push((cpu, a.op, OpEnd::Done));
-                    runner.queues[cpu].clear();
+                    runner.note(cpu);
+                    runner.end(cpu, a.op, OpEnd::Done);
+                    runner.queues[cpu] = OpStream::List(VecDeque::new());
                     return Ok(());
                 }
             }
@@ -478,10 +555,8 @@ impl World {
                     *s = None;
                 }
                 if let Some(a) = runner.active[cpu].take() {
-                    runner.log.push(cpu);
-                    runner
-                        .ended
-                        .push((cpu, a.op, OpEnd::Skipped("page fault".into())));
+                    runner.note(cpu);
+                    runner.end(cpu, a.op, OpEnd::Skipped("page fault".into()));
                 }
                 return Ok(());
             }
@@ -502,7 +577,7 @@ impl World {
             rip,
             rflags: v.rflags.bits(),
         });
-        runner.log.push(cpu);
+        runner.note(cpu);
         let loaded = self.load_micro(cpu, &mut a)?;
         runner.active[cpu] = Some(a);
         if !loaded {
@@ -552,6 +627,7 @@ impl World {
         let mut runnable = Vec::with_capacity(self.vcpus.len());
         let mut steps = 0;
         while steps < steps_max {
+            self.events.new_step();
             runner.runnable_into(self, &mut runnable);
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);

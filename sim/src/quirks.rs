@@ -164,6 +164,14 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// The profile a set of switches is: `hvmi` when they are HVMI's, else `fixed` (fixed with
+    /// switches on, as the quirk report's traces are).
+    pub fn named(q: Quirks) -> String {
+        if q == Quirks::hvmi() { "hvmi" } else { "fixed" }.to_string()
+    }
+}
+
 impl FromStr for Profile {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -14,73 +14,113 @@
 //! alert cpu=0 detail=...
 //! ```
 //!
-//! The trace hash is SHA-256 over the lines, each followed by `\n`, in hex. The same scenario,
-//! seed, options and profile give the same hash (I8); wall-clock figures never enter it.
+//! A trace file ([`TraceFile`]) holds the header that rebuilds the world, the scenario as data,
+//! and each run's events and hash.
+//!
+//! **What a hash covers.** The trace hash of a run is SHA-256, in lower-case hex, over the
+//! lines of its trace file from the first (`vesim-trace 2`) through the run's last `event`
+//! line, each followed by `\n`, with the lines of any run before it left out: the header
+//! (format, scenario, seed, profile, quirk switches, parameters, schedule, step bound), every
+//! `process` and `op` line, the run's `run ve_on` or `ve_off` line and its `event` lines. So
+//! `head -n K file | sha256sum`, K the number of the line before a single-run trace's `hash`
+//! line, prints that hash. The same header and scenario give the same hash (I8); wall-clock
+//! figures never enter it. `vesim run` prints the same hash for a run it does not write.
 
 use crate::world::Event;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
-fn opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".to_string(), |x| format!("{x:#x}"))
+fn opt(out: &mut String, v: Option<u64>) {
+    match v {
+        Some(x) => {
+            let _ = write!(out, "{x:#x}");
+        }
+        None => out.push('-'),
+    }
 }
 
-/// The stable text line of one event.
-pub fn event_line(e: &Event) -> String {
-    match e {
-        Event::VmExit { cpu, reason } => format!("exit cpu={cpu} reason={reason}"),
+/// Appends the stable text line of one event to `out`.
+pub fn write_event(out: &mut String, e: &Event) {
+    let _ = match e {
+        Event::VmExit { cpu, reason } => write!(out, "exit cpu={cpu} reason={reason}"),
         Event::Ve {
             cpu,
             qualification,
             gla,
             gpa,
-        } => format!("ve cpu={cpu} qual={qualification:#x} gla={gla:#x} gpa={gpa:#x}"),
+        } => write!(
+            out,
+            "ve cpu={cpu} qual={qualification:#x} gla={gla:#x} gpa={gpa:#x}"
+        ),
         Event::Agent {
             cpu,
             outcome,
             reason,
             old,
             new,
-        } => format!(
-            "agent cpu={cpu} outcome={} reason={} old={} new={}",
-            outcome.name(),
-            reason.map_or("-", |r| r.name()),
-            opt(*old),
-            opt(*new)
-        ),
+        } => {
+            let _ = write!(
+                out,
+                "agent cpu={cpu} outcome={} reason={} old=",
+                outcome.name(),
+                reason.map_or("-", |r| r.name())
+            );
+            opt(out, *old);
+            out.push_str(" new=");
+            opt(out, *new);
+            Ok(())
+        }
         Event::Vmcall {
             cpu,
             rip,
             rdx,
             rbx,
             rcx,
-        } => {
-            format!("vmcall cpu={cpu} rip={rip:#x} rdx={rdx:#x} rbx={rbx:#x} rcx={rcx:#x}")
-        }
-        Event::Callback(r) => format!(
+        } => write!(
+            out,
+            "vmcall cpu={cpu} rip={rip:#x} rdx={rdx:#x} rbx={rbx:#x} rcx={rcx:#x}"
+        ),
+        Event::Callback(r) => write!(
+            out,
             "callback monitor={} entry={:#x} old={:#x} new={:#x}",
             r.monitor.0, r.entry.0, r.old, r.new
         ),
-        Event::Swap(r) => format!(
+        Event::Swap(r) => write!(
+            out,
             "swap hook={} va={:#x} old={:#x} new={:#x}",
             r.hook.0, r.va, r.old, r.new
         ),
         Event::AgentFault { cpu, detail } => {
-            format!("agent_fault cpu={cpu} detail={}", detail.replace('\n', " "))
+            write!(
+                out,
+                "agent_fault cpu={cpu} detail={}",
+                detail.replace('\n', " ")
+            )
         }
         Event::Alert { cpu, detail } => {
-            format!("alert cpu={cpu} detail={}", detail.replace('\n', " "))
+            write!(out, "alert cpu={cpu} detail={}", detail.replace('\n', " "))
         }
-    }
+    };
 }
 
-/// SHA-256 over the event lines, in lower-case hex.
-pub fn trace_hash(events: &[Event]) -> String {
-    let mut h = Sha256::new();
-    for e in events {
-        h.update(event_line(e).as_bytes());
-        h.update(b"\n");
-    }
+/// The stable text line of one event.
+pub fn event_line(e: &Event) -> String {
+    let mut s = String::new();
+    write_event(&mut s, e);
+    s
+}
+
+/// Feeds the trace line of `e` (`event ...` and `\n`) to `h`, formatting it in `buf`.
+pub fn hash_event(h: &mut Sha256, buf: &mut String, e: &Event) {
+    buf.clear();
+    buf.push_str("event ");
+    write_event(buf, e);
+    buf.push('\n');
+    h.update(buf.as_bytes());
+}
+
+/// A finished hash in lower-case hex.
+pub fn hex_digest(h: Sha256) -> String {
     let mut out = String::with_capacity(64);
     for b in h.finalize() {
         let _ = write!(out, "{b:02x}");
@@ -95,11 +135,23 @@ pub fn combined_hash(hashes: &[String]) -> String {
         h.update(x.as_bytes());
         h.update(b"\n");
     }
-    let mut out = String::with_capacity(64);
-    for b in h.finalize() {
-        let _ = write!(out, "{b:02x}");
+    hex_digest(h)
+}
+
+/// The hasher of one run: `prefix` (the header and scenario lines) then its `run` line.
+pub fn run_hasher(prefix: &Sha256, ve: bool) -> Sha256 {
+    let mut h = prefix.clone();
+    h.update(run_line(ve).as_bytes());
+    h.update(b"\n");
+    h
+}
+
+fn run_line(ve: bool) -> &'static str {
+    if ve {
+        "run ve_on"
+    } else {
+        "run ve_off"
     }
-    out
 }
 
 #[cfg(test)]
@@ -111,17 +163,19 @@ mod tests {
 
         /// I9: any text is a trace or a parse error, never a panic.
         #[test]
-        fn i9_any_text_parses_or_is_refused(text in "(vesim-trace 1\n)?(scenario [a-z-]{0,16}\n)?(seed [0-9a-fx]{0,6}\n)?[ -~\n]{0,200}") {
+        fn i9_any_text_parses_or_is_refused(text in "(vesim-trace 2\n)?(scenario [a-z-]{0,16}\n)?(seed [0-9a-fx]{0,6}\n)?[ -~\n]{0,200}") {
             let _ = TraceFile::parse(&text);
         }
     }
 
     #[test]
-    fn the_hash_of_no_events_is_sha256_of_nothing() {
-        // FIPS 180-2 test vector: SHA-256("").
+    fn digests_are_sha256_in_lower_case_hex() {
+        // FIPS 180-2 test vector: SHA-256("abc").
+        let mut h = Sha256::new();
+        h.update(b"abc");
         assert_eq!(
-            trace_hash(&[]),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            hex_digest(h),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 
@@ -144,11 +198,19 @@ mod tests {
     fn lines_are_stable_text() {
         let e = Event::VmExit { cpu: 2, reason: 48 };
         assert_eq!(event_line(&e), "exit cpu=2 reason=48");
-        // SHA-256("exit cpu=2 reason=48\n") computed independently (sha256sum).
+        // SHA-256("event exit cpu=2 reason=48\n") computed independently (sha256sum).
+        let mut h = Sha256::new();
+        hash_event(&mut h, &mut String::new(), &e);
         assert_eq!(
-            trace_hash(&[e]),
-            "b3c229cf9b9599c8ae3cdc855bfff3d9bd5a827f1d5b714fa32c133b9220433b"
+            hex_digest(h),
+            "ea5c05d9b8992378e33aca4ec21c5594f8f59fae2c5a70cef8970f86625b5cfe"
         );
+    }
+
+    #[test]
+    fn excerpts_are_short() {
+        assert_eq!(excerpt("abc", 5), "abc");
+        assert_eq!(excerpt(&"x".repeat(10_000_000), 5), "xxxxx...");
     }
 }
 
@@ -156,27 +218,31 @@ mod tests {
 /// without its generator), and each run's records and hash.
 ///
 /// ```text
-/// vesim-trace 1
+/// vesim-trace 2
 /// scenario desktop-mix
 /// seed 0
-/// profile fixed
-/// quirks -                      (or the switches that are on: Q1,Q9)
+/// profile fixed                  (fixed or hvmi: the profile named at run time)
+/// quirks -                       (or the switches that are on: Q1,Q9)
 /// params kpti=1 ops=400 pages=16 processes=4 vcpus=4
 /// schedule random:0
+/// steps 216                      (optional: the runs stop after this many scheduling steps)
 /// process 0 protected=1
 /// op 0 map pid=0 va=0x100000000 flags=0x2     (op VCPU operation)
 /// run ve_on                                  (or ve_off)
 /// event exit cpu=0 reason=10                 (one line per event, see event_line)
-/// hash 3d...                                 (the run's trace hash)
+/// hash 3d...                                 (the run's trace hash, see the module doc)
 /// end
 /// ```
+///
+/// A file is exactly what its header and operations produce: [`replay_text`] re-runs them,
+/// renders the file they give and compares it with the file line by line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceFile {
     /// The built-in's name.
     pub scenario: String,
     /// Seed.
     pub seed: u64,
-    /// The profile named at run time.
+    /// The profile named at run time (`fixed` or `hvmi`).
     pub profile: String,
     /// The quirk switches that are on.
     pub quirks: crate::quirks::Quirks,
@@ -204,8 +270,9 @@ pub struct TraceRun {
     pub hash: String,
 }
 
-/// The trace format version.
-pub const TRACE_VERSION: u32 = 1;
+/// The trace format version. Format 2 hashes the header and operations with the events;
+/// format 1 hashed the events only.
+pub const TRACE_VERSION: u32 = 2;
 
 /// A trace file that does not parse: the line (1-based) and what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -217,17 +284,45 @@ pub struct TraceError {
     pub message: String,
 }
 
+/// At most `n` characters of `s`, with `...` when it is longer (what an error line quotes of
+/// an input value).
+pub fn excerpt(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n).collect();
+        t.push_str("...");
+        t
+    }
+}
+
+/// How much of an offending value an error line quotes.
+pub const QUOTE_MAX: usize = 60;
+
 impl TraceFile {
-    /// The text of the file.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "vesim-trace {TRACE_VERSION}");
-        let _ = writeln!(out, "scenario {}", self.scenario);
-        let _ = writeln!(out, "seed {}", self.seed);
-        let _ = writeln!(out, "profile {}", self.profile);
+    /// Calls `line` with each header line, each `process` line, then each `op` line of
+    /// `ops` (VCPU and operation, in file order).
+    pub fn write_prefix(
+        &self,
+        ops: &mut dyn Iterator<Item = (usize, crate::ops::GuestOp)>,
+        line: &mut dyn FnMut(&str),
+    ) {
+        let mut l = String::new();
+        let emit = |l: &mut String, line: &mut dyn FnMut(&str)| {
+            line(l);
+            l.clear();
+        };
+        let _ = write!(l, "vesim-trace {TRACE_VERSION}");
+        emit(&mut l, line);
+        let _ = write!(l, "scenario {}", self.scenario);
+        emit(&mut l, line);
+        let _ = write!(l, "seed {}", self.seed);
+        emit(&mut l, line);
+        let _ = write!(l, "profile {}", self.profile);
+        emit(&mut l, line);
         let q = self.quirks.enabled();
-        let _ = writeln!(
-            out,
+        let _ = write!(
+            l,
             "quirks {}",
             if q.is_empty() {
                 "-".to_string()
@@ -235,26 +330,60 @@ impl TraceFile {
                 q.join(",")
             }
         );
+        emit(&mut l, line);
         let p: Vec<String> = self
             .params
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let _ = writeln!(out, "params {}", p.join(" "));
-        let _ = writeln!(out, "schedule {}", self.schedule);
+        let _ = write!(l, "params {}", p.join(" "));
+        emit(&mut l, line);
+        let _ = write!(l, "schedule {}", self.schedule);
+        emit(&mut l, line);
         if let Some(n) = self.steps {
-            let _ = writeln!(out, "steps {n}");
+            let _ = write!(l, "steps {n}");
+            emit(&mut l, line);
         }
         for (i, prot) in self.scenario_data.processes.iter().enumerate() {
-            let _ = writeln!(out, "process {i} protected={}", u8::from(*prot));
+            let _ = write!(l, "process {i} protected={}", u8::from(*prot));
+            emit(&mut l, line);
         }
-        for (cpu, q) in self.scenario_data.queues.iter().enumerate() {
-            for op in q {
-                let _ = writeln!(out, "op {cpu} {op}");
-            }
+        for (cpu, op) in ops {
+            let _ = write!(l, "op {cpu} {op}");
+            emit(&mut l, line);
         }
+    }
+
+    /// The hasher fed with the header and scenario lines, operations from `queues` (each
+    /// VCPU's in turn; they are cloned, not consumed).
+    pub fn prefix_hasher(&self, queues: &[crate::ops::OpStream]) -> Sha256 {
+        let mut h = Sha256::new();
+        let mut ops = queues
+            .iter()
+            .enumerate()
+            .flat_map(|(cpu, q)| q.clone().map(move |op| (cpu, op)));
+        self.write_prefix(&mut ops, &mut |l| {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        });
+        h
+    }
+
+    /// The text of the file.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let mut ops = self
+            .scenario_data
+            .queues
+            .iter()
+            .enumerate()
+            .flat_map(|(cpu, q)| q.iter().map(move |op| (cpu, *op)));
+        self.write_prefix(&mut ops, &mut |l| {
+            out.push_str(l);
+            out.push('\n');
+        });
         for r in &self.runs {
-            let _ = writeln!(out, "run {}", if r.ve { "ve_on" } else { "ve_off" });
+            let _ = writeln!(out, "{}", run_line(r.ve));
             for l in &r.lines {
                 let _ = writeln!(out, "event {l}");
             }
@@ -264,9 +393,11 @@ impl TraceFile {
         out
     }
 
-    /// Parses a trace file.
+    /// Parses a trace file. Values this vesim does not know (a scenario, a profile, a quirk
+    /// switch, a schedule, an operation) and files of another format are errors.
     pub fn parse(text: &str) -> Result<TraceFile, TraceError> {
         let err = |line: usize, m: String| TraceError { line, message: m };
+        let q = |s: &str| excerpt(s, QUOTE_MAX);
         let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
         // A file that ends early is at fault on the line after its last.
         let end_line = text.lines().count() + 1;
@@ -284,20 +415,38 @@ impl TraceFile {
         };
         let (n, l) = next("the header")?;
         if l != format!("vesim-trace {TRACE_VERSION}") {
+            let old = l
+                .strip_prefix("vesim-trace ")
+                .and_then(|v| v.parse::<u32>().ok());
             return Err(err(
                 n,
-                format!("not a vesim trace of format {TRACE_VERSION}"),
+                match old {
+                    Some(v) => format!(
+                        "a trace of format {v}; this vesim reads format {TRACE_VERSION} (whose \
+                         hash covers the header and operations too): record it again"
+                    ),
+                    None => format!("not a vesim trace (no 'vesim-trace {TRACE_VERSION}' line)"),
+                },
             ));
         }
         let (n, l) = next("scenario")?;
         let scenario = field(n, &l, "scenario")?;
         if crate::workload::Builtin::from_name(&scenario).is_none() {
-            return Err(err(n, format!("'{scenario}' is not a built-in scenario")));
+            return Err(err(
+                n,
+                format!("'{}' is not a built-in scenario", q(&scenario)),
+            ));
         }
         let (n, l) = next("seed")?;
         let seed = crate::cli::parse_u64(&field(n, &l, "seed")?).map_err(|m| err(n, m))?;
         let (n, l) = next("profile")?;
         let profile = field(n, &l, "profile")?;
+        profile.parse::<crate::quirks::Profile>().map_err(|_| {
+            err(
+                n,
+                format!("'{}' is not a profile (fixed or hvmi)", q(&profile)),
+            )
+        })?;
         let (n, l) = next("quirks")?;
         let qs = field(n, &l, "quirks")?;
         let mut quirks = crate::quirks::Quirks::fixed();
@@ -305,7 +454,7 @@ impl TraceFile {
             for name in qs.split(',') {
                 match quirks.switch_mut(name) {
                     Some(s) => *s = true,
-                    None => return Err(err(n, format!("'{name}' is not a quirk switch"))),
+                    None => return Err(err(n, format!("'{}' is not a quirk switch", q(name)))),
                 }
             }
         }
@@ -314,9 +463,13 @@ impl TraceFile {
         for kv in field(n, &format!("{l} "), "params")?.split_whitespace() {
             let (k, v) = kv
                 .split_once('=')
-                .ok_or_else(|| err(n, format!("'{kv}' is not KEY=VALUE")))?;
+                .ok_or_else(|| err(n, format!("'{}' is not KEY=VALUE", q(kv))))?;
             let v = crate::cli::parse_u64(v).map_err(|m| err(n, m))?;
             params.insert(k.to_string(), v);
+        }
+        let b = crate::workload::Builtin::from_name(&scenario);
+        if let Some(b) = b {
+            crate::workload::resolve_params(b, &params).map_err(|e| err(n, e.to_string()))?;
         }
         let (n, l) = next("schedule")?;
         let schedule = field(n, &l, "schedule")?
@@ -352,17 +505,21 @@ impl TraceFile {
                         .ok_or_else(|| err(n, "expected 'process N protected=0|1'".into()))?;
                     if crate::cli::parse_u64(idx).ok() != Some(processes.len() as u64)
                         || !runs.is_empty()
+                        || !queues.is_empty()
                     {
                         return Err(err(
                             n,
-                            "processes must be numbered 0, 1, ... before any run".into(),
+                            "processes must be numbered 0, 1, ... before any operation".into(),
                         ));
                     }
                     let prot = match kv {
                         "protected=1" => true,
                         "protected=0" => false,
                         _ => {
-                            return Err(err(n, format!("'{kv}' is not protected=0 or protected=1")))
+                            return Err(err(
+                                n,
+                                format!("'{}' is not protected=0 or protected=1", q(kv)),
+                            ))
                         }
                     };
                     processes.push(prot);
@@ -389,7 +546,7 @@ impl TraceFile {
                     let ve = match rest {
                         "ve_on" => true,
                         "ve_off" => false,
-                        _ => return Err(err(n, format!("'{rest}' is not ve_on or ve_off"))),
+                        _ => return Err(err(n, format!("'{}' is not ve_on or ve_off", q(rest)))),
                     };
                     if runs.last().is_some_and(|r| r.hash.is_empty()) {
                         return Err(err(n, "the previous run has no hash".into()));
@@ -406,15 +563,19 @@ impl TraceFile {
                 },
                 "hash" => match runs.last_mut() {
                     Some(r) if r.hash.is_empty() => {
-                        if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
-                            return Err(err(n, "a hash is 64 hex digits".into()));
+                        if rest.len() != 64
+                            || !rest
+                                .bytes()
+                                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                        {
+                            return Err(err(n, "a hash is 64 lower-case hex digits".into()));
                         }
                         r.hash = rest.to_string();
                     }
                     _ => return Err(err(n, "a hash outside a run".into())),
                 },
                 "end" if rest.is_empty() => ended = true,
-                _ => return Err(err(n, format!("'{head}' is not a trace record"))),
+                _ => return Err(err(n, format!("'{}' is not a trace record", q(head)))),
             }
         }
         if !ended {
@@ -425,6 +586,18 @@ impl TraceFile {
         }
         if runs.is_empty() || runs.iter().any(|r| r.hash.is_empty()) {
             return Err(err(text.lines().count(), "every run needs its hash".into()));
+        }
+        if let Some(b) = b {
+            let vcpus = crate::workload::vcpus_of(b, &params);
+            if queues.len() as u64 > vcpus {
+                return Err(err(
+                    text.lines().count(),
+                    format!(
+                        "operations name VCPU {} but the machine has {vcpus}",
+                        queues.len() - 1
+                    ),
+                ));
+            }
         }
         Ok(TraceFile {
             scenario,
@@ -443,77 +616,135 @@ impl TraceFile {
 /// Why a replay did not match.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplayError {
+    /// The file does not parse (or is of another format).
+    #[error("{0}")]
+    Parse(#[from] TraceError),
     /// The trace names something this vesim cannot rebuild.
     #[error("{0}")]
     Setup(String),
-    /// A record differs (or one side has more records).
-    #[error("run {run}, record {record}: recorded '{recorded}', replayed '{replayed}'")]
-    Record {
-        /// Run name.
-        run: &'static str,
-        /// 1-based record number.
-        record: usize,
-        /// The recorded line (or "(none)").
+    /// A line of the file is not the line its header and operations produce.
+    #[error("line {line} ({what}): the file has '{recorded}', its header and operations give '{replayed}'")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// What the line is (`the seed field`, `event 12 of run ve_on`, `the hash of run
+        /// ve_on`, ...).
+        what: String,
+        /// The file's line (a prefix of it; `(none)` past its end).
         recorded: String,
-        /// The replayed line (or "(none)").
-        replayed: String,
-    },
-    /// Every record matched but the hash line does not.
-    #[error("run {run}: the recorded hash {recorded} is not the replayed {replayed}")]
-    Hash {
-        /// Run name.
-        run: &'static str,
-        /// Recorded.
-        recorded: String,
-        /// Replayed.
+        /// The line replayed (a prefix of it; `(none)` past its end).
         replayed: String,
     },
 }
 
-/// Re-runs every run of a trace and checks every record and the hash. Returns the number of
-/// records verified.
-pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
-    use crate::workload::{
-        build_world_quirks, resolve_params, run_scenario, run_scenario_until, Builtin,
-    };
-    let b = Builtin::from_name(&tf.scenario).ok_or_else(|| {
-        ReplayError::Setup(format!("'{}' is not a built-in scenario", tf.scenario))
+impl ReplayError {
+    /// Whether the trace could not be replayed at all (exit 2) rather than replayed and found
+    /// different (exit 1).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ReplayError::Parse(_) | ReplayError::Setup(_))
+    }
+}
+
+/// What each line of a trace text is, for a mismatch message.
+fn line_names(text: &str) -> Vec<String> {
+    let mut run = "";
+    let mut k = 0;
+    text.lines()
+        .map(|l| {
+            let head = l.split(' ').next().unwrap_or("");
+            match head {
+                "vesim-trace" => "the format line".to_string(),
+                "run" => {
+                    run = if l.ends_with("ve_off") {
+                        "ve_off"
+                    } else {
+                        "ve_on"
+                    };
+                    k = 0;
+                    format!("the start of run {run}")
+                }
+                "event" => {
+                    k += 1;
+                    format!("event {k} of run {run}")
+                }
+                "hash" => format!("the hash of run {run}"),
+                "op" => "an operation".to_string(),
+                "process" => "a process".to_string(),
+                "end" => "the end".to_string(),
+                h => format!("the {h} field"),
+            }
+        })
+        .collect()
+}
+
+/// Re-runs a parsed trace from its header and operations and returns the trace they produce.
+pub fn rerecord(tf: &TraceFile) -> Result<TraceFile, ReplayError> {
+    let b = crate::workload::Builtin::from_name(&tf.scenario).ok_or_else(|| {
+        ReplayError::Setup(format!(
+            "'{}' is not a built-in scenario",
+            excerpt(&tf.scenario, QUOTE_MAX)
+        ))
     })?;
-    let params = resolve_params(b, &tf.params).map_err(|e| ReplayError::Setup(e.to_string()))?;
-    let mut total = 0;
-    for r in &tf.runs {
-        let name = if r.ve { "ve_on" } else { "ve_off" };
-        let w = build_world_quirks(b, &params, r.ve, tf.quirks, tf.seed)
-            .map_err(|e| ReplayError::Setup(e.to_string()))?;
-        let w = match tf.steps {
-            Some(n) => run_scenario_until(w, &tf.scenario_data, &tf.schedule, n),
-            None => run_scenario(w, &tf.scenario_data, &tf.schedule),
-        }
+    let params = crate::workload::resolve_params(b, &tf.params)
         .map_err(|e| ReplayError::Setup(e.to_string()))?;
-        let replayed: Vec<String> = w.events.iter().map(event_line).collect();
-        for i in 0..r.lines.len().max(replayed.len()) {
-            let a = r.lines.get(i);
-            let b = replayed.get(i);
-            if a != b {
-                return Err(ReplayError::Record {
-                    run: name,
-                    record: i + 1,
-                    recorded: a.cloned().unwrap_or_else(|| "(none)".into()),
-                    replayed: b.cloned().unwrap_or_else(|| "(none)".into()),
+    let ves: Vec<bool> = tf.runs.iter().map(|r| r.ve).collect();
+    record_scenario(
+        b,
+        &params,
+        tf.quirks,
+        &tf.profile,
+        tf.seed,
+        &tf.schedule,
+        tf.steps,
+        tf.scenario_data.clone(),
+        &ves,
+    )
+    .map_err(|e| ReplayError::Setup(e.to_string()))
+}
+
+/// Compares a trace text with the text its header and operations produce, line by line.
+/// Returns the number of event records verified.
+pub fn replay_text(text: &str) -> Result<usize, ReplayError> {
+    let tf = TraceFile::parse(text)?;
+    let again = rerecord(&tf)?.to_text();
+    compare_text(text, &again)?;
+    Ok(tf.runs.iter().map(|r| r.lines.len()).sum())
+}
+
+fn compare_text(text: &str, again: &str) -> Result<(), ReplayError> {
+    if text == again {
+        return Ok(());
+    }
+    let names = line_names(again);
+    let (mut a, mut b) = (text.split('\n'), again.split('\n'));
+    let mut n = 0;
+    loop {
+        n += 1;
+        match (a.next(), b.next()) {
+            (None, None) => return Ok(()),
+            (x, y) if x == y => continue,
+            (x, y) => {
+                let q = |s: Option<&str>| s.map_or("(none)".to_string(), |s| excerpt(s, 100));
+                return Err(ReplayError::Line {
+                    line: n,
+                    what: names
+                        .get(n - 1)
+                        .cloned()
+                        .unwrap_or_else(|| "past the end".to_string()),
+                    recorded: q(x),
+                    replayed: q(y),
                 });
             }
         }
-        let h = trace_hash(&w.events);
-        if h != r.hash {
-            return Err(ReplayError::Hash {
-                run: name,
-                recorded: r.hash.clone(),
-                replayed: h,
-            });
-        }
-        total += r.lines.len();
     }
-    Ok(total)
+}
+
+/// Re-runs every run of a parsed trace and checks that the file it came from would be exactly
+/// what its header and operations produce. Returns the number of records verified.
+pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
+    let again = rerecord(tf)?.to_text();
+    compare_text(&tf.to_text(), &again)?;
+    Ok(tf.runs.iter().map(|r| r.lines.len()).sum())
 }
 
 /// Runs a built-in with #VE on and/or off and returns its trace file.
@@ -555,21 +786,7 @@ pub fn record_scenario(
     sc: crate::workload::Scenario,
     ves: &[bool],
 ) -> Result<TraceFile, crate::workload::RunError> {
-    use crate::workload::{build_world_quirks, run_scenario, run_scenario_until};
-    let mut runs = Vec::new();
-    for &ve in ves {
-        let w = build_world_quirks(b, params, ve, quirks, seed)?;
-        let w = match steps {
-            Some(n) => run_scenario_until(w, &sc, schedule, n)?,
-            None => run_scenario(w, &sc, schedule)?,
-        };
-        runs.push(TraceRun {
-            ve,
-            lines: w.events.iter().map(event_line).collect(),
-            hash: trace_hash(&w.events),
-        });
-    }
-    Ok(TraceFile {
+    let mut tf = TraceFile {
         scenario: b.name().to_string(),
         seed,
         profile: profile.to_string(),
@@ -578,6 +795,17 @@ pub fn record_scenario(
         schedule: schedule.clone(),
         steps,
         scenario_data: sc,
-        runs,
-    })
+        runs: Vec::new(),
+    };
+    let streams = tf.scenario_data.streams();
+    let prefix = tf.prefix_hasher(&streams.queues);
+    for &ve in ves {
+        let w = crate::workload::execute(&tf, params, streams.clone(), &prefix, ve, true, None)?;
+        tf.runs.push(TraceRun {
+            ve,
+            lines: w.events.held().iter().map(event_line).collect(),
+            hash: w.events.hash().unwrap_or_default(),
+        });
+    }
+    Ok(tf)
 }

@@ -469,7 +469,7 @@ pub fn run_observed(
         gpa,
         names: names.map(|(l, va)| (l, va.0)),
     };
-    for e in &w.events {
+    for e in w.events.iter() {
         match e {
             Event::Agent {
                 outcome,

@@ -439,15 +439,140 @@ fn run_built(
     seed: u64,
     schedule: &crate::sched::Schedule,
 ) -> Result<RunResult, RunError> {
-    let sc = generate(b, params, seed);
-    let w = run_scenario(w, &sc, schedule)?;
+    run_built_progress(b, params, w, seed, schedule, None)
+}
+
+/// The trace header of a run of a built-in (its scenario data holds the processes only; the
+/// operations come as streams).
+fn header(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    w: &World,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+    processes: Vec<bool>,
+) -> crate::trace::TraceFile {
+    let quirks = w.quirks;
+    crate::trace::TraceFile {
+        scenario: b.name().to_string(),
+        seed,
+        profile: crate::quirks::Profile::named(quirks),
+        quirks,
+        params: params.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+        schedule: schedule.clone(),
+        steps: None,
+        scenario_data: Scenario {
+            processes,
+            queues: Vec::new(),
+        },
+        runs: Vec::new(),
+    }
+}
+
+/// [`run_builtin_with`] in a given world, with a progress bar advanced by operations started.
+/// The operations are generated as the run takes them and only the current step's events are
+/// held, so the run's memory does not grow with its length.
+pub fn run_built_progress(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    mut w: World,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<RunResult, RunError> {
+    let streams = generate_streams(b, params, seed);
+    let hdr = header(b, params, &w, seed, schedule, streams.processes.clone());
+    let prefix = hdr.prefix_hasher(&streams.queues);
+    w.events.keep(false);
+    w.events.hash_from(crate::trace::run_hasher(&prefix, w.ve));
+    let (w, stop) = run_streams(w, streams, schedule, STEPS_MAX, bar, false)?;
+    if let Some((cpu, s)) = stop {
+        return Err(RunError::Stopped(cpu, crate::world::stop_text(&s)));
+    }
     Ok(RunResult {
         counters: w.counters.clone(),
         cache: w.intro.cache.stats,
         swaps: w.intro.swaps.len() as u64,
-        trace_hash: crate::trace::trace_hash(&w.events),
+        trace_hash: w.events.hash().unwrap_or_default(),
         steps: w.tsc,
     })
+}
+
+/// Runs one run of a trace's header: the world its header names with #VE `ve`, the
+/// operations of `streams` under its schedule, to its step bound (a VCPU stop then ends the
+/// run) or to completion (a VCPU stop is an error). Every event is held when `keep`; the trace
+/// hash starts from `prefix` (the header and scenario lines).
+pub fn execute(
+    tf: &crate::trace::TraceFile,
+    params: &BTreeMap<&'static str, u64>,
+    streams: Streams,
+    prefix: &sha2::Sha256,
+    ve: bool,
+    keep: bool,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<World, RunError> {
+    let b = Builtin::from_name(&tf.scenario)
+        .ok_or_else(|| RunError::Scenario(format!("'{}' is not a built-in", tf.scenario)))?;
+    let mut w = build_world_quirks(b, params, ve, tf.quirks, tf.seed)?;
+    w.events.keep(keep);
+    w.events.hash_from(crate::trace::run_hasher(prefix, ve));
+    let (w, stop) = run_streams(
+        w,
+        streams,
+        &tf.schedule,
+        tf.steps.unwrap_or(STEPS_MAX),
+        bar,
+        false,
+    )?;
+    match stop {
+        Some((cpu, s)) if tf.steps.is_none() => {
+            Err(RunError::Stopped(cpu, crate::world::stop_text(&s)))
+        }
+        _ => Ok(w),
+    }
+}
+
+/// A scenario as the runner takes it: the processes and each VCPU's operations as a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Streams {
+    /// Whether each process is protected, by pid.
+    pub processes: Vec<bool>,
+    /// The operations of each VCPU.
+    pub queues: Vec<crate::ops::OpStream>,
+}
+
+impl Scenario {
+    /// The scenario as streams.
+    pub fn streams(&self) -> Streams {
+        Streams {
+            processes: self.processes.clone(),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| crate::ops::OpStream::from(q.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The scenario of a built-in as streams: `paper-synthetic`'s operations are generated as
+/// they are taken; the others' are lists, bounded by their `ops` parameter.
+pub fn generate_streams(b: Builtin, params: &BTreeMap<&'static str, u64>, seed: u64) -> Streams {
+    match b {
+        Builtin::PaperSynthetic => Streams {
+            processes: vec![true],
+            queues: vec![crate::ops::OpStream::Paper(PaperGen::new(params))],
+        },
+        _ => generate(b, params, seed).streams(),
+    }
+}
+
+/// The VCPUs of a built-in's machine under `params`.
+pub fn vcpus_of(b: Builtin, params: &BTreeMap<String, u64>) -> u64 {
+    match b {
+        Builtin::PaperSynthetic => 1,
+        _ => params.get("vcpus").copied().unwrap_or(1).max(1),
+    }
 }
 
 /// Runs a scenario in `w` under `schedule`: its processes are created, then its queues run
@@ -457,8 +582,8 @@ pub fn run_scenario(
     sc: &Scenario,
     schedule: &crate::sched::Schedule,
 ) -> Result<World, RunError> {
-    match run_scenario_inner(w, sc, schedule, STEPS_MAX)? {
-        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, format!("{s:?}"))),
+    match run_streams(w, sc.streams(), schedule, STEPS_MAX, None, true)? {
+        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, crate::world::stop_text(&s))),
         (w, None) => Ok(w),
     }
 }
@@ -472,17 +597,22 @@ pub fn run_scenario_until(
     schedule: &crate::sched::Schedule,
     steps_max: u64,
 ) -> Result<World, RunError> {
-    let (w, _) = run_scenario_inner(w, sc, schedule, steps_max)?;
+    let (w, _) = run_streams(w, sc.streams(), schedule, steps_max, None, true)?;
     Ok(w)
 }
 
 type StopAt = Option<(usize, crate::world::Stop)>;
 
-fn run_scenario_inner(
+/// Steps between progress updates.
+const PROGRESS_CHUNK: u64 = 1 << 16;
+
+fn run_streams(
     mut w: World,
-    sc: &Scenario,
+    sc: Streams,
     schedule: &crate::sched::Schedule,
     steps_max: u64,
+    bar: Option<&indicatif::ProgressBar>,
+    record: bool,
 ) -> Result<(World, StopAt), RunError> {
     for p in &sc.processes {
         w.create_process(*p)?;
@@ -494,47 +624,118 @@ fn run_scenario_inner(
             w.vcpus.len()
         )));
     }
-    let mut queues = sc.queues.clone();
-    queues.resize(w.vcpus.len(), Vec::new());
-    let mut runner = crate::ops::OpRunner::new(queues);
+    let mut queues = sc.queues;
+    queues.resize(w.vcpus.len(), crate::ops::OpStream::from(Vec::new()));
+    let mut runner = crate::ops::OpRunner::from_streams(queues);
+    runner.record = record;
+    if let Some(b) = bar {
+        b.set_length(runner.remaining());
+    }
     let mut sched = crate::sched::Scheduler::new(schedule.clone(), w.vcpus.len());
-    let stop = w.run_ops(&mut runner, &mut sched, steps_max).err();
+    // The run goes in chunks of steps only to move the progress bar; chunking changes nothing
+    // the run does (the runner and scheduler carry over).
+    let mut left = steps_max;
+    let stop = loop {
+        let chunk = if bar.is_some() {
+            left.min(PROGRESS_CHUNK)
+        } else {
+            left
+        };
+        match w.run_ops(&mut runner, &mut sched, chunk) {
+            Err(stop) => break Some(stop),
+            Ok(n) => {
+                left -= n.min(left);
+                if let Some(b) = bar {
+                    b.set_position(runner.started);
+                }
+                if n < chunk || left == 0 {
+                    break None;
+                }
+            }
+        }
+    };
     Ok((w, stop))
 }
 
-fn paper_synthetic(params: &BTreeMap<&'static str, u64>) -> Scenario {
-    use crate::ops::GuestOp;
-    let pages = params.get("pages").copied().unwrap_or(1);
-    let changes = params.get("changes").copied().unwrap_or(1);
-    let pid = 0;
-    let vas: Vec<u64> = (0..pages).map(|i| layout::USER_BASE + i * 0x1000).collect();
-    let mut q = Vec::new();
-    for &va in &vas {
-        q.push(GuestOp::Map {
-            pid,
-            va,
-            flags: bits::RW,
-        });
-        q.push(GuestOp::Hook { pid, va });
-    }
-    let pat = params.get("pat").copied().unwrap_or(0) != 0;
-    let attrs: &[u64] = if pat {
-        &[bits::PWT, bits::PCD, bits::PWT | bits::PCD, bits::PAT, 0]
-    } else {
-        &[bits::PWT, bits::PCD, bits::PWT | bits::PCD, 0]
-    };
-    for j in 0..changes {
-        for &va in &vas {
-            q.push(GuestOp::SetCaching {
-                pid,
-                va,
-                attrs: attrs[(j as usize) % attrs.len()],
-                form: j as u32,
-            });
+/// The operations of `paper-synthetic`, made one at a time in order: each page mapped and
+/// hooked, then `changes` rounds of one caching change per page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaperGen {
+    pages: u64,
+    changes: u64,
+    pat: bool,
+    /// Index of the next operation.
+    next: u64,
+}
+
+impl PaperGen {
+    /// The generator for these parameters.
+    pub fn new(params: &BTreeMap<&'static str, u64>) -> PaperGen {
+        PaperGen {
+            pages: params.get("pages").copied().unwrap_or(1),
+            changes: params.get("changes").copied().unwrap_or(1),
+            pat: params.get("pat").copied().unwrap_or(0) != 0,
+            next: 0,
         }
     }
+
+    fn total(&self) -> u64 {
+        self.pages
+            .saturating_mul(2)
+            .saturating_add(self.pages.saturating_mul(self.changes))
+    }
+
+    /// Operations left.
+    pub fn remaining(&self) -> u64 {
+        self.total().saturating_sub(self.next)
+    }
+
+    /// The operation at index `i` of the sequence.
+    fn op(&self, i: u64) -> Option<crate::ops::GuestOp> {
+        use crate::ops::GuestOp;
+        const PAT: [u64; 5] = [bits::PWT, bits::PCD, bits::PWT | bits::PCD, bits::PAT, 0];
+        const NO_PAT: [u64; 4] = [bits::PWT, bits::PCD, bits::PWT | bits::PCD, 0];
+        if i >= self.total() || self.pages == 0 {
+            return None;
+        }
+        let pid = 0;
+        if i < 2 * self.pages {
+            let va = layout::USER_BASE + (i / 2) * 0x1000;
+            return Some(if i % 2 == 0 {
+                GuestOp::Map {
+                    pid,
+                    va,
+                    flags: bits::RW,
+                }
+            } else {
+                GuestOp::Hook { pid, va }
+            });
+        }
+        let k = i - 2 * self.pages;
+        let (j, page) = (k / self.pages, k % self.pages);
+        let attrs: &[u64] = if self.pat { &PAT } else { &NO_PAT };
+        Some(GuestOp::SetCaching {
+            pid,
+            va: layout::USER_BASE + page * 0x1000,
+            attrs: attrs[(j % attrs.len() as u64) as usize],
+            form: j as u32,
+        })
+    }
+}
+
+impl Iterator for PaperGen {
+    type Item = crate::ops::GuestOp;
+
+    fn next(&mut self) -> Option<crate::ops::GuestOp> {
+        let op = self.op(self.next)?;
+        self.next += 1;
+        Some(op)
+    }
+}
+
+fn paper_synthetic(params: &BTreeMap<&'static str, u64>) -> Scenario {
     Scenario {
         processes: vec![true],
-        queues: vec![q],
+        queues: vec![PaperGen::new(params).collect()],
     }
 }

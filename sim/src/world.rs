@@ -160,6 +160,116 @@ pub enum Event {
     },
 }
 
+/// The events of a run, in order, and the running trace hash over them.
+///
+/// Every event is kept unless [`EventLog::keep`] is off; then only the events of the current
+/// step are (the window the checkers read), so that a long run's memory does not grow with its
+/// length. With a hash started ([`EventLog::hash_from`]) each event's trace line is hashed as it
+/// is pushed ([`crate::trace`]).
+#[derive(Clone, Debug)]
+pub struct EventLog {
+    window: Vec<Event>,
+    /// Events dropped before the window.
+    dropped: u64,
+    /// Whether every event is kept.
+    keep: bool,
+    hasher: Option<sha2::Sha256>,
+    line: String,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            window: Vec::new(),
+            dropped: 0,
+            keep: true,
+            hasher: None,
+            line: String::new(),
+        }
+    }
+}
+
+impl EventLog {
+    /// Appends an event.
+    pub fn push(&mut self, e: Event) {
+        if let Some(h) = self.hasher.as_mut() {
+            crate::trace::hash_event(h, &mut self.line, &e);
+        }
+        self.window.push(e);
+    }
+
+    /// Events pushed so far, dropped ones included.
+    pub fn total(&self) -> u64 {
+        self.dropped + self.window.len() as u64
+    }
+
+    /// The events from number `n` (counted as [`EventLog::total`] counts) that are still held.
+    pub fn since(&self, n: u64) -> &[Event] {
+        let skip = n.saturating_sub(self.dropped);
+        usize::try_from(skip)
+            .ok()
+            .and_then(|s| self.window.get(s..))
+            .unwrap_or(&[])
+    }
+
+    /// The events held: all of them while [`EventLog::keep`] is on.
+    pub fn held(&self) -> &[Event] {
+        &self.window
+    }
+
+    /// Keeps every event (`true`, the default) or only the current step's.
+    pub fn keep(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    /// Starts the trace hash from `prefix` (a hasher fed with the trace's header and scenario,
+    /// [`crate::trace::prefix_hasher`]); the events pushed from now on are hashed.
+    pub fn hash_from(&mut self, prefix: sha2::Sha256) {
+        self.hasher = Some(prefix);
+    }
+
+    /// Starts a hash of the events alone (no header; what a benchmark of hashing measures).
+    pub fn start_hash(&mut self) {
+        self.hasher = Some(sha2::Sha256::default());
+    }
+
+    /// The trace hash so far (`None` when no hash was started).
+    pub fn hash(&self) -> Option<String> {
+        self.hasher.clone().map(crate::trace::hex_digest)
+    }
+
+    /// Drops the events held (they still count in [`EventLog::total`] and the hash).
+    pub fn clear(&mut self) {
+        self.dropped += self.window.len() as u64;
+        self.window.clear();
+    }
+
+    /// A new step starts: unless every event is kept, the previous step's are dropped.
+    pub fn new_step(&mut self) {
+        if !self.keep {
+            self.dropped += self.window.len() as u64;
+            self.window.clear();
+        }
+    }
+}
+
+impl PartialEq for EventLog {
+    fn eq(&self, other: &Self) -> bool {
+        self.window == other.window
+            && self.dropped == other.dropped
+            && self.keep == other.keep
+            && self.hash() == other.hash()
+    }
+}
+
+impl std::ops::Deref for EventLog {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        &self.window
+    }
+}
+
 /// Why a VCPU stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -168,6 +278,20 @@ pub enum Stop {
     /// The guest ended in an outcome the world does not handle (double fault, #PF with no
     /// handler, unsupported instruction, ...).
     Guest(Outcome),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::AgentFault(d) => write!(f, "the agent faulted: {d}"),
+            Stop::Guest(o) => write!(f, "the guest stopped at {o}"),
+        }
+    }
+}
+
+/// A stop in words.
+pub fn stop_text(s: &Stop) -> String {
+    s.to_string()
 }
 
 /// One simulated machine.
@@ -187,8 +311,8 @@ pub struct World {
     pub quirks: Quirks,
     /// Counters.
     pub counters: Counters,
-    /// Events, in order.
-    pub events: Vec<Event>,
+    /// Events, in order ([`EventLog`]).
+    pub events: EventLog,
     /// Virtual TSC.
     pub tsc: u64,
     /// Whether #VE is used.
@@ -257,7 +381,7 @@ impl World {
             intro,
             quirks: config.quirks,
             counters: Counters::default(),
-            events: Vec::new(),
+            events: EventLog::default(),
             tsc: 0,
             ve: config.ve,
             last_ve_walk: Vec::new(),

@@ -325,7 +325,9 @@ fn the_translation_cache_changes_no_result() {
                         build_world(b, &params, ve, vesim::quirks::Profile::Fixed, seed).unwrap();
                     w.machine.config.no_translation_cache = walk_all;
                     let w = run_scenario(w, &sc, &Schedule::Random { seed }).unwrap();
-                    (vesim::trace::trace_hash(&w.events), w.counters, w.tsc)
+                    let lines: Vec<String> =
+                        w.events.iter().map(vesim::trace::event_line).collect();
+                    (lines, w.counters, w.tsc)
                 };
                 assert_eq!(run(false), run(true), "{} seed {seed} ve {ve}", b.name());
             }

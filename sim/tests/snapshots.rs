@@ -172,8 +172,13 @@ fn error_messages_for_malformed_inputs() {
         "range.toml",
         "builtin = \"desktop-mix\"\n[params]\nvcpus = 65\n",
     );
-    let trace_bad = file("bad.trace", "vesim-trace 1\nscenario desktop-mix\nseed x\n");
-    let trace_trunc = file("trunc.trace", "vesim-trace 1\nscenario desktop-mix\n");
+    let trace_bad = file("bad.trace", "vesim-trace 2\nscenario desktop-mix\nseed x\n");
+    let trace_trunc = file("trunc.trace", "vesim-trace 2\nscenario desktop-mix\n");
+    let trace_old = file("old.trace", "vesim-trace 1\nscenario desktop-mix\nseed 0\n");
+    let trace_profile = file(
+        "profile.trace",
+        "vesim-trace 2\nscenario desktop-mix\nseed 0\nprofile zzz\n",
+    );
     let cases: Vec<(&str, Vec<String>)> = vec![
         (
             "run_unknown_builtin",
@@ -196,6 +201,11 @@ fn error_messages_for_malformed_inputs() {
         ("run_toml_range", vec!["run".into(), toml_range]),
         ("replay_bad_value", vec!["replay".into(), trace_bad]),
         ("replay_truncated", vec!["replay".into(), trace_trunc]),
+        ("replay_old_format", vec!["replay".into(), trace_old]),
+        (
+            "replay_unknown_profile",
+            vec!["replay".into(), trace_profile],
+        ),
         (
             "check_bad_profile",
             vec!["check".into(), "--profile".into(), "xen".into()],

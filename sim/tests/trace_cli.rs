@@ -56,7 +56,7 @@ fn recorded_traces_replay_exactly() {
         ("unload", &["--builtin", "unload-race", "--seed", "6"]),
     ] {
         let (path, text) = recorded(name, args);
-        assert!(text.starts_with("vesim-trace 1\n"));
+        assert!(text.starts_with("vesim-trace 2\n"));
         let r = vesim(&["replay", path.to_str().unwrap()]);
         assert_eq!(r.code, 0, "{name}: {}{}", r.stdout, r.stderr);
         assert!(r.stdout.contains("replayed exactly"), "{}", r.stdout);
@@ -74,7 +74,12 @@ fn a_tampered_record_or_hash_exits_1() {
     lines[n] = "event exit cpu=63 reason=12".into();
     let r = replay_text("t1", &(lines.join("\n") + "\n"));
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("record 1"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(&format!("line {} (event 1 of run ve_on)", n + 1)),
+        "{}",
+        r.stdout
+    );
     // Change a hash.
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let h = lines.iter().position(|l| l.starts_with("hash ")).unwrap();
@@ -97,6 +102,33 @@ fn a_tampered_record_or_hash_exits_1() {
     fewer.remove(o);
     let r = replay_text("t3", &(fewer.join("\n") + "\n"));
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+}
+
+/// The hash of a single-run trace is SHA-256 of its lines up to the `hash` line, as the
+/// `sha256sum` tool computes it (the definition README gives), and `vesim run` prints the same
+/// hash without writing a trace.
+#[test]
+fn the_hash_covers_the_file_up_to_its_hash_line() {
+    let (path, text) = recorded("sha", &["--seed", "2", "--ve", "on"]);
+    let h = text.lines().position(|l| l.starts_with("hash ")).unwrap();
+    let upto: String = text.lines().take(h).map(|l| format!("{l}\n")).collect();
+    let part = tmp("sha-part");
+    std::fs::write(&part, upto).unwrap();
+    let out = std::process::Command::new("sha256sum")
+        .arg(&part)
+        .output()
+        .expect("sha256sum");
+    let _ = std::fs::remove_file(&part);
+    let _ = std::fs::remove_file(&path);
+    let want = String::from_utf8(out.stdout).unwrap();
+    let want = want.split_whitespace().next().unwrap();
+    assert_eq!(text.lines().nth(h).unwrap(), format!("hash {want}"));
+    let r = vesim(&["run", "--seed", "2", "--ve", "on"]);
+    assert!(
+        r.stdout.contains(&format!("trace hash ve_on    {want}")),
+        "{}",
+        r.stdout
+    );
 }
 
 /// Attack operations round-trip through the trace text and reject unknown kinds and missing

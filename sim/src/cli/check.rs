@@ -119,7 +119,7 @@ fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, Str
             invariant: "stop".into(),
             step: checker.steps(),
             cpu,
-            detail: format!("{s:?}"),
+            detail: s.to_string(),
         }),
     };
     if failure.is_none() && serialized(b) {

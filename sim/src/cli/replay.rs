@@ -1,7 +1,7 @@
 //! `vesim replay FILE`: re-run a trace and verify every record and the hash.
 
 use super::EXIT_USAGE;
-use crate::trace::{replay, ReplayError, TraceFile};
+use crate::trace::{replay_text, TraceFile};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,9 +12,12 @@ Examples:
   vesim replay t.trace
   vesim replay --check corpus/quirks/Q5.trace
 
-Exit status: 0 when every record and hash match, 1 when one differs (with --check, also when an
-invariant fails under the trace's quirk switches), 2 when the file cannot be read or does not
-parse.";
+The file must be exactly what its header and operations produce: every line is compared with
+the line the replay gives, header and operations included (each run's hash covers them too).
+
+Exit status: 0 when every line matches, 1 when one differs (the first is named; with --check,
+also when an invariant fails under the trace's quirk switches), 2 when the file cannot be read,
+does not parse, is of another trace format or names a value this vesim does not know.";
 
 /// Arguments of `vesim replay`.
 #[derive(Debug, Args)]
@@ -75,10 +78,12 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let result = replay(&tf);
-    if let Err(ReplayError::Setup(m)) = &result {
-        eprintln!("vesim: {name}: {m}.");
-        return ExitCode::from(EXIT_USAGE);
+    let result = replay_text(&text);
+    if let Err(e) = &result {
+        if e.is_usage() {
+            eprintln!("vesim: {name}: {e}.");
+            return ExitCode::from(EXIT_USAGE);
+        }
     }
     let checks = if args.check {
         let Some(b) = crate::workload::Builtin::from_name(&tf.scenario) else {
