@@ -37,6 +37,7 @@ pub mod introcore;
 pub mod layout;
 pub mod minimize;
 pub mod ops;
+pub mod output;
 pub mod quirk_report;
 pub mod quirks;
 pub mod scenario_case;

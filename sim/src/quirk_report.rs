@@ -808,7 +808,7 @@ pub fn switch_row(q: &'static Quirk, dir: &std::path::Path) -> Result<Row, Strin
             &[true],
         )
         .map_err(|e| format!("{}: the minimal scenario does not run: {e}", q.id))?;
-        std::fs::write(&path, tf.to_text())
+        crate::output::write_atomic(&path, tf.to_text().as_bytes())
             .map_err(|e| format!("{} cannot be written: {e}", path.display()))?;
         let shown = path.display().to_string();
         row.invariant = Some(f.invariant);

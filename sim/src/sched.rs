@@ -54,10 +54,26 @@ pub enum ScheduleError {
     Range(String),
 }
 
+impl Schedule {
+    /// Refuses a list that names a VCPU the machine (of `vcpus` VCPUs) does not have.
+    pub fn check_vcpus(&self, vcpus: u64) -> Result<(), String> {
+        if let Schedule::List(runs) = self {
+            if let Some((cpu, _)) = runs.iter().find(|(c, _)| *c as u64 >= vcpus) {
+                return Err(format!(
+                    "the schedule names VCPU {cpu} but the machine has {vcpus} (VCPUs 0 to {})",
+                    vcpus.saturating_sub(1)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for Schedule {
     type Err = ScheduleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ScheduleError::Syntax(s.to_string());
+        let quoted = crate::trace::excerpt(s, crate::trace::QUOTE_MAX);
+        let bad = || ScheduleError::Syntax(quoted.clone());
         let num = |t: &str| t.parse::<u64>().map_err(|_| bad());
         let parts: Vec<&str> = s.split(':').collect();
         match parts.as_slice() {
@@ -67,7 +83,7 @@ impl FromStr for Schedule {
                 let depth = num(depth)?;
                 let steps = num(steps)?;
                 if depth == 0 || depth > 64 || steps == 0 {
-                    return Err(ScheduleError::Range(s.to_string()));
+                    return Err(ScheduleError::Range(quoted.clone()));
                 }
                 Ok(Schedule::Pct {
                     seed: num(seed)?,
@@ -83,7 +99,7 @@ impl FromStr for Schedule {
                         None => (num(run)?, 1),
                     };
                     if cpu > 255 || n == 0 {
-                        return Err(ScheduleError::Range(s.to_string()));
+                        return Err(ScheduleError::Range(quoted.clone()));
                     }
                     out.push((cpu as usize, n));
                 }

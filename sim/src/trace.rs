@@ -472,6 +472,7 @@ impl TraceFile {
             crate::workload::resolve_params(b, &params).map_err(|e| err(n, e.to_string()))?;
         }
         let (n, l) = next("schedule")?;
+        let sched_line = n;
         let schedule = field(n, &l, "schedule")?
             .parse::<crate::sched::Schedule>()
             .map_err(|e| err(n, e.to_string()))?;
@@ -589,6 +590,9 @@ impl TraceFile {
         }
         if let Some(b) = b {
             let vcpus = crate::workload::vcpus_of(b, &params);
+            schedule
+                .check_vcpus(vcpus)
+                .map_err(|m| err(sched_line, m))?;
             if queues.len() as u64 > vcpus {
                 return Err(err(
                     text.lines().count(),

@@ -566,11 +566,11 @@ impl World {
                 vesim_model::cpu::mmu::AccessKind::Fetch,
                 false,
             )
-            .map_err(|f| Stop::AgentFault(format!("trampoline fetch: {f:?}")))?;
+            .map_err(|f| Stop::AgentFault(format!("trampoline fetch: {f}")))?;
         let slot = Gla(v.gpr[4].wrapping_sub(8));
         machine
             .write_linear(v, slot, &target.to_le_bytes(), false)
-            .map_err(|f| Stop::AgentFault(format!("trampoline stack: {f:?}")))?;
+            .map_err(|f| Stop::AgentFault(format!("trampoline stack: {f}")))?;
         v.rip = target;
         Ok(())
     }

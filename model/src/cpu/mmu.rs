@@ -64,6 +64,30 @@ pub enum Fault {
     },
 }
 
+impl std::fmt::Display for Fault {
+    /// The fault in words (what an agent fault's detail says).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::NonCanonical => write!(f, "a non-canonical address"),
+            Fault::Page { error_code, cr2 } => write!(
+                f,
+                "a page fault at {:#x} (error code {:#x})",
+                cr2.0,
+                error_code.bits()
+            ),
+            Fault::EptViolation(v) => write!(
+                f,
+                "an EPT violation at guest-physical {:#x} (qualification {:#x})",
+                v.gpa.0,
+                v.qualification.bits()
+            ),
+            Fault::EptMisconfig { gpa } => {
+                write!(f, "an EPT misconfiguration at guest-physical {:#x}", gpa.0)
+            }
+        }
+    }
+}
+
 /// Up to two guest-physical pieces of one linear access (it may cross a page boundary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PhysSpan {

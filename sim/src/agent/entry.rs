@@ -34,7 +34,7 @@ impl World {
                 vesim_model::cpu::mmu::AccessKind::Fetch,
                 false,
             )
-            .map_err(|f| Stop::AgentFault(format!("fetch of the patched index: {f:?}")))?;
+            .map_err(|f| Stop::AgentFault(format!("fetch of the patched index: {f}")))?;
         Ok(machine.mem.read_u32(g))
     }
 

@@ -152,8 +152,8 @@ mod status {
 }
 
 impl World {
-    fn fault(what: &str, f: impl std::fmt::Debug) -> Stop {
-        Stop::AgentFault(format!("{what}: {f:?}"))
+    fn fault(what: &str, f: impl std::fmt::Display) -> Stop {
+        Stop::AgentFault(format!("{what}: {f}"))
     }
 
     /// Reads `buf.len()` bytes at `gla` as the agent, in the VCPU's current view.

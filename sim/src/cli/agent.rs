@@ -188,7 +188,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
     let mut regs = BTreeMap::new();
     for (r, v) in args.regs {
         if regs.insert(r, v).is_some() {
-            eprintln!("vesim: register {} is given twice.", r.name());
+            errln!("vesim: register {} is given twice.", r.name());
             return ExitCode::from(EXIT_USAGE);
         }
     }
@@ -208,14 +208,14 @@ pub fn run(args: AgentArgs) -> ExitCode {
     let v = match run_verdict(&req) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("vesim: {e}.");
+            errln!("vesim: {e}.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     if args.json {
-        println!("{}", to_json(&v));
+        outln!("{}", to_json(&v));
     } else {
-        print!("{}", to_text(&v));
+        out!("{}", to_text(&v));
     }
     ExitCode::SUCCESS
 }

@@ -36,7 +36,8 @@ scenario is reported with its schedule and replay command), 2 for bad arguments.
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct CheckArgs {
-    /// Number of seeds (0 .. N-1) per scenario.
+    /// Number of seeds (0 .. N-1) per scenario, at least 1. Seeds are streamed: memory does not
+    /// depend on N.
     #[arg(long, value_name = "N", value_parser = parse_u64, default_value = "20", conflicts_with = "seed")]
     seeds: u64,
     /// Check one seed only.
@@ -48,7 +49,7 @@ pub struct CheckArgs {
     /// Quirk profile.
     #[arg(long, value_name = "fixed|hvmi", default_value = "fixed")]
     profile: Profile,
-    /// Worlds run in parallel (one thread each).
+    /// Worlds run in parallel (one thread each), 1 to 64.
     #[arg(long, value_name = "J", value_parser = parse_u64, default_value = "1")]
     jobs: u64,
     /// Print only the summary (and no progress bar).
@@ -139,140 +140,239 @@ fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, Str
     })
 }
 
+/// The most worlds `--jobs` runs at once.
+pub const JOBS_MAX: u64 = 64;
+
+/// Failures listed one by one in `--json` (the count covers them all).
+const FAILURES_LISTED: usize = 100;
+
+/// Seeds a worker may run ahead of the lowest one not yet reported, per job: results are
+/// reported in seed order with at most this many held.
+const AHEAD_PER_JOB: u64 = 8;
+
+/// Checks seeds `first .. first + count` of `b` on `jobs` threads and hands each result to
+/// `sink` in seed order; `sink` returns `false` to stop the sweep. Memory does not depend on
+/// `count`: at most `AHEAD_PER_JOB * jobs` results are held.
+fn sweep(
+    b: Builtin,
+    profile: Profile,
+    first: u64,
+    count: u64,
+    jobs: usize,
+    bar: &indicatif::ProgressBar,
+    sink: &mut dyn FnMut(u64, Result<SeedResult, String>) -> bool,
+) {
+    use std::sync::{Condvar, Mutex};
+    struct State {
+        next: u64,
+        reported: u64,
+        done: std::collections::BTreeMap<u64, Result<SeedResult, String>>,
+        stop: bool,
+    }
+    let ahead = AHEAD_PER_JOB * jobs as u64;
+    let state = Mutex::new(State {
+        next: 0,
+        reported: 0,
+        done: std::collections::BTreeMap::new(),
+        stop: false,
+    });
+    let cv = Condvar::new();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = {
+                    let Ok(mut st) = state.lock() else { return };
+                    while !st.stop && st.next < count && st.next >= st.reported + ahead {
+                        st = match cv.wait(st) {
+                            Ok(g) => g,
+                            Err(_) => return,
+                        };
+                    }
+                    if st.stop || st.next >= count {
+                        return;
+                    }
+                    st.next += 1;
+                    st.next - 1
+                };
+                let seed = first + i;
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    check_seed(b, profile, seed)
+                }))
+                .unwrap_or_else(|_| Err("vesim panicked (a defect: please report it)".into()));
+                bar.inc(1);
+                if let Ok(mut st) = state.lock() {
+                    st.done.insert(i, r);
+                }
+                cv.notify_all();
+            });
+        }
+        // The reporter: results in seed order, as they become available.
+        loop {
+            let r = {
+                let Ok(mut st) = state.lock() else { break };
+                if st.reported >= count || st.stop {
+                    break;
+                }
+                loop {
+                    let k = st.reported;
+                    if let Some(r) = st.done.remove(&k) {
+                        st.reported += 1;
+                        break r;
+                    }
+                    st = match cv.wait(st) {
+                        Ok(g) => g,
+                        Err(_) => return,
+                    };
+                }
+            };
+            cv.notify_all();
+            let seed = match &r {
+                Ok(x) => x.seed,
+                Err(_) => first,
+            };
+            if !sink(seed, r) {
+                if let Ok(mut st) = state.lock() {
+                    st.stop = true;
+                }
+                cv.notify_all();
+                break;
+            }
+        }
+    });
+}
+
 /// Runs `vesim check`.
 pub fn run(args: CheckArgs) -> ExitCode {
-    let seeds: Vec<u64> = match args.seed {
-        Some(s) => vec![s],
-        None => (0..args.seeds).collect(),
+    let usage = |m: String| {
+        errln!("vesim: {m}.");
+        ExitCode::from(EXIT_USAGE)
+    };
+    if args.seed.is_none() && args.seeds == 0 {
+        return usage("--seeds must be at least 1".into());
+    }
+    if args.jobs == 0 || args.jobs > JOBS_MAX {
+        return usage(format!("--jobs takes 1 to {JOBS_MAX}, not {}", args.jobs));
+    }
+    if let Some(path) = &args.trace {
+        if let Err(m) = crate::output::check_output(path, &[]) {
+            return usage(m);
+        }
+    }
+    let (first, count) = match args.seed {
+        Some(s) => (s, 1),
+        None => (0, args.seeds),
     };
     let builtins: Vec<Builtin> = match args.builtin {
         Some(b) => vec![b],
         None => Builtin::ALL.iter().map(|(_, b)| *b).collect(),
     };
-    let work: Vec<(Builtin, u64)> = builtins
-        .iter()
-        .flat_map(|b| seeds.iter().map(move |s| (*b, *s)))
-        .collect();
-    // J worlds at a time, one thread each; results are reported in scenario and seed order.
-    let jobs = args.jobs.clamp(1, 64) as usize;
-    let bar = if args.quiet || args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let jobs = args.jobs as usize;
+    let bar = if args.quiet || args.json || !super::interactive() {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new(work.len() as u64)
+        indicatif::ProgressBar::new(count.saturating_mul(builtins.len() as u64))
     };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let collected = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&(b, seed)) = work.get(i) else {
-                    break;
-                };
-                let r = check_seed(b, args.profile, seed);
-                bar.inc(1);
-                if let Ok(mut c) = collected.lock() {
-                    c.push((i, r));
-                }
-            });
-        }
-    });
-    bar.finish_and_clear();
-    let mut outcomes: Vec<Option<Result<SeedResult, String>>> =
-        (0..work.len()).map(|_| None).collect();
-    for (i, r) in collected.into_inner().unwrap_or_default() {
-        if let Some(slot) = outcomes.get_mut(i) {
-            *slot = Some(r);
-        }
-    }
-    let mut results = Vec::with_capacity(work.len());
-    for (i, o) in outcomes.into_iter().enumerate() {
-        let (b, seed) = work[i];
-        match o {
-            Some(Ok(r)) => results.push(r),
-            Some(Err(e)) => {
-                eprintln!("vesim: {} seed {seed} could not run: {e}.", b.name());
-                return ExitCode::from(EXIT_USAGE);
-            }
-            None => {
-                eprintln!("vesim: {} seed {seed} did not run.", b.name());
-                return ExitCode::from(EXIT_USAGE);
-            }
-        }
-    }
-    let failed: Vec<&SeedResult> = results.iter().filter(|r| r.failure.is_some()).collect();
-    let replay = |r: &SeedResult| {
+    let replay = |b: Builtin, seed: u64| {
         format!(
-            "vesim check --builtin {} --seed {} --profile {}",
-            r.builtin.name(),
-            r.seed,
+            "vesim check --builtin {} --seed {seed} --profile {}",
+            b.name(),
             args.profile
         )
     };
-    if args.json {
-        let fails: Vec<Value> = failed
-            .iter()
-            .filter_map(|r| {
-                r.failure.as_ref().map(|f| {
-                    json!({"scenario": r.builtin.name(), "seed": r.seed,
+    // Per scenario: seeds run, failed, and the lowest failing seed; the first failures listed.
+    let mut tallies: Vec<(Builtin, u64, u64, Option<SeedResult>)> = Vec::new();
+    let mut listed: Vec<Value> = Vec::new();
+    let mut failed_total: u64 = 0;
+    let mut fatal: Option<String> = None;
+    for &b in &builtins {
+        let (mut n, mut failed, mut lowest) = (0u64, 0u64, None::<SeedResult>);
+        sweep(b, args.profile, first, count, jobs, &bar, &mut |seed, r| {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    fatal = Some(format!("{} seed {seed} could not run: {e}", b.name()));
+                    return false;
+                }
+            };
+            n += 1;
+            if let Some(f) = &r.failure {
+                failed += 1;
+                failed_total += 1;
+                if !args.quiet && !args.json {
+                    bar.suspend(|| {
+                        outln!(
+                            "{} seed {}: {} failed at step {} on VCPU {}: {}",
+                            b.name(),
+                            r.seed,
+                            f.invariant,
+                            f.step,
+                            f.cpu,
+                            f.detail
+                        )
+                    });
+                }
+                if args.json && listed.len() < FAILURES_LISTED {
+                    listed.push(json!({"scenario": b.name(), "seed": r.seed,
                            "invariant": f.invariant, "step": f.step, "vcpu": f.cpu,
                            "detail": f.detail, "schedule": r.schedule().to_string(),
-                           "replay": replay(r)})
-                })
-            })
-            .collect();
-        let per: Vec<Value> = builtins
+                           "replay": replay(b, r.seed)}));
+                }
+                if lowest.is_none() {
+                    lowest = Some(r);
+                }
+            }
+            !super::stdout_closed()
+        });
+        tallies.push((b, n, failed, lowest));
+        if fatal.is_some() || super::stdout_closed() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(m) = fatal {
+        return usage(m);
+    }
+    if args.json {
+        let per: Vec<Value> = tallies
             .iter()
-            .map(|b| {
-                let n = results.iter().filter(|r| r.builtin == *b).count();
-                let f = failed.iter().filter(|r| r.builtin == *b).count();
+            .map(|(b, n, f, _)| {
                 json!({"scenario": b.name(), "seeds": n, "passed": n - f, "failed": f})
             })
             .collect();
-        let mut out = json!({"profile": args.profile.to_string(), "seeds": seeds.len(),
-               "runs": results.len(), "failed": fails.len(), "scenarios": per,
-               "failures": fails});
-        if let (Some(b), Some(o)) = (args.builtin, out.as_object_mut()) {
-            o.insert("scenario".into(), json!(b.name()));
-        }
-        println!("{out}");
-    } else {
-        if !args.quiet {
-            for r in &failed {
-                if let Some(f) = &r.failure {
-                    println!(
-                        "{} seed {}: {} failed at step {} on VCPU {}: {}",
-                        r.builtin.name(),
-                        r.seed,
-                        f.invariant,
-                        f.step,
-                        f.cpu,
-                        f.detail
-                    );
-                }
+        let runs: u64 = tallies.iter().map(|t| t.1).sum();
+        let mut out = json!({"profile": args.profile.to_string(), "seeds": count,
+               "runs": runs, "failed": failed_total, "scenarios": per,
+               "failures": listed});
+        if let Some(o) = out.as_object_mut() {
+            if failed_total > FAILURES_LISTED as u64 {
+                o.insert("failures_listed".into(), json!(FAILURES_LISTED));
+            }
+            if let Some(b) = args.builtin {
+                o.insert("scenario".into(), json!(b.name()));
             }
         }
-        for b in &builtins {
-            let n = results.iter().filter(|r| r.builtin == *b).count();
-            let mine: Vec<&&SeedResult> = failed.iter().filter(|r| r.builtin == *b).collect();
-            println!(
+        outln!("{out}");
+    } else {
+        for (b, n, f, lowest) in &tallies {
+            outln!(
                 "{}: {} passed, {} failed ({} profile)",
                 b.name(),
-                n - mine.len(),
-                mine.len(),
+                n - f,
+                f,
                 args.profile
             );
-            if let Some(first) = mine.first() {
-                println!(
+            if let Some(first) = lowest {
+                outln!(
                     "  lowest failing seed {} (schedule {}): {}",
                     first.seed,
                     first.schedule(),
-                    replay(first)
+                    replay(*b, first.seed)
                 );
             }
         }
     }
-    if let (Some(path), Some(first)) = (&args.trace, failed.first()) {
+    let first_failure = tallies.iter().find_map(|t| t.3.as_ref());
+    if let (Some(path), Some(first)) = (&args.trace, first_failure) {
         let params = swarm_params(first.builtin, &BTreeMap::new(), first.seed);
         let tf = params.map_err(|e| e.to_string()).and_then(|p| {
             let sets: BTreeMap<String, u64> =
@@ -289,22 +389,20 @@ pub fn run(args: CheckArgs) -> ExitCode {
         });
         match tf {
             Ok(tf) => {
-                if let Err(e) = std::fs::write(path, tf.to_text()) {
-                    eprintln!("vesim: {} cannot be written: {e}.", path.display());
-                    return ExitCode::from(EXIT_USAGE);
+                if let Err(e) = crate::output::write_atomic(path, tf.to_text().as_bytes()) {
+                    return usage(format!("{} cannot be written: {e}", path.display()));
                 }
             }
             Err(e) => {
-                eprintln!(
-                    "vesim: the trace of {} seed {} could not be recorded: {e}.",
+                return usage(format!(
+                    "the trace of {} seed {} could not be recorded: {e}",
                     first.builtin.name(),
                     first.seed
-                );
-                return ExitCode::from(EXIT_USAGE);
+                ));
             }
         }
     }
-    if failed.is_empty() {
+    if failed_total == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -70,7 +70,7 @@ pub struct ExecArgs {
 }
 
 fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("vesim: {msg}");
+    errln!("vesim: {msg}");
     ExitCode::from(EXIT_USAGE)
 }
 
@@ -279,9 +279,9 @@ pub fn run(args: ExecArgs) -> ExitCode {
         Err(e) => return usage_error(&format!("{e}.")),
     };
     if args.json {
-        println!("{}", to_json(&report));
+        outln!("{}", to_json(&report));
     } else {
-        print!("{}", to_text(&report));
+        out!("{}", to_text(&report));
     }
     if report.outcome == Outcome::Executed {
         ExitCode::SUCCESS

@@ -39,9 +39,16 @@ pub struct MinimizeArgs {
 pub fn run(args: MinimizeArgs) -> ExitCode {
     let name = args.file.display().to_string();
     let usage = |m: String| {
-        eprintln!("vesim: {m}.");
+        errln!("vesim: {m}.");
         ExitCode::from(EXIT_USAGE)
     };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.min", args.file.display())));
+    if let Err(m) = crate::output::check_output(&out, &[&args.file]) {
+        return usage(m);
+    }
     let text = match std::fs::read_to_string(&args.file) {
         Ok(t) => t,
         Err(e) => return usage(format!("{name} cannot be read: {e}")),
@@ -73,12 +80,12 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
     };
     let Some(inv) = fails(&setup, &tf.scenario_data).map(|v| v.invariant) else {
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"file": name, "invariant": null, "minimized": false})
             );
         } else {
-            println!("{name}: the trace fails no invariant; nothing to minimize");
+            outln!("{name}: the trace fails no invariant; nothing to minimize");
         }
         return ExitCode::from(1);
     };
@@ -95,9 +102,6 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
         small.preemptions_before,
         preemptions(&small.setup.schedule).unwrap_or(0),
     );
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("{}.min", args.file.display())));
     let trace = match record_scenario(
         b,
         &small.setup.params,
@@ -112,12 +116,12 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(format!("the minimized scenario does not run: {e}")),
     };
-    if let Err(e) = std::fs::write(&out, trace.to_text()) {
+    if let Err(e) = crate::output::write_atomic(&out, trace.to_text().as_bytes()) {
         return usage(format!("{} cannot be written: {e}", out.display()));
     }
     if args.json {
         let hashes: Vec<String> = trace.runs.iter().map(|r| r.hash.clone()).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "file": name,
@@ -132,7 +136,7 @@ pub fn run(args: MinimizeArgs) -> ExitCode {
             })
         );
     } else {
-        println!(
+        outln!(
             "{name}: {ops_before} guest operations -> {ops_after}, {vcpus_before} VCPUs -> \
              {vcpus_after}, schedule {} ({} preemptions) -> {} ({} preemptions), still failing \
              {inv}; written to {}",

@@ -3,6 +3,31 @@
 //! Exit status: 0 success, 1 "ran but the answer is negative" (for `exec`: not executed),
 //! 2 bad arguments or input (one sentence on stderr, nothing on stdout).
 
+/// `println!` that never panics: a closed stdout (`vesim ... | head -1`) is noted
+/// ([`stdout_closed`]) and the rest of the output dropped.
+macro_rules! outln {
+    () => {
+        $crate::cli::emit(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::emit(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` that never panics (see `outln!`).
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::cli::emit(format_args!($($t)*))
+    };
+}
+
+/// `eprintln!` that never panics: a closed stderr drops the message.
+macro_rules! errln {
+    ($($t:tt)*) => {
+        $crate::cli::emit_err(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
 mod agent;
 mod check;
 mod exec;
@@ -13,6 +38,77 @@ mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+thread_local! {
+    /// While [`captured`] runs: what the command line printed (stdout, stderr).
+    static CAPTURE: std::cell::RefCell<Option<(String, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's command-line output captured instead of printed, and returns
+/// its result with the stdout and stderr text (the fuzz oracle of the file inputs reads them).
+pub fn captured<R>(f: impl FnOnce() -> R) -> (R, String, String) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some((String::new(), String::new())));
+    let r = f();
+    let (out, err) = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, out, err)
+}
+
+fn capture(to_err: bool, text: &str) -> bool {
+    CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+        Some((out, err)) => {
+            if to_err { err } else { out }.push_str(text);
+            true
+        }
+        None => false,
+    })
+}
+
+/// Whether progress bars may be drawn: stderr is a terminal and output is not captured.
+pub fn interactive() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()) && CAPTURE.with(|c| c.borrow().is_none())
+}
+
+/// Writes to stdout; a failed write (a closed pipe) marks stdout closed instead of panicking.
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if capture(false, &args.to_string()) {
+        return;
+    }
+    if stdout_closed() {
+        return;
+    }
+    if std::io::stdout().lock().write_fmt(args).is_err() {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Writes to stderr, dropping the message if it cannot be written. A word longer than
+/// [`crate::trace::QUOTE_MAX`] characters (an offending value quoted whole: a 10 MB token of an
+/// input file) is cut to that prefix, so an error stays one short line.
+pub fn emit_err(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let text = args.to_string();
+    let (body, nl) = match text.strip_suffix('\n') {
+        Some(b) => (b, "\n"),
+        None => (text.as_str(), ""),
+    };
+    let short: Vec<String> = body
+        .split(' ')
+        .map(|w| crate::trace::excerpt(w, crate::trace::QUOTE_MAX + 20))
+        .collect();
+    let line = short.join(" ") + nl;
+    if !capture(true, &line) {
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
+/// Whether a write to stdout failed (its reader went away): long commands stop early.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Exit status for bad arguments or input.
 pub const EXIT_USAGE: u8 = 2;
@@ -82,7 +178,16 @@ pub fn parse_hex_bytes(s: &str) -> Result<Vec<u8>, String> {
 
 /// Runs the command line and returns the process exit status.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    run_from(std::env::args_os())
+}
+
+/// Runs the command line given as `args` (the first is the program name), as `main` does.
+pub fn run_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -109,7 +214,7 @@ pub fn main() -> ExitCode {
                 _ => first.to_string(),
             };
             let stop = if msg.ends_with('.') { "" } else { "." };
-            eprintln!("vesim: {msg}{stop}");
+            errln!("vesim: {msg}{stop}");
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -46,7 +46,7 @@ fn cell(s: &str, width: usize) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    println!(
+    outln!(
         "{} {} {} {} replay / cost / why not",
         cell("quirk", 5),
         cell("invariant", 9),
@@ -65,7 +65,7 @@ fn print_table(rows: &[Row]) {
             (None, Some(c)) => format!("cost: {}", c.text()),
             (None, None) => r.note.clone(),
         };
-        println!(
+        outln!(
             "{} {} {} {} {last}",
             cell(r.quirk, 5),
             cell(&inv, 9),
@@ -80,7 +80,7 @@ fn print_table(rows: &[Row]) {
         .filter(|r| r.cost.is_some() && r.invariant.is_none())
         .count();
     let switches = crate::quirks::QUIRK_NAMES.len();
-    println!(
+    outln!(
         "{broken} quirks break an invariant ({paired} of them with Q1 on too), {costed} only \
          cost, {} switches change nothing measured, {} quirks have no switch",
         switches - broken - costed,
@@ -90,16 +90,41 @@ fn print_table(rows: &[Row]) {
 
 /// Runs `vesim quirks`.
 pub fn run(args: QuirksArgs) -> ExitCode {
-    let rows = match report(&args.out, args.jobs.clamp(1, 64) as usize) {
+    if args.jobs == 0 || u64::from(args.jobs) > super::check::JOBS_MAX {
+        errln!(
+            "vesim: --jobs takes 1 to {}, not {}.",
+            super::check::JOBS_MAX,
+            args.jobs
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    // The directory is made if missing, but not its parents; a file there is refused.
+    let shown = args.out.display();
+    if args.out.exists() && !args.out.is_dir() {
+        errln!("vesim: {shown} is a file, not a directory.");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let parent = match args.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        errln!(
+            "vesim: {shown} cannot be made: its directory {} does not exist.",
+            parent.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let rows = match report(&args.out, args.jobs as usize) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("vesim: {e}.");
+            errln!("vesim: {e}.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     if args.json {
         let v: Vec<serde_json::Value> = rows.iter().map(Row::json).collect();
-        println!("{}", serde_json::json!({ "quirks": v }));
+        outln!("{}", serde_json::json!({ "quirks": v }));
     } else {
         print_table(&rows);
     }

@@ -62,32 +62,32 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         Ok(b) => match String::from_utf8(b) {
             Ok(t) => t,
             Err(_) => {
-                eprintln!("vesim: {name} is not UTF-8 text.");
+                errln!("vesim: {name} is not UTF-8 text.");
                 return ExitCode::from(EXIT_USAGE);
             }
         },
         Err(e) => {
-            eprintln!("vesim: {name} cannot be read: {e}.");
+            errln!("vesim: {name} cannot be read: {e}.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let tf = match TraceFile::parse(&text) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("vesim: {name}:{}: {}.", e.line, e.message);
+            errln!("vesim: {name}:{}: {}.", e.line, e.message);
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let result = replay_text(&text);
     if let Err(e) = &result {
         if e.is_usage() {
-            eprintln!("vesim: {name}: {e}.");
+            errln!("vesim: {name}: {e}.");
             return ExitCode::from(EXIT_USAGE);
         }
     }
     let checks = if args.check {
         let Some(b) = crate::workload::Builtin::from_name(&tf.scenario) else {
-            eprintln!(
+            errln!(
                 "vesim: {name}: '{}' is not a built-in scenario.",
                 tf.scenario
             );
@@ -96,7 +96,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         let params = match crate::workload::resolve_params(b, &tf.params) {
             Ok(p) => p,
             Err(e) => {
-                eprintln!("vesim: {name}: {e}.");
+                errln!("vesim: {name}: {e}.");
                 return ExitCode::from(EXIT_USAGE);
             }
         };
@@ -147,18 +147,18 @@ pub fn run(args: ReplayArgs) -> ExitCode {
                     "fixed": check_line(off).1}),
             );
         }
-        println!("{v}");
+        outln!("{v}");
     } else {
         match &result {
-            Ok(n) => println!(
+            Ok(n) => outln!(
                 "{name}: {n} records and {} hashes replayed exactly",
                 tf.runs.len()
             ),
-            Err(e) => println!("{name}: {e}"),
+            Err(e) => outln!("{name}: {e}"),
         }
         if let Some((on, off)) = &checks {
-            println!("{switches}: {}", check_line(on).0);
-            println!("fixed: {}", check_line(off).0);
+            outln!("{switches}: {}", check_line(on).0);
+            outln!("fixed: {}", check_line(off).0);
         }
     }
     let failed = checks

@@ -2,7 +2,7 @@
 
 use super::{parse_u64, EXIT_USAGE};
 use crate::quirks::Profile;
-use crate::workload::{resolve_params, run_builtin_with, Builtin, RunResult};
+use crate::workload::{build_world, resolve_params, run_built_progress, Builtin, RunResult};
 use clap::{Args, ValueEnum};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -202,14 +202,14 @@ pub fn run(args: RunArgs) -> ExitCode {
     let eff = match effective(&args) {
         Ok(e) => e,
         Err(m) => {
-            eprintln!("vesim: {m}.");
+            errln!("vesim: {m}.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
     let mut sets = eff.file_sets.clone();
     if let Some(n) = args.vcpus {
         if eff.builtin != Builtin::DesktopMix {
-            eprintln!("vesim: --vcpus applies to desktop-mix only.");
+            errln!("vesim: --vcpus applies to desktop-mix only.");
             return ExitCode::from(EXIT_USAGE);
         }
         sets.insert("vcpus".to_string(), n);
@@ -217,7 +217,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     let mut seen = std::collections::BTreeSet::new();
     for (k, v) in args.sets {
         if !seen.insert(k.clone()) {
-            eprintln!("vesim: parameter {k} is set twice.");
+            errln!("vesim: parameter {k} is set twice.");
             return ExitCode::from(EXIT_USAGE);
         }
         sets.insert(k, v);
@@ -225,7 +225,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     let params = match resolve_params(eff.builtin, &sets) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("vesim: {e}.");
+            errln!("vesim: {e}.");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -238,12 +238,36 @@ pub fn run(args: RunArgs) -> ExitCode {
         .sched
         .clone()
         .unwrap_or(crate::sched::Schedule::Random { seed: eff.seed });
+    let vcpus = crate::workload::vcpus_of(
+        eff.builtin,
+        &params.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+    );
+    if let Err(m) = schedule.check_vcpus(vcpus) {
+        errln!("vesim: {m}.");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(path) = &args.trace {
+        let inputs: Vec<&std::path::Path> = args.scenario.iter().map(|p| p.as_path()).collect();
+        if let Err(m) = crate::output::check_output(path, &inputs) {
+            errln!("vesim: {m}.");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     let mut results = Vec::new();
     let mut perf = Vec::new();
     for (name, ve) in modes {
+        // A long run shows its progress (operations started) on a terminal.
+        let bar = if super::interactive() {
+            indicatif::ProgressBar::new(0).with_message(name)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         // Wall-clock speed is reported apart from every counted figure and hash.
         let t0 = std::time::Instant::now();
-        let r = run_builtin_with(eff.builtin, &params, ve, eff.profile, eff.seed, &schedule);
+        let r = build_world(eff.builtin, &params, ve, eff.profile, eff.seed).and_then(|w| {
+            run_built_progress(eff.builtin, &params, w, eff.seed, &schedule, Some(&bar))
+        });
+        bar.finish_and_clear();
         let secs = t0.elapsed().as_secs_f64();
         match r {
             Ok(r) => {
@@ -251,7 +275,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 results.push((name, r))
             }
             Err(e) => {
-                eprintln!("vesim: the {name} run failed: {e}.");
+                errln!("vesim: the {name} run failed: {e}.");
                 return ExitCode::from(1);
             }
         }
@@ -260,13 +284,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         let ves: Vec<bool> = results.iter().map(|(n, _)| *n == "ve_on").collect();
         match crate::trace::record(eff.builtin, &sets, &ves, eff.profile, eff.seed, &schedule) {
             Ok(tf) => {
-                if let Err(e) = std::fs::write(path, tf.to_text()) {
-                    eprintln!("vesim: {} cannot be written: {e}.", path.display());
+                if let Err(e) = crate::output::write_atomic(path, tf.to_text().as_bytes()) {
+                    errln!("vesim: {} cannot be written: {e}.", path.display());
                     return ExitCode::from(EXIT_USAGE);
                 }
             }
             Err(e) => {
-                eprintln!("vesim: the trace run failed: {e}.");
+                errln!("vesim: the trace run failed: {e}.");
                 return ExitCode::from(1);
             }
         }
@@ -316,10 +340,10 @@ pub fn run(args: RunArgs) -> ExitCode {
             })
             .collect();
         m.insert("perf".into(), Value::Object(p));
-        println!("{}", Value::Object(m));
+        outln!("{}", Value::Object(m));
     } else {
         let p: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{}  seed {}  profile {}  {}",
             eff.builtin.name(),
             eff.seed,
@@ -327,19 +351,19 @@ pub fn run(args: RunArgs) -> ExitCode {
             p.join(" ")
         );
         let header: Vec<&str> = results.iter().map(|(n, _)| *n).collect();
-        print!("{:<30}", "");
+        out!("{:<30}", "");
         for h in &header {
-            print!("{h:>14}");
+            out!("{h:>14}");
         }
-        println!();
+        outln!();
         let figures: Vec<Vec<(&str, u64)>> = results.iter().map(|(_, r)| run_figures(r)).collect();
         if let Some(first) = figures.first() {
             for (i, (k, _)) in first.iter().enumerate() {
-                print!("{k:<30}");
+                out!("{k:<30}");
                 for f in &figures {
-                    print!("{:>14}", f[i].1);
+                    out!("{:>14}", f[i].1);
                 }
-                println!();
+                outln!();
             }
         }
         // Exits by reason, every reason any run took.
@@ -349,26 +373,26 @@ pub fn run(args: RunArgs) -> ExitCode {
             .collect();
         for code in reasons {
             let name = vesim_model::ExitReason::from_code(code).map_or("other", |r| r.name());
-            print!("{:<30}", format!("exits_{code}_{name}"));
+            out!("{:<30}", format!("exits_{code}_{name}"));
             for (_, r) in &results {
-                print!("{:>14}", r.counters.exits.get(&code).copied().unwrap_or(0));
+                out!("{:>14}", r.counters.exits.get(&code).copied().unwrap_or(0));
             }
-            println!();
+            outln!();
         }
-        print!("{:<30}", "cache_hit_rate");
+        out!("{:<30}", "cache_hit_rate");
         for (_, r) in &results {
             let c = &r.counters;
             match (c.cache_hits * 1000).checked_div(c.cache_lookups) {
-                Some(permille) => print!("{:>13}%", format!("{}.{}", permille / 10, permille % 10)),
-                None => print!("{:>14}", "-"),
+                Some(permille) => out!("{:>13}%", format!("{}.{}", permille / 10, permille % 10)),
+                None => out!("{:>14}", "-"),
             }
         }
-        println!();
+        outln!();
         for (n, r) in &results {
             let c = &r.counters;
             let in_guest = c.page_walk_set + c.ignored_irrelevant + c.ignored_cache;
             if c.ve_total > 0 {
-                println!(
+                outln!(
                     "{n}: {in_guest} of {} #VEs handled in the guest without introcore ({:.1}%)",
                     c.ve_total,
                     in_guest as f64 * 100.0 / c.ve_total as f64
@@ -376,11 +400,11 @@ pub fn run(args: RunArgs) -> ExitCode {
             }
         }
         for (n, r) in &results {
-            println!("trace hash {n:<8} {}", r.trace_hash);
+            outln!("trace hash {n:<8} {}", r.trace_hash);
         }
-        println!("schedule {schedule}");
+        outln!("schedule {schedule}");
         for (n, secs, steps) in &perf {
-            println!(
+            outln!(
                 "speed {n:<8} {steps} simulated steps in {secs:.3} s ({:.0} steps/s, wall clock)",
                 *steps as f64 / secs.max(1e-9)
             );
@@ -392,7 +416,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             } else {
                 saved as f64 * 100.0 / off as f64
             };
-            println!("exits saved by #VE: {saved} ({pct:.2}% of the #VE-off exits)");
+            outln!("exits saved by #VE: {saved} ({pct:.2}% of the #VE-off exits)");
         }
     }
     ExitCode::SUCCESS
