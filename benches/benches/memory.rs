@@ -7,6 +7,8 @@
 //! `cargo bench -p vesim-benches --bench memory` (about 15 minutes on 2 cores: the 100 000-seed
 //! sweep dominates). `-- --quick` runs 1 000 vs 10 000 seeds instead.
 
+#![allow(clippy::expect_used)]
+
 use std::process::Command;
 
 fn vm_hwm_kib() -> Option<u64> {

@@ -53,6 +53,6 @@ fn quirks_exits_2_when_its_directory_cannot_be_made() {
     let r = vesim(&["quirks", "--out", out.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("cannot be created"), "{}", r.stderr);
+    assert!(r.stderr.contains("cannot be made"), "{}", r.stderr);
     assert!(r.stdout.is_empty(), "{}", r.stdout);
 }
