@@ -50,13 +50,16 @@ pub struct ScenarioFileError {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len()))
-        .map_or(0, |t| t.matches('\n').count() + 1)
+        .map_or(1, |t| t.matches('\n').count() + 1)
 }
 
+/// The line of `key`: the first that starts with it, else the first that holds it (an inline
+/// table), else line 1 (an error always names a real line).
 fn key_line(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| l.trim_start().starts_with(key))
-        .map_or(0, |i| i + 1)
+        .or_else(|| text.lines().position(|l| l.contains(key)))
+        .map_or(1, |i| i + 1)
 }
 
 impl ScenarioFile {
@@ -68,7 +71,7 @@ impl ScenarioFile {
             message,
         };
         let sf: ScenarioFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            let line = e.span().map_or(1, |s| line_of(text, s.start));
             err(line, e.message().trim().replace('\n', " "))
         })?;
         let Some(b) = crate::workload::Builtin::from_name(&sf.builtin) else {
@@ -102,7 +105,7 @@ impl ScenarioFile {
                 .params
                 .keys()
                 .find(|k| e.to_string().contains(k.as_str()))
-                .map_or(0, |k| key_line(text, k));
+                .map_or_else(|| key_line(text, "params"), |k| key_line(text, k));
             err(bad, e.to_string())
         })?;
         Ok(sf)
@@ -133,6 +136,15 @@ mod tests {
             ("builtin = \"desktop-mix\"\nschedule = \"fifo\"\n", 2),
             ("builtin = [\n", 1),
             ("seed = 1\n", 1),
+            // An inline table: the key is not at the start of its line.
+            (
+                "builtin = \"desktop-mix\"\n\nparams = { \"ops\" = 5000000 }\n",
+                3,
+            ),
+            (
+                "builtin = \"desktop-mix\"\n[params]\na = { b = { c = 1 } }\n",
+                3,
+            ),
         ];
         for (t, line) in cases {
             let e = ScenarioFile::parse("s.toml", t).unwrap_err();
@@ -147,7 +159,10 @@ mod tests {
         /// I9: any text is a scenario or an error, never a panic.
         #[test]
         fn i9_any_text_is_a_scenario_or_an_error(t in r#"(builtin = "desktop-mix"\n)?[ -~\n]{0,120}"#) {
-            let _ = ScenarioFile::parse("s.toml", &t);
+            if let Err(e) = ScenarioFile::parse("s.toml", &t) {
+                // Every error names a real line of the file.
+                proptest::prop_assert!(e.line >= 1 && e.line <= t.lines().count().max(1) + 1, "{e}");
+            }
         }
     }
 }
