@@ -35,54 +35,16 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let big_seeds = if quick { "10000" } else { "100000" };
-    let pairs: [(&str, Vec<&str>, Vec<&str>); 2] = [
-        (
-            "check desktop-mix, seeds",
-            vec![
-                "check",
-                "--builtin",
-                "desktop-mix",
-                "--jobs",
-                "2",
-                "--quiet",
-                "--seeds",
-                "1000",
-            ],
-            vec![
-                "check",
-                "--builtin",
-                "desktop-mix",
-                "--jobs",
-                "2",
-                "--quiet",
-                "--seeds",
-                big_seeds,
-            ],
-        ),
+    // Each pair: the command, then its last argument small and large.
+    let check = "check --builtin desktop-mix --jobs 2 --quiet --seeds";
+    let run = "run --builtin paper-synthetic --ve on --set pages=10 --set";
+    let pairs = [
+        ("check desktop-mix, seeds", check, "1000", big_seeds),
         (
             "run paper-synthetic pages=10, changes",
-            vec![
-                "run",
-                "--builtin",
-                "paper-synthetic",
-                "--ve",
-                "on",
-                "--set",
-                "pages=10",
-                "--set",
-                "changes=1000",
-            ],
-            vec![
-                "run",
-                "--builtin",
-                "paper-synthetic",
-                "--ve",
-                "on",
-                "--set",
-                "pages=10",
-                "--set",
-                "changes=100000",
-            ],
+            run,
+            "changes=1000",
+            "changes=100000",
         ),
     ];
     let exe = std::env::current_exe().expect("this binary's path");
@@ -90,7 +52,10 @@ fn main() {
         "{:<40} {:>12} {:>12} {:>12} {:>8}",
         "peak memory (VmHWM)", "small", "KiB", "large", "KiB"
     );
-    for (what, small, large) in pairs {
+    for (what, base, small_arg, large_arg) in pairs {
+        let with =
+            |last: &'static str| -> Vec<&'static str> { base.split(' ').chain([last]).collect() };
+        let (small, large) = (with(small_arg), with(large_arg));
         let measure = |a: &[&str]| -> u64 {
             let o = Command::new(&exe)
                 .arg("--child")

@@ -156,12 +156,11 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Executed => write!(f, "the instruction executed"),
-            Outcome::PageFault { error_code, cr2 } => write!(
-                f,
-                "a page fault at {:#x} (error code {:#x})",
-                cr2.0,
-                error_code.bits()
-            ),
+            Outcome::PageFault { error_code, cr2 } => crate::cpu::mmu::Fault::Page {
+                error_code: *error_code,
+                cr2: *cr2,
+            }
+            .fmt(f),
             Outcome::GeneralProtection { error_code } => {
                 write!(f, "a general-protection fault (error code {error_code:#x})")
             }
@@ -181,7 +180,7 @@ impl std::fmt::Display for Outcome {
                 v.gpa.0
             ),
             Outcome::EptMisconfig { gpa } => {
-                write!(f, "an EPT misconfiguration at guest-physical {:#x}", gpa.0)
+                crate::cpu::mmu::Fault::EptMisconfig { gpa: *gpa }.fmt(f)
             }
             Outcome::DoubleFault => write!(f, "a double fault"),
             Outcome::Vmcall => write!(f, "a VMCALL exit"),

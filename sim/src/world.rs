@@ -223,7 +223,7 @@ impl EventLog {
     }
 
     /// Starts the trace hash from `prefix` (a hasher fed with the trace's header and scenario,
-    /// [`crate::trace::prefix_hasher`]); the events pushed from now on are hashed.
+    /// [`crate::trace::TraceFile::prefix_hasher`]); the events pushed from now on are hashed.
     pub fn hash_from(&mut self, prefix: sha2::Sha256) {
         self.hasher = Some(prefix);
     }
@@ -595,5 +595,30 @@ impl World {
     /// This is HVMI's `_VCPU_STATE.VeInfoPage` (guests.h), by GPA.
     pub fn ve_page(&self, cpu: usize) -> Option<Gpa> {
         self.vcpus.get(cpu).and_then(|v| v.ve_info)
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    /// A stop reads as words, not as Rust's debug format.
+    #[test]
+    fn stops_are_in_words() {
+        let s = Stop::Guest(Outcome::Unsupported {
+            mnemonic: "int3".into(),
+        });
+        assert_eq!(
+            s.to_string(),
+            "the guest stopped at 'int3', an instruction the reference CPU does not implement"
+        );
+        let pf = Stop::Guest(Outcome::PageFault {
+            error_code: vesim_model::paging::PageFaultErrorCode::from_bits_retain(2),
+            cr2: Gla(0x1000),
+        });
+        assert_eq!(
+            pf.to_string(),
+            "the guest stopped at a page fault at 0x1000 (error code 0x2)"
+        );
     }
 }
