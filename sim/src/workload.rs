@@ -482,7 +482,14 @@ pub fn run_built_progress(
 ) -> Result<RunResult, RunError> {
     let streams = generate_streams(b, params, seed);
     let hdr = header(b, params, &w, seed, schedule, streams.processes.clone());
+    let msg = bar.map(|b| b.message());
+    if let Some(b) = bar {
+        b.set_message("hashing the header and operations");
+    }
     let prefix = hdr.prefix_hasher(&streams.queues);
+    if let (Some(b), Some(m)) = (bar, msg) {
+        b.set_message(m);
+    }
     w.events.keep(false);
     w.events.hash_from(crate::trace::run_hasher(&prefix, w.ve));
     let (w, stop) = run_streams(w, streams, schedule, STEPS_MAX, bar, false)?;

@@ -258,7 +258,13 @@ pub fn run(args: RunArgs) -> ExitCode {
     for (name, ve) in modes {
         // A long run shows its progress (operations started) on a terminal.
         let bar = if super::interactive() {
-            indicatif::ProgressBar::new(0).with_message(name)
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {pos}/{len} operations ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            indicatif::ProgressBar::new(0)
+                .with_style(style)
+                .with_message(name)
         } else {
             indicatif::ProgressBar::hidden()
         };
