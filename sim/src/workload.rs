@@ -494,7 +494,7 @@ pub fn run_built_progress(
     w.events.hash_from(crate::trace::run_hasher(&prefix, w.ve));
     let (w, stop) = run_streams(w, streams, schedule, STEPS_MAX, bar, false)?;
     if let Some((cpu, s)) = stop {
-        return Err(RunError::Stopped(cpu, crate::world::stop_text(&s)));
+        return Err(RunError::Stopped(cpu, s.to_string()));
     }
     Ok(RunResult {
         counters: w.counters.clone(),
@@ -532,9 +532,7 @@ pub fn execute(
         false,
     )?;
     match stop {
-        Some((cpu, s)) if tf.steps.is_none() => {
-            Err(RunError::Stopped(cpu, crate::world::stop_text(&s)))
-        }
+        Some((cpu, s)) if tf.steps.is_none() => Err(RunError::Stopped(cpu, s.to_string())),
         _ => Ok(w),
     }
 }
@@ -590,7 +588,7 @@ pub fn run_scenario(
     schedule: &crate::sched::Schedule,
 ) -> Result<World, RunError> {
     match run_streams(w, sc.streams(), schedule, STEPS_MAX, None, true)? {
-        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, crate::world::stop_text(&s))),
+        (_, Some((cpu, s))) => Err(RunError::Stopped(cpu, s.to_string())),
         (w, None) => Ok(w),
     }
 }

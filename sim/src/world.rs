@@ -289,11 +289,6 @@ impl std::fmt::Display for Stop {
     }
 }
 
-/// A stop in words.
-pub fn stop_text(s: &Stop) -> String {
-    s.to_string()
-}
-
 /// One simulated machine.
 #[derive(Clone, Debug)]
 pub struct World {
