@@ -29,6 +29,7 @@ pub mod attack;
 pub mod check;
 pub mod cli;
 pub mod equivalence;
+pub mod events;
 pub mod exec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

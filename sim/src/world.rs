@@ -1,13 +1,12 @@
 //! One simulated machine: the model, the guest, introcore and the agent, stepped one
 //! hardware-visible step at a time. Single-threaded and deterministic.
 
-use crate::agent::{AgentOutcome, RejectReason};
+use crate::agent::{Agent, AgentStep};
+pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, Stop};
 use crate::guest::{Guest, GuestConfig, GuestError};
-use crate::introcore::ptm::CallbackRecord;
 use crate::introcore::Introcore;
 use crate::layout;
 use crate::quirks::Quirks;
-use std::collections::BTreeMap;
 use vesim_model::cpu::MachineConfig;
 use vesim_model::vcpu::{Gpr, Vcpu};
 use vesim_model::{ExitReason, Gla, Gpa, Machine, Outcome};
@@ -35,256 +34,6 @@ impl Default for WorldConfig {
             quirks: Quirks::fixed(),
             seed: 0,
             ve: true,
-        }
-    }
-}
-
-/// Harness counters (VE-SEMANTICS section 3). All deterministic.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// VM exits by basic reason.
-    pub exits: BTreeMap<u32, u64>,
-    /// #VEs delivered.
-    pub ve_total: u64,
-    /// Page-walk #VEs (qualification bit 8 clear).
-    pub ve_page_walk: u64,
-    /// PT-write #VEs (bit 8 set, reason 48).
-    pub ve_pt_write: u64,
-    /// #VEs the agent could not classify: it found an exit reason other than 48 in the area
-    /// (only a corrupted area shows one; the modelled CPU converts only EPT violations), or it
-    /// had no usable CPU-map slot and returned at once (`fixed` Q20). Such a #VE moves from its
-    /// delivered kind to this one.
-    pub ve_unknown: u64,
-    /// PT-write outcome: not relevant.
-    pub ignored_irrelevant: u64,
-    /// PT-write outcome: relevant, entry cached.
-    pub ignored_cache: u64,
-    /// PT-write outcome: raised to introcore.
-    pub raised: u64,
-    /// PT-write outcome: refused by the agent, performed by introcore.
-    pub emulated_by_introcore: u64,
-    /// PT-write outcome: refused and not performed.
-    pub rejected: u64,
-    /// Breaks (B27/B28).
-    pub breaks: u64,
-    /// Page walks that set bits without a raise.
-    pub page_walk_set: u64,
-    /// Page walks that raised (the KPTI case).
-    pub page_walk_raised: u64,
-    /// VMCALLs by RDX.
-    pub vmcalls: BTreeMap<u64, u64>,
-    /// Agent cache lookups (relevant writes only).
-    pub cache_lookups: u64,
-    /// Lookups that found the entry.
-    pub cache_hits: u64,
-    /// Introcore monitor callbacks invoked.
-    pub callbacks: u64,
-    /// Page-table-writing instructions the guest memory manager executed.
-    pub pt_writes: u64,
-}
-
-impl Counters {
-    /// Total VM exits.
-    pub fn exits_total(&self) -> u64 {
-        self.exits.values().sum()
-    }
-    fn exit(&mut self, reason: u32) {
-        *self.exits.entry(reason).or_default() += 1;
-    }
-}
-
-/// One thing that happened, in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A VM exit.
-    VmExit {
-        /// VCPU.
-        cpu: usize,
-        /// Basic exit reason.
-        reason: u32,
-    },
-    /// A #VE was delivered.
-    Ve {
-        /// VCPU.
-        cpu: usize,
-        /// Qualification.
-        qualification: u64,
-        /// Guest-linear address.
-        gla: u64,
-        /// Guest-physical address.
-        gpa: u64,
-    },
-    /// The agent's verdict on a #VE.
-    Agent {
-        /// VCPU.
-        cpu: usize,
-        /// Outcome.
-        outcome: AgentOutcome,
-        /// Rejection reason, for refusals.
-        reason: Option<RejectReason>,
-        /// Old value read, if any.
-        old: Option<u64>,
-        /// New value computed, if any.
-        new: Option<u64>,
-    },
-    /// A VMCALL reached the hypervisor.
-    Vmcall {
-        /// VCPU.
-        cpu: usize,
-        /// RIP of the VMCALL.
-        rip: u64,
-        /// RDX (call number).
-        rdx: u64,
-        /// RBX (argument 1).
-        rbx: u64,
-        /// RCX (argument 2).
-        rcx: u64,
-    },
-    /// A monitor callback ran.
-    Callback(CallbackRecord),
-    /// A translation hook's swap callback ran.
-    Swap(crate::introcore::pts::SwapRecord),
-    /// The agent faulted (I10).
-    AgentFault {
-        /// VCPU.
-        cpu: usize,
-        /// What faulted.
-        detail: String,
-    },
-    /// Introcore raised an alert.
-    Alert {
-        /// VCPU.
-        cpu: usize,
-        /// What was attempted.
-        detail: String,
-    },
-}
-
-/// The events of a run, in order, and the running trace hash over them.
-///
-/// Every event is kept unless [`EventLog::keep`] is off; then only the events of the current
-/// step are (the window the checkers read), so that a long run's memory does not grow with its
-/// length. With a hash started ([`EventLog::hash_from`]) each event's trace line is hashed as it
-/// is pushed ([`crate::trace`]).
-#[derive(Clone, Debug)]
-pub struct EventLog {
-    window: Vec<Event>,
-    /// Events dropped before the window.
-    dropped: u64,
-    /// Whether every event is kept.
-    keep: bool,
-    hasher: Option<sha2::Sha256>,
-    line: String,
-}
-
-impl Default for EventLog {
-    fn default() -> Self {
-        EventLog {
-            window: Vec::new(),
-            dropped: 0,
-            keep: true,
-            hasher: None,
-            line: String::new(),
-        }
-    }
-}
-
-impl EventLog {
-    /// Appends an event.
-    pub fn push(&mut self, e: Event) {
-        if let Some(h) = self.hasher.as_mut() {
-            crate::trace::hash_event(h, &mut self.line, &e);
-        }
-        self.window.push(e);
-    }
-
-    /// Events pushed so far, dropped ones included.
-    pub fn total(&self) -> u64 {
-        self.dropped + self.window.len() as u64
-    }
-
-    /// The events from number `n` (counted as [`EventLog::total`] counts) that are still held.
-    pub fn since(&self, n: u64) -> &[Event] {
-        let skip = n.saturating_sub(self.dropped);
-        usize::try_from(skip)
-            .ok()
-            .and_then(|s| self.window.get(s..))
-            .unwrap_or(&[])
-    }
-
-    /// The events held: all of them while [`EventLog::keep`] is on.
-    pub fn held(&self) -> &[Event] {
-        &self.window
-    }
-
-    /// Keeps every event (`true`, the default) or only the current step's.
-    pub fn keep(&mut self, keep: bool) {
-        self.keep = keep;
-    }
-
-    /// Starts the trace hash from `prefix` (a hasher fed with the trace's header and scenario,
-    /// [`crate::trace::TraceFile::prefix_hasher`]); the events pushed from now on are hashed.
-    pub fn hash_from(&mut self, prefix: sha2::Sha256) {
-        self.hasher = Some(prefix);
-    }
-
-    /// Starts a hash of the events alone (no header; what a benchmark of hashing measures).
-    pub fn start_hash(&mut self) {
-        self.hasher = Some(sha2::Sha256::default());
-    }
-
-    /// The trace hash so far (`None` when no hash was started).
-    pub fn hash(&self) -> Option<String> {
-        self.hasher.clone().map(crate::trace::hex_digest)
-    }
-
-    /// Drops the events held (they still count in [`EventLog::total`] and the hash).
-    pub fn clear(&mut self) {
-        self.dropped += self.window.len() as u64;
-        self.window.clear();
-    }
-
-    /// A new step starts: unless every event is kept, the previous step's are dropped.
-    pub fn new_step(&mut self) {
-        if !self.keep {
-            self.dropped += self.window.len() as u64;
-            self.window.clear();
-        }
-    }
-}
-
-impl PartialEq for EventLog {
-    fn eq(&self, other: &Self) -> bool {
-        self.window == other.window
-            && self.dropped == other.dropped
-            && self.keep == other.keep
-            && self.hash() == other.hash()
-    }
-}
-
-impl std::ops::Deref for EventLog {
-    type Target = [Event];
-
-    fn deref(&self) -> &[Event] {
-        &self.window
-    }
-}
-
-/// Why a VCPU stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stop {
-    /// An access made by the agent faulted (I10: `agent_fault`).
-    AgentFault(String),
-    /// The guest ended in an outcome the world does not handle (double fault, #PF with no
-    /// handler, unsupported instruction, ...).
-    Guest(Outcome),
-}
-
-impl std::fmt::Display for Stop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Stop::AgentFault(d) => write!(f, "the agent faulted: {d}"),
-            Stop::Guest(o) => write!(f, "the guest stopped at {o}"),
         }
     }
 }
@@ -322,30 +71,6 @@ pub struct World {
     /// VCPU and its GPRs, RIP and RFLAGS at that point, before the runner loads the next
     /// instruction (what I2 compares).
     pub completed: Option<Completed>,
-}
-
-/// A VCPU's registers as an instruction left them ([`World::completed`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completed {
-    /// The VCPU.
-    pub cpu: usize,
-    /// GPRs.
-    pub gpr: [u64; 16],
-    /// RIP.
-    pub rip: u64,
-    /// RFLAGS.
-    pub rflags: u64,
-}
-
-/// One operation on the #VE cache, by entry address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheOp {
-    /// The agent looked the entry up (B71).
-    Lookup(u64),
-    /// Introcore added the entry (B73–B75).
-    Insert(u64),
-    /// Introcore evicted the entry (B76).
-    Remove(u64),
 }
 
 /// Errors building a world.
@@ -405,24 +130,6 @@ impl World {
             self.last_ve_walk.resize(cpu + 1, None);
         }
         self.last_ve_walk[cpu] = Some(qualification & 0x100 == 0);
-    }
-
-    /// The agent on `cpu` could not classify its #VE (see `Counters::ve_unknown`): it moves
-    /// from its delivered kind to `ve_unknown`.
-    pub fn recount_ve_unknown(&mut self, cpu: usize) {
-        match self.last_ve_walk.get_mut(cpu).and_then(Option::take) {
-            Some(true) => self.counters.ve_page_walk = self.counters.ve_page_walk.saturating_sub(1),
-            Some(false) => self.counters.ve_pt_write = self.counters.ve_pt_write.saturating_sub(1),
-            None => return,
-        }
-        self.counters.ve_unknown += 1;
-    }
-
-    /// The agent on `cpu` read an exit reason of 48: the delivered kind stands.
-    pub fn last_ve_walk_seen(&mut self, cpu: usize) {
-        if let Some(k) = self.last_ve_walk.get_mut(cpu) {
-            *k = None;
-        }
     }
 
     /// Records a VM exit.
@@ -503,8 +210,7 @@ impl World {
                 Ok(())
             }
             Outcome::Vmcall => {
-                self.count_exit(cpu, ExitReason::Vmcall);
-                self.hypercall(cpu);
+                self.vmcall_exit(cpu);
                 Ok(())
             }
             Outcome::VmExit(ExitReason::Cpuid) => {
@@ -532,6 +238,52 @@ impl World {
             }
             o => Err(Stop::Guest(o)),
         }
+    }
+
+    /// A VMCALL exit (the guest's or the agent's, B102): counted, then handled by introcore.
+    fn vmcall_exit(&mut self, cpu: usize) {
+        self.count_exit(cpu, ExitReason::Vmcall);
+        self.hypercall(cpu);
+    }
+
+    /// The agent on VCPU `cpu`, for one step.
+    fn agent(&mut self, cpu: usize) -> Result<Agent<'_>, Stop> {
+        if self.last_ve_walk.len() <= cpu {
+            self.last_ve_walk.resize(cpu + 1, None);
+        }
+        let World {
+            machine,
+            vcpus,
+            events,
+            counters,
+            cache_log,
+            last_ve_walk,
+            quirks,
+            tsc,
+            ..
+        } = self;
+        Ok(Agent {
+            id: cpu,
+            vcpu: vcpus
+                .get_mut(cpu)
+                .ok_or_else(|| Stop::AgentFault("no VCPU".into()))?,
+            machine,
+            events,
+            counters,
+            cache_log,
+            ve_kind: &mut last_ve_walk[cpu],
+            quirks: *quirks,
+            tsc: *tsc,
+        })
+    }
+
+    /// One agent step; a VMCALL it ends in takes the VMCALL exit before the step goes on.
+    fn agent_step(&mut self, cpu: usize) -> Result<(), Stop> {
+        if let AgentStep::Vmcall(then) = self.agent(cpu)?.step()? {
+            self.vmcall_exit(cpu);
+            self.agent(cpu)?.resume(then)?;
+        }
+        Ok(())
     }
 
     /// The hypervisor's answer to CPUID: the model's table, RIP += 2.
@@ -590,30 +342,5 @@ impl World {
     /// This is HVMI's `_VCPU_STATE.VeInfoPage` (guests.h), by GPA.
     pub fn ve_page(&self, cpu: usize) -> Option<Gpa> {
         self.vcpus.get(cpu).and_then(|v| v.ve_info)
-    }
-}
-
-#[cfg(test)]
-mod stop_tests {
-    use super::*;
-
-    /// A stop reads as words, not as Rust's debug format.
-    #[test]
-    fn stops_are_in_words() {
-        let s = Stop::Guest(Outcome::Unsupported {
-            mnemonic: "int3".into(),
-        });
-        assert_eq!(
-            s.to_string(),
-            "the guest stopped at 'int3', an instruction the reference CPU does not implement"
-        );
-        let pf = Stop::Guest(Outcome::PageFault {
-            error_code: vesim_model::paging::PageFaultErrorCode::from_bits_retain(2),
-            cr2: Gla(0x1000),
-        });
-        assert_eq!(
-            pf.to_string(),
-            "the guest stopped at a page fault at 0x1000 (error code 0x2)"
-        );
     }
 }

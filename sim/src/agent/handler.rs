@@ -1,72 +1,68 @@
 //! `VirtualizationExceptionHandler` (B26–B33): statistics, dispatch by exit reason and
 //! qualification bit 8, breaks, and cleanup.
 
-use super::{rip, status, AgentOutcome};
+use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
+use crate::events::{Event, Stop};
 use crate::introcore::{break_reason, call};
 use crate::layout::{self, veinfo};
-use crate::world::{Event, Stop, World};
 use vesim_model::vcpu::Gpr;
 
-impl World {
+impl Agent<'_> {
     /// B26–B29.
-    pub(crate) fn h_entry(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
+    pub(crate) fn h_entry(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
         let tsc = self.tsc;
-        self.page_write(cpu, page, veinfo::LOCAL_TSC, tsc)?;
-        self.a_write(cpu, page.wrapping_add(veinfo::RAISED), &[0])?;
-        self.page_inc(cpu, page, veinfo::VE_TOTAL)?;
-        self.page_write(cpu, page, veinfo::LOCAL_OUTCOME, 0)?;
-        self.page_write(cpu, page, veinfo::LOCAL_REASON, 0)?;
-        self.page_write(cpu, page, veinfo::LOCAL_STATUS, 0)?;
-        self.page_write(cpu, page, veinfo::LOCAL_LOCK, u64::MAX)?;
+        self.page_write(page, veinfo::LOCAL_TSC, tsc)?;
+        self.a_write(page.wrapping_add(veinfo::RAISED), &[0])?;
+        self.page_inc(page, veinfo::VE_TOTAL)?;
+        self.page_write(page, veinfo::LOCAL_OUTCOME, 0)?;
+        self.page_write(page, veinfo::LOCAL_REASON, 0)?;
+        self.page_write(page, veinfo::LOCAL_STATUS, 0)?;
+        self.page_write(page, veinfo::LOCAL_LOCK, u64::MAX)?;
         let mut hw = [0u8; 0x28];
-        self.a_read(cpu, page, &mut hw)?;
+        self.a_read(page, &mut hw)?;
         let reason = u32::from_le_bytes([hw[0], hw[1], hw[2], hw[3]]);
         let qual =
             u64::from_le_bytes([hw[8], hw[9], hw[10], hw[11], hw[12], hw[13], hw[14], hw[15]]);
         if reason != 48 {
-            self.recount_ve_unknown(cpu);
-            self.page_write(cpu, page, veinfo::LOCAL_BREAK, break_reason::UNKNOWN_EXIT)?;
-            self.set_outcome(cpu, page, AgentOutcome::Break)?;
-            self.set_rip(cpu, rip::H_BREAK);
+            self.recount_ve_unknown();
+            self.page_write(page, veinfo::LOCAL_BREAK, break_reason::UNKNOWN_EXIT)?;
+            self.set_outcome(page, AgentOutcome::Break)?;
+            self.set_rip(rip::H_BREAK);
             return Ok(());
         }
-        self.last_ve_walk_seen(cpu);
+        self.last_ve_walk_seen();
         if qual & 0x100 == 0 {
-            self.page_write(cpu, page, veinfo::LOCAL_WALK, 1)?;
-            self.set_rip(cpu, rip::PW_PML4);
+            self.page_write(page, veinfo::LOCAL_WALK, 1)?;
+            self.set_rip(rip::PW_PML4);
             return Ok(());
         }
-        let cs = self.page_read(cpu, page, veinfo::CS)?;
+        let cs = self.page_read(page, veinfo::CS)?;
         if cs != u64::from(layout::KERNEL_CS) {
-            self.reject(cpu, page, super::RejectReason::CsNotKernel)?;
+            self.reject(page, super::RejectReason::CsNotKernel)?;
             return Ok(());
         }
-        self.set_rip(cpu, rip::PT_DECODE);
+        self.set_rip(rip::PT_DECODE);
         Ok(())
     }
 
     /// HvBreak: VMCALL BREAK with the reason in RBX (B27–B29); RIP is not advanced (B31).
-    pub(crate) fn h_break(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let reason = self.page_read(cpu, page, veinfo::LOCAL_BREAK)?;
-        let param = Self::break_status(super::RejectReason::from_code(self.page_read(
-            cpu,
-            page,
-            veinfo::LOCAL_REASON,
-        )?));
-        self.agent_vmcall(cpu, call::BREAK, reason, param);
-        self.set_rip(cpu, rip::H_CLEANUP);
-        Ok(())
+    pub(crate) fn h_break(&mut self) -> Result<AgentStep, Stop> {
+        let page = self.page_gva()?;
+        let reason = self.page_read(page, veinfo::LOCAL_BREAK)?;
+        let param = Self::break_status(super::RejectReason::from_code(
+            self.page_read(page, veinfo::LOCAL_REASON)?,
+        ));
+        Ok(self.vmcall(call::BREAK, reason, param, Resume::Cleanup))
     }
 
     /// B30 and the harness's view of the verdict: `VeIgnoredTotal` (all non-raised events in
     /// `hvmi`, Q18; only the ignored outcomes in `fixed`), the TSC counters, then RET.
-    pub(crate) fn h_cleanup(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
+    pub(crate) fn h_cleanup(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
         let mut raised = [0u8; 1];
-        self.a_read(cpu, page.wrapping_add(veinfo::RAISED), &mut raised)?;
-        let outcome = Self::outcome_of(self.page_read(cpu, page, veinfo::LOCAL_OUTCOME)?);
+        self.a_read(page.wrapping_add(veinfo::RAISED), &mut raised)?;
+        let outcome = Self::outcome_of(self.page_read(page, veinfo::LOCAL_OUTCOME)?);
         let count_ignored = if self.quirks.q18_stats {
             raised[0] == 0
         } else {
@@ -80,26 +76,25 @@ impl World {
             )
         };
         if raised[0] == 0 {
-            let t0 = self.page_read(cpu, page, veinfo::LOCAL_TSC)?;
+            let t0 = self.page_read(page, veinfo::LOCAL_TSC)?;
             let elapsed = self.tsc.wrapping_sub(t0);
-            self.a_rmw_u64(cpu, page.wrapping_add(veinfo::TSC_TOTAL), |v| {
+            self.a_rmw_u64(page.wrapping_add(veinfo::TSC_TOTAL), |v| {
                 v.wrapping_add(elapsed)
             })?;
-            self.page_inc(cpu, page, veinfo::TSC_COUNT)?;
+            self.page_inc(page, veinfo::TSC_COUNT)?;
         }
         if count_ignored {
-            self.page_inc(cpu, page, veinfo::VE_IGNORED_TOTAL)?;
+            self.page_inc(page, veinfo::VE_IGNORED_TOTAL)?;
         }
-        let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
-        let reason =
-            super::RejectReason::from_code(self.page_read(cpu, page, veinfo::LOCAL_REASON)?);
+        let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
+        let reason = super::RejectReason::from_code(self.page_read(page, veinfo::LOCAL_REASON)?);
         let old = if st & status::OLD_VALID != 0 {
-            Some(self.page_read(cpu, page, veinfo::OLD_VALUE)?)
+            Some(self.page_read(page, veinfo::OLD_VALUE)?)
         } else {
             None
         };
         let new = if st & status::NEW_VALID != 0 {
-            Some(self.page_read(cpu, page, veinfo::NEW_VALUE)?)
+            Some(self.page_read(page, veinfo::NEW_VALUE)?)
         } else {
             None
         };
@@ -116,7 +111,7 @@ impl World {
                 AgentOutcome::PageWalkRaised => c.page_walk_raised += 1,
             }
             self.events.push(Event::Agent {
-                cpu,
+                cpu: self.id,
                 outcome: o,
                 reason,
                 old,
@@ -124,9 +119,9 @@ impl World {
             });
         }
         // RET to the stub.
-        let rsp = self.vcpus[cpu].gpr[4];
-        let ret = self.a_read_u64(cpu, rsp)?;
-        let v = &mut self.vcpus[cpu];
+        let rsp = self.vcpu.gpr[4];
+        let ret = self.a_read_u64(rsp)?;
+        let v = &mut *self.vcpu;
         v.gpr[4] = rsp.wrapping_add(8);
         v.rip = ret;
         v.set_reg(Gpr::Rcx, page);

@@ -3,10 +3,10 @@
 //! transplant the flags, test relevance and the cache, raise, store, advance RIP.
 
 use super::decoder::DecodeVerdict;
-use super::{rip, status, AgentOutcome};
+use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
+use crate::events::Stop;
 use crate::introcore::{break_reason, call};
 use crate::layout::{self, veinfo};
-use crate::world::{Stop, World};
 use vesim_model::cpu::decode::{Analysis, Form, Source};
 use vesim_model::cpu::exec::{logic_flags, sub_flags};
 use vesim_model::vcpu::{Gpr, Rflags};
@@ -129,10 +129,10 @@ fn supported_source(a: &Analysis) -> bool {
     }
 }
 
-impl World {
-    fn saved_regs(&mut self, cpu: usize, page: u64) -> Result<[u64; 16], Stop> {
+impl Agent<'_> {
+    fn saved_regs(&mut self, page: u64) -> Result<[u64; 16], Stop> {
         let mut b = [0u8; 128];
-        self.a_read(cpu, page.wrapping_add(veinfo::REGS), &mut b)?;
+        self.a_read(page.wrapping_add(veinfo::REGS), &mut b)?;
         let mut r = [0u64; 16];
         for (i, x) in r.iter_mut().enumerate() {
             let mut q = [0u8; 8];
@@ -144,31 +144,26 @@ impl World {
 
     /// A refusal: `hvmi` breaks (and the write retries forever, Q1); `fixed` takes the lock
     /// and asks introcore to emulate.
-    pub(crate) fn reject(
-        &mut self,
-        cpu: usize,
-        page: u64,
-        reason: RejectReason,
-    ) -> Result<(), Stop> {
-        self.page_write(cpu, page, veinfo::LOCAL_REASON, reason.code())?;
+    pub(crate) fn reject(&mut self, page: u64, reason: RejectReason) -> Result<(), Stop> {
+        self.page_write(page, veinfo::LOCAL_REASON, reason.code())?;
         if self.quirks.q1_break_loop {
             let b = if reason == RejectReason::CsNotKernel {
                 break_reason::CS_NOT_KERNEL
             } else {
                 break_reason::EMULATION_FAILED
             };
-            self.page_write(cpu, page, veinfo::LOCAL_BREAK, b)?;
-            self.set_outcome(cpu, page, AgentOutcome::Rejected)?;
-            self.set_rip(cpu, rip::H_BREAK);
+            self.page_write(page, veinfo::LOCAL_BREAK, b)?;
+            self.set_outcome(page, AgentOutcome::Rejected)?;
+            self.set_rip(rip::H_BREAK);
         } else {
             if reason == RejectReason::CsNotKernel {
                 // Refused before the decode: fetch the bytes introcore will emulate.
-                let rip_saved = self.page_read(cpu, page, veinfo::RIP)?;
-                let insn = self.fetch_instruction(cpu, rip_saved)?;
-                self.a_write(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &insn)?;
+                let rip_saved = self.page_read(page, veinfo::RIP)?;
+                let insn = self.fetch_instruction(rip_saved)?;
+                self.a_write(page.wrapping_add(veinfo::LOCAL_INSN), &insn)?;
             }
-            self.page_write(cpu, page, veinfo::LOCAL_STATUS, status::EMU_REQUEST)?;
-            self.set_rip(cpu, rip::PT_LOCK);
+            self.page_write(page, veinfo::LOCAL_STATUS, status::EMU_REQUEST)?;
+            self.set_rip(rip::PT_LOCK);
         }
         Ok(())
     }
@@ -183,10 +178,10 @@ impl World {
         }
     }
 
-    fn analysis(&mut self, cpu: usize, page: u64) -> Result<Option<Analysis>, Stop> {
+    fn analysis(&mut self, page: u64) -> Result<Option<Analysis>, Stop> {
         let mut insn = [0u8; 16];
-        self.a_read(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &mut insn)?;
-        let rip = self.page_read(cpu, page, veinfo::RIP)?;
+        self.a_read(page.wrapping_add(veinfo::LOCAL_INSN), &mut insn)?;
+        let rip = self.page_read(page, veinfo::RIP)?;
         Ok(super::decoder::agent_analyze(
             &insn[..super::AGENT_FETCH_LEN],
             rip,
@@ -195,24 +190,24 @@ impl World {
 
     /// B34–B40: decode the 15 bytes the agent fetches at the saved RIP, then the rules in
     /// order.
-    pub(crate) fn pt_decode(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let rip_saved = self.page_read(cpu, page, veinfo::RIP)?;
-        let insn = self.fetch_instruction(cpu, rip_saved)?;
-        self.a_write(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &insn)?;
+    pub(crate) fn pt_decode(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        let rip_saved = self.page_read(page, veinfo::RIP)?;
+        let insn = self.fetch_instruction(rip_saved)?;
+        self.a_write(page.wrapping_add(veinfo::LOCAL_INSN), &insn)?;
         let (verdict, analysis) =
             super::decoder::decode_verdict(&insn[..super::AGENT_FETCH_LEN], rip_saved);
         if let Some(a) = &analysis {
-            self.page_write(cpu, page, veinfo::LOCAL_LENGTH, a.length as u64)?;
+            self.page_write(page, veinfo::LOCAL_LENGTH, a.length as u64)?;
         }
         let (DecodeVerdict::Decoded(_), Some(a)) = (verdict, analysis) else {
             return match verdict {
-                DecodeVerdict::Refused(r) => self.reject(cpu, page, r),
-                DecodeVerdict::Decoded(_) => self.reject(cpu, page, RejectReason::DecodeError),
+                DecodeVerdict::Refused(r) => self.reject(page, r),
+                DecodeVerdict::Decoded(_) => self.reject(page, RejectReason::DecodeError),
             };
         };
-        let regs = self.saved_regs(cpu, page)?;
-        let fault_gla = self.page_read(cpu, page, 0x10)?;
+        let regs = self.saved_regs(page)?;
+        let fault_gla = self.page_read(page, 0x10)?;
         let q = self.quirks;
         let reason = if agent_gla(&a, &regs, q.q4_bt_mod64, q.q31_addr32) != fault_gla {
             Some(RejectReason::GlaMismatch)
@@ -224,75 +219,72 @@ impl World {
             None
         };
         match reason {
-            Some(r) => self.reject(cpu, page, r),
+            Some(r) => self.reject(page, r),
             None => {
-                self.set_rip(cpu, rip::PT_LOCK);
+                self.set_rip(rip::PT_LOCK);
                 Ok(())
             }
         }
     }
 
     /// B41: LOCK BTS on the entry's lock; a taken lock spins (PAUSE, same step again).
-    pub(crate) fn pt_lock(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let gla = self.page_read(cpu, page, 0x10)?;
+    pub(crate) fn pt_lock(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        let gla = self.page_read(page, 0x10)?;
         let mut s = [0u8; 4];
-        self.a_read(cpu, layout::AGENT_GVA + layout::DATA_SELF_MAP_INDEX, &mut s)?;
+        self.a_read(layout::AGENT_GVA + layout::DATA_SELF_MAP_INDEX, &mut s)?;
         let idx = lock_index(gla, u64::from(u32::from_le_bytes(s)));
         let word = layout::AGENT_GVA + layout::DATA_LOCKS + (idx / 64) * 8;
         let bit = 1u64 << (idx % 64);
-        let old = self.a_rmw_u64(cpu, word, |v| v | bit)?;
+        let old = self.a_rmw_u64(word, |v| v | bit)?;
         if old & bit != 0 {
             return Ok(()); // spin: the step runs again
         }
-        self.page_write(cpu, page, veinfo::LOCAL_LOCK, idx)?;
-        let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
-        self.set_rip(
-            cpu,
-            if st & status::EMU_REQUEST != 0 {
-                rip::PT_EMU_REQUEST
-            } else {
-                rip::PT_READ_OLD
-            },
-        );
+        self.page_write(page, veinfo::LOCAL_LOCK, idx)?;
+        let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
+        self.set_rip(if st & status::EMU_REQUEST != 0 {
+            rip::PT_EMU_REQUEST
+        } else {
+            rip::PT_READ_OLD
+        });
         Ok(())
     }
 
-    pub(crate) fn unlock(&mut self, cpu: usize, page: u64) -> Result<(), Stop> {
-        let idx = self.page_read(cpu, page, veinfo::LOCAL_LOCK)?;
+    pub(crate) fn unlock(&mut self, page: u64) -> Result<(), Stop> {
+        let idx = self.page_read(page, veinfo::LOCAL_LOCK)?;
         if idx < 512 {
             let word = layout::AGENT_GVA + layout::DATA_LOCKS + (idx / 64) * 8;
             let bit = 1u64 << (idx % 64);
-            self.a_rmw_u64(cpu, word, |v| v & !bit)?;
-            self.page_write(cpu, page, veinfo::LOCAL_LOCK, u64::MAX)?;
+            self.a_rmw_u64(word, |v| v & !bit)?;
+            self.page_write(page, veinfo::LOCAL_LOCK, u64::MAX)?;
         }
         Ok(())
     }
 
     /// The old value: an 8-byte load from the GLA in the protected view.
-    pub(crate) fn pt_read_old(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let gla = self.page_read(cpu, page, 0x10)?;
-        let old = self.a_read_u64(cpu, gla)?;
-        self.page_write(cpu, page, veinfo::OLD_VALUE, old)?;
-        let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
-        self.page_write(cpu, page, veinfo::LOCAL_STATUS, st | status::OLD_VALID)?;
-        self.set_rip(cpu, rip::PT_EMULATE);
+    pub(crate) fn pt_read_old(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        let gla = self.page_read(page, 0x10)?;
+        let old = self.a_read_u64(gla)?;
+        self.page_write(page, veinfo::OLD_VALUE, old)?;
+        let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
+        self.page_write(page, veinfo::LOCAL_STATUS, st | status::OLD_VALID)?;
+        self.set_rip(rip::PT_EMULATE);
         Ok(())
     }
 
     /// B43–B50: the emulation on the local copy, register side effects in the page, and the
     /// flags transplant with the decoder's Modified/Set/Cleared masks.
-    pub(crate) fn pt_emulate(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let Some(a) = self.analysis(cpu, page)? else {
+    pub(crate) fn pt_emulate(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        let Some(a) = self.analysis(page)? else {
             return Err(Stop::AgentFault(
                 "instruction buffer changed under the agent".into(),
             ));
         };
-        let old = self.page_read(cpu, page, veinfo::OLD_VALUE)?;
-        let mut regs = self.saved_regs(cpu, page)?;
-        let saved_flags = Rflags::from_bits_retain(self.page_read(cpu, page, veinfo::RFLAGS)?);
+        let old = self.page_read(page, veinfo::OLD_VALUE)?;
+        let mut regs = self.saved_regs(page)?;
+        let saved_flags = Rflags::from_bits_retain(self.page_read(page, veinfo::RFLAGS)?);
         let src = match a.source {
             Source::Register(g, _, _) => regs[g as usize],
             Source::Immediate(v) => v,
@@ -371,52 +363,52 @@ impl World {
         for (i, r) in regs.iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&r.to_le_bytes());
         }
-        self.a_write(cpu, page.wrapping_add(veinfo::REGS), &out)?;
-        self.page_write(cpu, page, veinfo::RFLAGS, flags.bits())?;
-        self.page_write(cpu, page, veinfo::NEW_VALUE, new)?;
-        let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
-        self.page_write(cpu, page, veinfo::LOCAL_STATUS, st | status::NEW_VALID)?;
-        self.set_rip(cpu, rip::PT_RELEVANCE);
+        self.a_write(page.wrapping_add(veinfo::REGS), &out)?;
+        self.page_write(page, veinfo::RFLAGS, flags.bits())?;
+        self.page_write(page, veinfo::NEW_VALUE, new)?;
+        let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
+        self.page_write(page, veinfo::LOCAL_STATUS, st | status::NEW_VALID)?;
+        self.set_rip(rip::PT_RELEVANCE);
         Ok(())
     }
 
     /// B51–B53: relevance under the patched monitored bits, then the cache lookup by GPA.
-    pub(crate) fn pt_relevance(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let old = self.page_read(cpu, page, veinfo::OLD_VALUE)?;
-        let new = self.page_read(cpu, page, veinfo::NEW_VALUE)?;
-        let bits = self.a_read_u64(cpu, layout::AGENT_GVA + layout::DATA_MONITORED_BITS)?;
+    pub(crate) fn pt_relevance(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        let old = self.page_read(page, veinfo::OLD_VALUE)?;
+        let new = self.page_read(page, veinfo::NEW_VALUE)?;
+        let bits = self.a_read_u64(layout::AGENT_GVA + layout::DATA_MONITORED_BITS)?;
         let relevant = (new ^ old) & bits != 0 && (new | old) & 1 != 0;
         if !relevant {
-            self.page_inc(cpu, page, veinfo::VE_IGNORED_IRRELEVANT)?;
-            self.set_outcome(cpu, page, AgentOutcome::IgnoredIrrelevant)?;
-            self.set_rip(cpu, rip::PT_STORE);
+            self.page_inc(page, veinfo::VE_IGNORED_IRRELEVANT)?;
+            self.set_outcome(page, AgentOutcome::IgnoredIrrelevant)?;
+            self.set_rip(rip::PT_STORE);
             return Ok(());
         }
-        let gpa = self.page_read(cpu, page, 0x18)?;
+        let gpa = self.page_read(page, 0x18)?;
         self.counters.cache_lookups += 1;
         if let Some(log) = self.cache_log.as_mut() {
-            log.push(crate::world::CacheOp::Lookup(gpa));
+            log.push(crate::events::CacheOp::Lookup(gpa));
         }
-        if self.agent_cache_lookup(cpu, gpa)? {
+        if self.agent_cache_lookup(gpa)? {
             self.counters.cache_hits += 1;
-            self.page_inc(cpu, page, veinfo::VE_IGNORED_CACHE)?;
-            self.set_outcome(cpu, page, AgentOutcome::IgnoredCache)?;
-            self.set_rip(cpu, rip::PT_STORE);
+            self.page_inc(page, veinfo::VE_IGNORED_CACHE)?;
+            self.set_outcome(page, AgentOutcome::IgnoredCache)?;
+            self.set_rip(rip::PT_STORE);
         } else {
-            self.set_rip(cpu, rip::PT_RAISE);
+            self.set_rip(rip::PT_RAISE);
         }
         Ok(())
     }
 
     /// B71: scan the 8 slots of (line, bucket) for an exact match (the agent's reader).
-    pub(crate) fn agent_cache_lookup(&mut self, cpu: usize, gpa: u64) -> Result<bool, Stop> {
+    pub(crate) fn agent_cache_lookup(&mut self, gpa: u64) -> Result<bool, Stop> {
         use crate::introcore::cache::{bucket_of, line_of, slot_offset};
         let g = vesim_model::Gpa(gpa);
         let base =
             layout::AGENT_GVA + layout::AGENT_VECACHE + slot_offset(line_of(g), bucket_of(g), 0);
         let mut slots = [0u8; 64];
-        self.a_read(cpu, base, &mut slots)?;
+        self.a_read(base, &mut slots)?;
         Ok(slots.chunks_exact(8).any(|s| {
             let mut b = [0u8; 8];
             b.copy_from_slice(s);
@@ -424,76 +416,77 @@ impl World {
         }))
     }
 
-    fn advance_saved_rip(&mut self, cpu: usize, page: u64) -> Result<(), Stop> {
-        let len = self.page_read(cpu, page, veinfo::LOCAL_LENGTH)?;
-        self.a_rmw_u64(cpu, page.wrapping_add(veinfo::RIP), |r| r.wrapping_add(len))?;
-        let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
-        self.page_write(cpu, page, veinfo::LOCAL_STATUS, st | status::RIP_ADVANCED)
+    fn advance_saved_rip(&mut self, page: u64) -> Result<(), Stop> {
+        let len = self.page_read(page, veinfo::LOCAL_LENGTH)?;
+        self.a_rmw_u64(page.wrapping_add(veinfo::RIP), |r| r.wrapping_add(len))?;
+        let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
+        self.page_write(page, veinfo::LOCAL_STATUS, st | status::RIP_ADVANCED)
     }
 
-    fn copy_instruction(&mut self, cpu: usize, page: u64) -> Result<(), Stop> {
+    fn copy_instruction(&mut self, page: u64) -> Result<(), Stop> {
         let mut insn = [0u8; 16];
-        self.a_read(cpu, page.wrapping_add(veinfo::LOCAL_INSN), &mut insn)?;
-        self.a_write(cpu, page.wrapping_add(veinfo::INSTRUCTION), &insn)?;
-        self.a_write(cpu, page.wrapping_add(veinfo::RAISED), &[1])
+        self.a_read(page.wrapping_add(veinfo::LOCAL_INSN), &mut insn)?;
+        self.a_write(page.wrapping_add(veinfo::INSTRUCTION), &insn)?;
+        self.a_write(page.wrapping_add(veinfo::RAISED), &[1])
     }
 
     /// B54 (and Q6: `fixed` advances RIP before the raise).
-    pub(crate) fn pt_raise(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        self.copy_instruction(cpu, page)?;
+    pub(crate) fn pt_raise(&mut self) -> Result<AgentStep, Stop> {
+        let page = self.page_gva()?;
+        self.copy_instruction(page)?;
         if !self.quirks.q6_rip_after_raise {
-            self.advance_saved_rip(cpu, page)?;
+            self.advance_saved_rip(page)?;
         }
-        self.set_outcome(cpu, page, AgentOutcome::Raised)?;
-        self.agent_vmcall(cpu, call::RAISE_EPT, 0, 0);
-        self.set_rip(cpu, rip::PT_STORE);
-        Ok(())
+        self.set_outcome(page, AgentOutcome::Raised)?;
+        Ok(self.vmcall(call::RAISE_EPT, 0, 0, Resume::Store))
     }
 
     /// B55–B56: store NewValue, unlock, RIP += length (unless already advanced), VeMm.
-    pub(crate) fn pt_store(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        let gla = self.page_read(cpu, page, 0x10)?;
-        let new = self.page_read(cpu, page, veinfo::NEW_VALUE)?;
-        self.a_write_u64(cpu, gla, new)?;
-        self.unlock(cpu, page)?;
-        let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
+    pub(crate) fn pt_store(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        let gla = self.page_read(page, 0x10)?;
+        let new = self.page_read(page, veinfo::NEW_VALUE)?;
+        self.a_write_u64(gla, new)?;
+        self.unlock(page)?;
+        let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
         if st & status::RIP_ADVANCED == 0 {
-            self.advance_saved_rip(cpu, page)?;
+            self.advance_saved_rip(page)?;
         }
-        self.page_inc(cpu, page, veinfo::VE_MM)?;
-        self.set_rip(cpu, rip::H_CLEANUP);
+        self.page_inc(page, veinfo::VE_MM)?;
+        self.set_rip(rip::H_CLEANUP);
         Ok(())
     }
 
     /// `fixed` Q1: RAISE_EPT with RBX = 1 while holding the lock; introcore emulates (RAX = 0)
     /// or answers NOT_SUPPORTED. The agent neither stores nor advances RIP.
-    pub(crate) fn pt_emu_request(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        self.copy_instruction(cpu, page)?;
-        let status_rax = self.agent_vmcall(cpu, call::RAISE_EPT, 1, 0);
-        if status_rax == 0 {
-            let st = self.page_read(cpu, page, veinfo::LOCAL_STATUS)?;
+    pub(crate) fn pt_emu_request(&mut self) -> Result<AgentStep, Stop> {
+        let page = self.page_gva()?;
+        self.copy_instruction(page)?;
+        Ok(self.vmcall(call::RAISE_EPT, 1, 0, Resume::EmulationAnswered { page }))
+    }
+
+    /// `fixed` Q1, after the VMCALL: RAX 0 means introcore performed the write.
+    pub(crate) fn pt_emu_answered(&mut self, page: u64) -> Result<(), Stop> {
+        if self.vcpu.reg(Gpr::Rax) == 0 {
+            let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
             self.page_write(
-                cpu,
                 page,
                 veinfo::LOCAL_STATUS,
                 st | status::OLD_VALID | status::NEW_VALID,
             )?;
-            self.set_outcome(cpu, page, AgentOutcome::EmulatedByIntrocore)?;
+            self.set_outcome(page, AgentOutcome::EmulatedByIntrocore)?;
         } else {
-            self.set_outcome(cpu, page, AgentOutcome::Rejected)?;
+            self.set_outcome(page, AgentOutcome::Rejected)?;
         }
-        self.set_rip(cpu, rip::PT_UNLOCK);
+        self.set_rip(rip::PT_UNLOCK);
         Ok(())
     }
 
     /// Unlock without a store.
-    pub(crate) fn pt_unlock(&mut self, cpu: usize) -> Result<(), Stop> {
-        let page = self.page_gva(cpu)?;
-        self.unlock(cpu, page)?;
-        self.set_rip(cpu, rip::H_CLEANUP);
+    pub(crate) fn pt_unlock(&mut self) -> Result<(), Stop> {
+        let page = self.page_gva()?;
+        self.unlock(page)?;
+        self.set_rip(rip::H_CLEANUP);
         Ok(())
     }
 }
