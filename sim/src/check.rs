@@ -197,7 +197,7 @@ impl Checker {
         let faulted = new_events.iter().any(|e| {
             matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == cpu)
         });
-        let in_agent = |rip: u64| w.rip_in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
+        let in_agent = |rip: u64| crate::layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
         if let Some(s) = self.cpus.get_mut(cpu) {
             if faulted && !in_agent(self.rip_before) {
                 if s.fault_rip == self.rip_before {
@@ -360,7 +360,7 @@ impl Checker {
         // The cache means something while the agent is deployed (a deploy writes it empty);
         // with an unload pending the agent still runs until the unloader lands (Q16).
         if i7_due && w.intro.deployed {
-            for e in w.cached_monitored_entries() {
+            for e in w.intro.cached_monitored_entries(&w.machine, &w.guest) {
                 out.push(fail(
                     Invariant::I7,
                     format!("monitored entry {e} is in the cache"),
@@ -391,7 +391,7 @@ impl Checker {
                 ));
             }
             if c.ve_unknown == 0 && w.intro.deployed {
-                let stats = w.ve_stats();
+                let stats = crate::introcore::Introcore::ve_stats(&w.machine, &w.vcpus);
                 let sum = |f: fn(&crate::introcore::lifecycle::CpuStats) -> u64| {
                     stats.iter().map(f).sum::<u64>()
                 };

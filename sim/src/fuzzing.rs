@@ -365,11 +365,11 @@ pub fn hypercall(data: &[u8]) {
     let mem_before = frames_outside_agent(&w);
     let vcpu_before = w.vcpus[0].clone();
     let callbacks = w.intro.callbacks.len();
-    w.hypercall(0);
+    w.engine().hypercall(0);
     assert_eq!(agent_rights(&w), rights, "{case:?}: agent rights changed");
     let ours = rax == crate::introcore::HC_RAX && rdi == crate::introcore::HC_RDI && rsi == 0;
     let v = &w.vcpus[0];
-    if !ours || !w.rip_in_agent(rip) {
+    if !ours || !crate::layout::in_agent(rip) {
         assert_eq!(v.reg(Gpr::Rax), crate::introcore::ENOSYS, "{case:?}");
         assert_eq!(w.intro.callbacks.len(), callbacks, "{case:?}");
         assert!(

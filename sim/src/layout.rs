@@ -286,3 +286,8 @@ pub mod mm_code {
 pub const ATTACK_FRAMES_START: Gpa = Gpa(0x0600_0000);
 /// How many attack frames there are.
 pub const ATTACK_FRAMES: u64 = 4096;
+
+/// Whether `rip` is inside the agent image (`IntVeIsCurrentRipInAgent`, B121).
+pub fn in_agent(rip: u64) -> bool {
+    (AGENT_GVA..AGENT_GVA + AGENT_SIZE).contains(&rip)
+}

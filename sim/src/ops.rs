@@ -340,13 +340,13 @@ impl World {
                     .filter(|p| !p.exited)
                     .map(|p| p.cr3)
                     .ok_or(MmError::NoProcess(pid))?;
-                self.hook_translation(cr3, va, Owner::Process(pid));
-                self.commit_hooks();
+                self.engine().hook_translation(cr3, va, Owner::Process(pid));
+                self.engine().commit_hooks();
                 None
             }
             GuestOp::Attack { .. } | GuestOp::Unload { .. } => None,
             GuestOp::Redeploy => {
-                self.redeploy_agent().map_err(MmError::Refused)?;
+                self.engine().redeploy_agent().map_err(MmError::Refused)?;
                 None
             }
             GuestOp::Map { pid, va, flags } => Some(self.plan_map(pid, va, flags)?),
@@ -453,7 +453,7 @@ impl World {
             runner.started += 1;
             runner.note(cpu);
             if let GuestOp::Unload { delay } = op {
-                match self.remove_agent() {
+                match self.engine().remove_agent() {
                     Ok(()) => {
                         runner.active[cpu] = Some(Active {
                             op,
@@ -503,12 +503,12 @@ impl World {
                     active.unload = Some(UnloadPhase::Waiting(n - 1));
                 }
                 UnloadPhase::Waiting(_) => {
-                    self.deploy_unloader();
+                    self.engine().deploy_unloader();
                     active.unload = Some(UnloadPhase::Gate);
                 }
                 UnloadPhase::Gate => {
-                    if self.deliver_for_unload() {
-                        self.complete_unloader();
+                    if self.engine().deliver_for_unload() {
+                        self.engine().complete_unloader();
                         runner.note(cpu);
                         self.finish_active(runner, cpu);
                     }

@@ -386,14 +386,14 @@ pub fn run_observed(
     let entry = Gpa(gpa & !7);
     let other_index = (((gpa & 0xFFF) >> 3) + 256) % 512;
     let other = Gpa((gpa & !0xFFF) | (other_index * 8));
-    w.place_monitor(other);
+    w.engine().place_monitor(other);
     if req.monitored {
-        w.place_monitor(entry);
+        w.engine().place_monitor(entry);
     }
     if req.cached {
-        w.update_cache(entry, false);
+        w.engine().update_cache(entry, false);
     }
-    w.commit_hooks();
+    w.engine().commit_hooks();
     // The VCPU as the write found it.
     {
         let v = &mut w.vcpus[0];

@@ -4,7 +4,7 @@
 use crate::agent::{Agent, AgentStep};
 pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, Stop};
 use crate::guest::{Guest, GuestConfig, GuestError};
-use crate::introcore::Introcore;
+use crate::introcore::{Engine, Introcore};
 use crate::layout;
 use crate::quirks::Quirks;
 use vesim_model::cpu::MachineConfig;
@@ -108,11 +108,12 @@ impl World {
             cache_log: None,
             completed: None,
         };
-        w.intro_init_checked()
+        let mut e = w.engine();
+        e.intro_init_checked()
             .map_err(|e| WorldError::Deploy(e.to_string()))?;
-        w.deploy_agent().map_err(WorldError::Deploy)?;
-        if w.ve {
-            w.complete_loader();
+        e.deploy_agent().map_err(WorldError::Deploy)?;
+        if e.ve {
+            e.complete_loader();
         }
         Ok(w)
     }
@@ -139,11 +140,6 @@ impl World {
             cpu,
             reason: reason.code(),
         });
-    }
-
-    /// Whether `rip` is inside the agent image (`IntVeIsCurrentRipInAgent`, B121).
-    pub fn rip_in_agent(&self, rip: u64) -> bool {
-        (layout::AGENT_GVA..layout::AGENT_GVA + layout::AGENT_SIZE).contains(&rip)
     }
 
     /// Stops a VCPU.
@@ -178,7 +174,7 @@ impl World {
             .contains(&rip);
         let r = if self.intro.deployed && rip == layout::OS_VE_HANDLER_GVA {
             self.trampoline_step(cpu)
-        } else if self.rip_in_agent(rip) && (stub || vcpu.eptp_index == self.intro.protected) {
+        } else if layout::in_agent(rip) && (stub || vcpu.eptp_index == self.intro.protected) {
             self.agent_step(cpu)
         } else {
             self.guest_step(cpu)
@@ -234,7 +230,8 @@ impl World {
                 idt_vectoring,
             } => {
                 self.count_exit(cpu, ExitReason::EptViolation);
-                self.handle_ept_violation(cpu, violation, idt_vectoring)
+                self.engine()
+                    .handle_ept_violation(cpu, violation, idt_vectoring)
             }
             o => Err(Stop::Guest(o)),
         }
@@ -243,7 +240,34 @@ impl World {
     /// A VMCALL exit (the guest's or the agent's, B102): counted, then handled by introcore.
     fn vmcall_exit(&mut self, cpu: usize) {
         self.count_exit(cpu, ExitReason::Vmcall);
-        self.hypercall(cpu);
+        self.engine().hypercall(cpu);
+    }
+
+    /// Introcore, with what it may touch, for one call into the engine.
+    pub fn engine(&mut self) -> Engine<'_> {
+        let World {
+            machine,
+            vcpus,
+            guest,
+            intro,
+            quirks,
+            events,
+            counters,
+            cache_log,
+            ve,
+            ..
+        } = self;
+        Engine {
+            intro,
+            machine,
+            vcpus,
+            guest,
+            events,
+            counters,
+            cache_log,
+            quirks: *quirks,
+            ve: *ve,
+        }
     }
 
     /// The agent on VCPU `cpu`, for one step.
@@ -328,7 +352,7 @@ impl World {
         let mut n = 0;
         while n < steps_max {
             let rip = self.vcpus.get(cpu).map(|v| v.rip).unwrap_or(0);
-            if !(self.rip_in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA) {
+            if !(layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA) {
                 return Ok(n);
             }
             self.step(cpu)?;

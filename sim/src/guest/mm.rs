@@ -693,7 +693,7 @@ impl World {
         for va in vas.into_iter().chain(swapped) {
             self.mm_unmap(cpu, pid, va)?;
         }
-        self.unhook_process(pid);
+        self.engine().unhook_process(pid);
         if let Some(p) = self.guest.processes.get_mut(pid as usize) {
             p.exited = true;
         }

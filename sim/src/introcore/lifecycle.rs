@@ -4,8 +4,9 @@
 
 use super::hooks::HookKind;
 use super::pts::Owner;
+use super::Engine;
+use crate::events::Event;
 use crate::layout::{self, veinfo};
-use crate::world::{Event, World};
 use vesim_model::ept::EptFlags;
 use vesim_model::{Gfn, Gpa, ViewId};
 
@@ -52,7 +53,7 @@ pub struct CpuStats {
     pub tsc_count: u64,
 }
 
-impl World {
+impl Engine<'_> {
     /// `IntVeInit` checks (B80, B81) and the protected view (B82).
     pub fn intro_init_checked(&mut self) -> Result<(), InitError> {
         if self.intro.initialized {
@@ -158,7 +159,7 @@ impl World {
                 return false;
             }
             let handler = layout::OS_VE_HANDLER_GVA;
-            self.rip_in_agent(v.rip) || (handler..handler + 0x80).contains(&v.rip)
+            layout::in_agent(v.rip) || (handler..handler + 0x80).contains(&v.rip)
         })
     }
 
@@ -170,7 +171,7 @@ impl World {
             return false;
         }
         // 1. No information page on any VCPU.
-        for v in &mut self.vcpus {
+        for v in self.vcpus.iter_mut() {
             v.ve_info = None;
             v.ve_enabled = false;
         }
@@ -242,14 +243,19 @@ impl World {
         }
         Ok(())
     }
+}
 
+impl super::Introcore {
     /// Per-CPU statistics from the information pages (B122).
-    pub fn ve_stats(&self) -> Vec<CpuStats> {
-        self.vcpus
+    pub fn ve_stats(
+        machine: &vesim_model::Machine,
+        vcpus: &[vesim_model::vcpu::Vcpu],
+    ) -> Vec<CpuStats> {
+        vcpus
             .iter()
             .filter_map(|v| v.ve_info)
             .map(|p| {
-                let r = |o: u64| self.machine.mem.read_u64(p.wrapping_add(o));
+                let r = |o: u64| machine.mem.read_u64(p.wrapping_add(o));
                 CpuStats {
                     total: r(veinfo::VE_TOTAL),
                     mm: r(veinfo::VE_MM),

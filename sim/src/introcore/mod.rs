@@ -9,17 +9,17 @@ pub mod lifecycle;
 pub mod ptm;
 pub mod pts;
 
-use crate::guest::{cpu_index_of_lsl, software_translate, GuestConfig};
+use crate::events::{CacheOp, Counters, Event, EventLog, Stop};
+use crate::guest::{cpu_index_of_lsl, software_translate, Guest, GuestConfig};
 use crate::layout::{self, veinfo};
 use crate::quirks::Quirks;
-use crate::world::{Event, Stop, World};
 use cache::CacheWriter;
 use hooks::{GpaHooks, HookKind};
 use ptm::{CallbackRecord, MonitorId, Ptm, WriteAction};
 use vesim_model::ept::{EptEntry, EptFlags, EptQualification, EptView};
 use vesim_model::exit::EptViolation;
-use vesim_model::vcpu::Gpr;
-use vesim_model::{Gfn, Gla, Gpa, ViewId};
+use vesim_model::vcpu::{Gpr, Vcpu};
+use vesim_model::{Gfn, Gla, Gpa, Machine, ViewId};
 
 /// The VMCALL number of RAX (`__HYPERVISOR_hvm_op`, HW §7).
 pub const HC_RAX: u64 = 0x22;
@@ -127,6 +127,30 @@ impl Introcore {
     }
 }
 
+/// Introcore at work: its state and what the hypervisor lets it touch (guest memory and EPT,
+/// the VCPUs' state, the guest's configuration and page-table roots, the sinks it reports to,
+/// the quirk switches). Built by the world for each call into the engine.
+pub struct Engine<'a> {
+    /// The engine's state.
+    pub intro: &'a mut Introcore,
+    /// Memory and EPT.
+    pub machine: &'a mut Machine,
+    /// The VCPUs.
+    pub vcpus: &'a mut [Vcpu],
+    /// The guest (its configuration, System CR3 and processes; read only).
+    pub guest: &'a Guest,
+    /// The event log.
+    pub events: &'a mut EventLog,
+    /// The harness counters.
+    pub counters: &'a mut Counters,
+    /// The cache-operation log, when one is kept.
+    pub cache_log: &'a mut Option<Vec<CacheOp>>,
+    /// Quirk switches.
+    pub quirks: Quirks,
+    /// Whether #VE is used.
+    pub ve: bool,
+}
+
 /// Agent sections: (offset, size, writable, executable, is VESTUB).
 const SECTIONS: [(u64, u64, bool, bool, bool); 7] = [
     (layout::AGENT_VESTUB, 0x1000, false, true, true),
@@ -169,7 +193,7 @@ pub fn retpoline(target: u64) -> [u8; 24] {
     t
 }
 
-impl World {
+impl Engine<'_> {
     fn agent_gpa(off: u64) -> Gpa {
         layout::AGENT_GPA.wrapping_add(off)
     }
@@ -349,13 +373,6 @@ impl World {
         self.intro.hooks.enable_ve(&mut self.machine.ept);
     }
 
-    /// The guest-physical address of the cache line page holding `entry`, as introcore maps
-    /// it: through the System CR3 GVA of that line (B72), so a remapped line is found again.
-    fn cache_line_page(&self, entry: Gpa) -> Option<Gpa> {
-        let gva = layout::AGENT_GVA + layout::AGENT_VECACHE + cache::line_of(entry) * 0x1000;
-        software_translate(&self.machine, self.guest.cr3, gva)
-    }
-
     /// `IntVeUpdateCacheEntry(entry, monitored)` (B72–B74, Q16).
     pub fn update_cache(&mut self, entry: Gpa, monitored: bool) {
         let q = self.quirks;
@@ -365,14 +382,14 @@ impl World {
         if self.intro.pending_unload && (q.q16_no_evict_on_unload || !monitored) {
             return;
         }
-        let Some(page) = self.cache_line_page(entry) else {
+        let Some(page) = Introcore::cache_line_page(self.machine, self.guest, entry) else {
             return;
         };
         if let Some(log) = self.cache_log.as_mut() {
             log.push(if monitored {
-                crate::world::CacheOp::Remove(entry.0)
+                crate::events::CacheOp::Remove(entry.0)
             } else {
-                crate::world::CacheOp::Insert(entry.0)
+                crate::events::CacheOp::Insert(entry.0)
             });
         }
         if monitored {
@@ -382,12 +399,6 @@ impl World {
         } else {
             self.intro.cache.add(&mut self.machine.mem, page, &q, entry);
         }
-    }
-
-    /// Whether `entry` is in the agent cache right now.
-    pub fn cache_contains(&self, entry: Gpa) -> bool {
-        self.cache_line_page(entry)
-            .is_some_and(|p| CacheWriter::contains(&self.machine.mem, p, entry))
     }
 
     /// Places a monitor on the page-table entry at `entry` (B131, B76).
@@ -495,7 +506,7 @@ impl World {
         *self.counters.vmcalls.entry(rdx).or_default() += 1;
         let status = if rax != HC_RAX || rdi != HC_RDI || rsi != 0 {
             ENOSYS
-        } else if self.intro.deployed && self.rip_in_agent(rip) {
+        } else if self.intro.deployed && layout::in_agent(rip) {
             // B103: NOP, BREAK and TRACE succeed; any other number is NOT_SUPPORTED.
             match rdx {
                 call::RAISE_EPT => self.raise_ept(cpu, rbx),
@@ -524,7 +535,7 @@ impl World {
     /// 0x210/0x218, handed to the callbacks as `old`/`new`). `Instruction` is decoded from the
     /// page's 0x260 only on the Q1 `fixed` path (`emulate_for_agent`).
     fn raise_ept(&mut self, cpu: usize, rbx: u64) -> u64 {
-        let Some(page) = self.ve_page(cpu) else {
+        let Some(page) = self.vcpus.get(cpu).and_then(|v| v.ve_info) else {
             // Q23: HVMI enters the debugger and then dereferences NULL; vesim refuses.
             return STATUS_NOT_SUPPORTED;
         };
@@ -757,19 +768,34 @@ impl World {
         let _ = cpu;
         Ok(())
     }
+}
 
-    /// The monitored entries and whether each is cached: I7 holds when none is.
-    pub fn cached_monitored_entries(&self) -> Vec<Gpa> {
-        self.intro
-            .ptm
+/// What the checkers and tests ask of introcore's state.
+impl Introcore {
+    /// The guest-physical address of the cache line page holding `entry`, as introcore maps
+    /// it: through the System CR3 GVA of that line (B72), so a remapped line is found again.
+    fn cache_line_page(machine: &Machine, guest: &Guest, entry: Gpa) -> Option<Gpa> {
+        let gva = layout::AGENT_GVA + layout::AGENT_VECACHE + cache::line_of(entry) * 0x1000;
+        software_translate(machine, guest.cr3, gva)
+    }
+
+    /// Whether `entry` is in the agent cache right now.
+    pub fn cache_contains(&self, machine: &Machine, guest: &Guest, entry: Gpa) -> bool {
+        Self::cache_line_page(machine, guest, entry)
+            .is_some_and(|p| CacheWriter::contains(&machine.mem, p, entry))
+    }
+
+    /// The monitored entries that are cached: I7 holds when there is none.
+    pub fn cached_monitored_entries(&self, machine: &Machine, guest: &Guest) -> Vec<Gpa> {
+        self.ptm
             .monitored_entries()
             .into_iter()
-            .filter(|e| self.cache_contains(*e))
+            .filter(|e| self.cache_contains(machine, guest, *e))
             .collect()
     }
 
-    /// The frame of a guest-physical address, for hook queries.
+    /// The hooks on the frame of a guest-physical address.
     pub fn hook_counts(&self, gpa: Gpa) -> hooks::HookCounts {
-        self.intro.hooks.counts(Gfn(gpa.0 >> 12))
+        self.hooks.counts(Gfn(gpa.0 >> 12))
     }
 }

@@ -4,8 +4,9 @@
 //! callback runs with the old and new leaf entries.
 
 use super::ptm::MonitorId;
+use super::Engine;
+use crate::events::Event;
 use crate::guest::software_translate;
-use crate::world::{Event, World};
 use std::collections::BTreeMap;
 use vesim_model::Gpa;
 
@@ -89,7 +90,7 @@ pub struct Pts {
     next: u64,
 }
 
-impl World {
+impl Engine<'_> {
     /// The entries translating `va` under `cr3`, top-down, to the deepest present entry or a
     /// large leaf (software walk, no A/D).
     fn translation_chain(&self, cr3: u64, va: u64) -> Vec<(u8, Gpa, u64)> {
@@ -231,10 +232,16 @@ impl World {
             }
         }
     }
+}
 
+impl super::Introcore {
     /// The linear → physical translation introcore believes for a hooked page.
-    pub fn hooked_translation(&self, id: TranslationId) -> Option<Gpa> {
-        let h = self.intro.pts.hooks.get(&id)?;
-        software_translate(&self.machine, h.cr3, h.va)
+    pub fn hooked_translation(
+        &self,
+        machine: &vesim_model::Machine,
+        id: TranslationId,
+    ) -> Option<Gpa> {
+        let h = self.pts.hooks.get(&id)?;
+        software_translate(machine, h.cr3, h.va)
     }
 }
