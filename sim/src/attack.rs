@@ -10,6 +10,7 @@
 use crate::guest::mm::{Micro, MmError, Plan};
 use crate::introcore::{call, ENOSYS, HC_RAX, HC_RDI};
 use crate::layout::{self, mm_code};
+use crate::world::World;
 use vesim_model::ept::EptFlags;
 use vesim_model::Gpa;
 
@@ -72,7 +73,7 @@ impl Attack {
 }
 
 /// What an attack would have achieved, checked when it ends. Values are taken when the
-/// attacking instruction starts ([`crate::world::World::arm_probe`]), not when the attack is planned: other
+/// attacking instruction starts ([`arm_probe`]), not when the attack is planned: other
 /// VCPUs run in between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Probe {
@@ -122,140 +123,139 @@ pub fn cpu_index_of(arg: u64, vcpus: usize) -> u64 {
     }
 }
 
-impl crate::world::World {
-    /// Takes the values `probe` compares against as micro `m` of an attack starts, and makes
-    /// a read's destination or a write's value differ from the agent's qword.
-    pub fn arm_probe(&self, probe: &mut Probe, m: &mut Micro) {
-        match probe {
-            Probe::Read { va, value } if m.offset == mm_code::TOUCH_READ.0 => {
-                let gpa = self.guest.phys(&self.machine, *va).unwrap_or(Gpa(0));
-                *value = self.machine.mem.read_u64(gpa);
-                m.rax = !*value;
-            }
-            Probe::Write { va, gpa, before } if m.offset == mm_code::TOUCH_WRITE.0 => {
-                *gpa = self.guest.phys(&self.machine, *va).unwrap_or(Gpa(0));
-                *before = self.machine.mem.read_u64(*gpa);
-                if m.rax == *before {
-                    m.rax = !*before;
-                }
-            }
-            _ => {}
+/// Takes the values `probe` compares against as micro `m` of an attack starts, and makes
+/// a read's destination or a write's value differ from the agent's qword.
+pub fn arm_probe(w: &World, probe: &mut Probe, m: &mut Micro) {
+    match probe {
+        Probe::Read { va, value } if m.offset == mm_code::TOUCH_READ.0 => {
+            let gpa = w.guest.phys(&w.machine, *va).unwrap_or(Gpa(0));
+            *value = w.machine.mem.read_u64(gpa);
+            m.rax = !*value;
         }
-    }
-
-    /// The plan and probe of an attack by process `pid`'s code. `CpuIndex` has no plan: it is
-    /// applied to VCPU `cpu` here.
-    pub fn plan_attack(
-        &mut self,
-        cpu: usize,
-        pid: u32,
-        attack: Attack,
-        arg: u64,
-        value: u64,
-    ) -> Result<Option<(Plan, Probe)>, MmError> {
-        self.process(pid)?;
-        let plan = |micros: Vec<Micro>| Plan {
-            pid,
-            micros,
-            finish: crate::guest::mm::Finish::Nothing,
-        };
-        Ok(Some(match attack {
-            Attack::AgentRead => {
-                let va = agent_qword(arg);
-                let m = Micro::new(mm_code::TOUCH_READ, 0, va, 0);
-                (plan(vec![m]), Probe::Read { va, value: 0 })
+        Probe::Write { va, gpa, before } if m.offset == mm_code::TOUCH_WRITE.0 => {
+            *gpa = w.guest.phys(&w.machine, *va).unwrap_or(Gpa(0));
+            *before = w.machine.mem.read_u64(*gpa);
+            if m.rax == *before {
+                m.rax = !*before;
             }
-            Attack::AgentWrite => {
-                let va = agent_qword(arg);
-                let m = Micro::new(mm_code::TOUCH_WRITE, 0, va, value);
-                let probe = Probe::Write {
-                    va,
-                    gpa: Gpa(0),
-                    before: 0,
-                };
-                (plan(vec![m]), probe)
-            }
-            Attack::AgentExec => {
-                let target = layout::AGENT_GVA + layout::AGENT_CODE + (arg % 0x1000);
-                let m = Micro::new(mm_code::JMP_RSI, 0, target, 0);
-                (plan(vec![m]), Probe::MustStop)
-            }
-            Attack::ViewSwitch => {
-                let view = u64::from(self.intro.protected.0);
-                let micros = vec![
-                    Micro::new(mm_code::MOV_RCX_RSI, 0, view, 0),
-                    Micro::new(mm_code::VMFUNC, 0, 0, 0),
-                    Micro::new(mm_code::TOUCH_READ, 0, agent_qword(arg), 0),
-                ];
-                (plan(micros), Probe::MustStop)
-            }
-            Attack::Remap => {
-                let va = layout::AGENT_GVA + (arg % AGENT_PAGES) * 0x1000;
-                let frame = layout::ATTACK_FRAMES_START
-                    .wrapping_add((value % layout::ATTACK_FRAMES) * 0x1000);
-                let (pte, _) = self.entry_value(pid, va, 1).ok_or(MmError::State(va))?;
-                let pfn = 0x000F_FFFF_FFFF_F000;
-                if pte & 1 == 0 || pte & pfn == frame.0 {
-                    return Err(MmError::State(va));
-                }
-                let m = Micro::new(
-                    mm_code::MOV,
-                    self.entry_gla(va, 1),
-                    (pte & !pfn) | frame.0,
-                    0,
-                );
-                (plan(vec![m]), Probe::Remap { va })
-            }
-            Attack::Raise => {
-                let micros = vec![
-                    Micro::new(mm_code::MOV_RDX_RDI, call::RAISE_EPT, 0, 0),
-                    Micro::new(mm_code::VMCALL, HC_RDI, 0, HC_RAX),
-                ];
-                (plan(micros), Probe::Raise)
-            }
-            Attack::CpuIndex => {
-                let idx = cpu_index_of(arg, self.vcpus.len());
-                let v = self.vcpus.get_mut(cpu).ok_or(MmError::State(0))?;
-                v.seg50 = crate::guest::seg50_for_cpu(idx);
-                return Ok(None);
-            }
-        }))
-    }
-
-    /// What a finished attack achieved that it must not have (`None`: it was stopped, or
-    /// there is no agent to protect: after an unload its pages are guest memory again).
-    pub fn attack_breach(&self, cpu: usize, probe: Probe) -> Option<String> {
-        if !self.intro.deployed || self.intro.agent_hooks.is_empty() {
-            return None;
         }
-        let v = self.vcpus.get(cpu)?;
-        match probe {
-            Probe::Read { value, .. } => (v.reg(vesim_model::vcpu::Gpr::Rax) == value)
-                .then(|| format!("read the agent's {value:#x} from the untrusted view")),
-            Probe::Write { gpa, before, .. } => {
-                let now = self.machine.mem.read_u64(gpa);
-                (now != before).then(|| format!("wrote {now:#x} over the agent's {gpa}"))
+        _ => {}
+    }
+}
+
+/// The plan and probe of an attack by process `pid`'s code. `CpuIndex` has no plan: it is
+/// applied to VCPU `cpu` here.
+pub fn plan_attack(
+    w: &mut World,
+    cpu: usize,
+    pid: u32,
+    attack: Attack,
+    arg: u64,
+    value: u64,
+) -> Result<Option<(Plan, Probe)>, MmError> {
+    w.guest.process(pid)?;
+    let plan = |micros: Vec<Micro>| Plan {
+        pid,
+        micros,
+        finish: crate::guest::mm::Finish::Nothing,
+    };
+    Ok(Some(match attack {
+        Attack::AgentRead => {
+            let va = agent_qword(arg);
+            let m = Micro::new(mm_code::TOUCH_READ, 0, va, 0);
+            (plan(vec![m]), Probe::Read { va, value: 0 })
+        }
+        Attack::AgentWrite => {
+            let va = agent_qword(arg);
+            let m = Micro::new(mm_code::TOUCH_WRITE, 0, va, value);
+            let probe = Probe::Write {
+                va,
+                gpa: Gpa(0),
+                before: 0,
+            };
+            (plan(vec![m]), probe)
+        }
+        Attack::AgentExec => {
+            let target = layout::AGENT_GVA + layout::AGENT_CODE + (arg % 0x1000);
+            let m = Micro::new(mm_code::JMP_RSI, 0, target, 0);
+            (plan(vec![m]), Probe::MustStop)
+        }
+        Attack::ViewSwitch => {
+            let view = u64::from(w.intro.protected.0);
+            let micros = vec![
+                Micro::new(mm_code::MOV_RCX_RSI, 0, view, 0),
+                Micro::new(mm_code::VMFUNC, 0, 0, 0),
+                Micro::new(mm_code::TOUCH_READ, 0, agent_qword(arg), 0),
+            ];
+            (plan(micros), Probe::MustStop)
+        }
+        Attack::Remap => {
+            let va = layout::AGENT_GVA + (arg % AGENT_PAGES) * 0x1000;
+            let frame =
+                layout::ATTACK_FRAMES_START.wrapping_add((value % layout::ATTACK_FRAMES) * 0x1000);
+            let (pte, _) = w
+                .guest
+                .entry_value(&w.machine, pid, va, 1)
+                .ok_or(MmError::State(va))?;
+            let pfn = 0x000F_FFFF_FFFF_F000;
+            if pte & 1 == 0 || pte & pfn == frame.0 {
+                return Err(MmError::State(va));
             }
-            Probe::MustStop => Some("ran on past a blocked access".into()),
-            Probe::Remap { va } => {
-                let Some(frame) = self.guest.phys(&self.machine, va) else {
-                    return Some(format!("agent page {va:#x} lost its translation"));
-                };
-                let f = self
-                    .machine
-                    .ept
-                    .view(self.intro.untrusted)
-                    .map_or(EptFlags::all(), |w| w.entry(frame.gfn()).flags());
-                f.intersects(EptFlags::READ | EptFlags::WRITE).then(|| {
-                    format!(
-                        "agent page {va:#x} moved to {frame}, which the untrusted view can access"
-                    )
-                })
-            }
-            Probe::Raise => {
-                let rax = v.reg(vesim_model::vcpu::Gpr::Rax);
-                (rax != ENOSYS).then(|| format!("RAISE_EPT from guest code returned {rax:#x}"))
-            }
+            let m = Micro::new(
+                mm_code::MOV,
+                w.guest.entry_gla(va, 1),
+                (pte & !pfn) | frame.0,
+                0,
+            );
+            (plan(vec![m]), Probe::Remap { va })
+        }
+        Attack::Raise => {
+            let micros = vec![
+                Micro::new(mm_code::MOV_RDX_RDI, call::RAISE_EPT, 0, 0),
+                Micro::new(mm_code::VMCALL, HC_RDI, 0, HC_RAX),
+            ];
+            (plan(micros), Probe::Raise)
+        }
+        Attack::CpuIndex => {
+            let idx = cpu_index_of(arg, w.vcpus.len());
+            let v = w.vcpus.get_mut(cpu).ok_or(MmError::State(0))?;
+            v.seg50 = crate::guest::seg50_for_cpu(idx);
+            return Ok(None);
+        }
+    }))
+}
+
+/// What a finished attack achieved that it must not have (`None`: it was stopped, or
+/// there is no agent to protect: after an unload its pages are guest memory again).
+pub fn attack_breach(w: &World, cpu: usize, probe: Probe) -> Option<String> {
+    if !w.intro.deployed || w.intro.agent_hooks.is_empty() {
+        return None;
+    }
+    let v = w.vcpus.get(cpu)?;
+    match probe {
+        Probe::Read { value, .. } => (v.reg(vesim_model::vcpu::Gpr::Rax) == value)
+            .then(|| format!("read the agent's {value:#x} from the untrusted view")),
+        Probe::Write { gpa, before, .. } => {
+            let now = w.machine.mem.read_u64(gpa);
+            (now != before).then(|| format!("wrote {now:#x} over the agent's {gpa}"))
+        }
+        Probe::MustStop => Some("ran on past a blocked access".into()),
+        Probe::Remap { va } => {
+            let Some(frame) = w.guest.phys(&w.machine, va) else {
+                return Some(format!("agent page {va:#x} lost its translation"));
+            };
+            let f = w
+                .machine
+                .ept
+                .view(w.intro.untrusted)
+                .map_or(EptFlags::all(), |w| w.entry(frame.gfn()).flags());
+            f.intersects(EptFlags::READ | EptFlags::WRITE).then(|| {
+                format!("agent page {va:#x} moved to {frame}, which the untrusted view can access")
+            })
+        }
+        Probe::Raise => {
+            let rax = v.reg(vesim_model::vcpu::Gpr::Rax);
+            (rax != ENOSYS).then(|| format!("RAISE_EPT from guest code returned {rax:#x}"))
         }
     }
 }

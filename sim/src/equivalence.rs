@@ -29,7 +29,8 @@ pub fn follow(w: &mut World, runner: &mut OpRunner, log: &[usize]) -> Result<(),
         let mut steps = 0;
         let before = runner.log.len();
         while runner.log.len() == before {
-            w.op_step(runner, cpu)
+            runner
+                .op_step(w, cpu)
                 .map_err(|s| format!("VCPU {cpu} stopped in the #VE-off run: {s}"))?;
             steps += 1;
             if steps > STEPS_PER_EVENT_MAX {

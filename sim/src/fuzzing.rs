@@ -492,11 +492,11 @@ fn page_walk_handler(case: &WalkCase) {
             let mut c = WorldConfig::default();
             c.guest.kpti = kpti;
             let mut w = World::new(c).ok()?;
-            let pid = w.create_process(true).ok()?;
+            let pid = w.mm().create_process(true).ok()?;
             for i in 0..8 {
                 let va = layout::USER_BASE + i * 0x1000;
                 w.mm_map(0, pid, va, bits::RW).ok()?;
-                w.start_op(0, GuestOp::Hook { pid, va }).ok()?;
+                crate::ops::OpRunner::start_op(&mut w, 0, GuestOp::Hook { pid, va }).ok()?;
             }
             Some(w)
         })
@@ -509,7 +509,7 @@ fn page_walk_handler(case: &WalkCase) {
     // Clear A and D on the levels `ept` picks (bit i: level i + 1).
     let mut before = [0u64; 4];
     for level in 1..=4u8 {
-        let Some((v, gpa)) = w.entry_value(pid, va, level) else {
+        let Some((v, gpa)) = w.guest.entry_value(&w.machine, pid, va, level) else {
             return;
         };
         let v = if case.ept & (1 << (level - 1)) != 0 {
@@ -525,7 +525,7 @@ fn page_walk_handler(case: &WalkCase) {
         return;
     }
     for level in 1..=4u8 {
-        let Some((v, _)) = w.entry_value(pid, va, level) else {
+        let Some((v, _)) = w.guest.entry_value(&w.machine, pid, va, level) else {
             return;
         };
         let old = before[usize::from(level - 1)];
@@ -564,14 +564,14 @@ pub fn scenario(data: &[u8]) {
         return;
     };
     for p in &protected {
-        if w.create_process(*p).is_err() {
+        if w.mm().create_process(*p).is_err() {
             return;
         }
     }
     let mut runner = OpRunner::new(queues);
     let mut sched = Scheduler::new(schedule, vcpus);
     let mut checker = Checker::new(&w);
-    match w.run_ops_checked(&mut runner, &mut sched, &mut checker, SCENARIO_STEPS_MAX) {
+    match runner.run_checked(&mut w, &mut sched, &mut checker, SCENARIO_STEPS_MAX) {
         Ok(_) => {}
         Err(RunFailure::Violations(v)) => panic!("{case:?}: {v:?}"),
         Err(RunFailure::Stopped(cpu, s)) => panic!("{case:?}: VCPU {cpu} stopped: {s:?}"),

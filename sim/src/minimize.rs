@@ -76,7 +76,7 @@ pub fn checked(setup: &Setup, sc: &Scenario) -> Checked {
         Err(e) => return Checked::Stopped(e.to_string()),
     };
     for p in &sc.processes {
-        if let Err(e) = off.create_process(*p) {
+        if let Err(e) = off.mm().create_process(*p) {
             return Checked::Stopped(e.to_string());
         }
     }
@@ -103,7 +103,7 @@ fn run_checked(setup: &Setup, sc: &Scenario) -> Result<CheckedRun, String> {
         ));
     }
     for p in &sc.processes {
-        w.create_process(*p).map_err(|e| e.to_string())?;
+        w.mm().create_process(*p).map_err(|e| e.to_string())?;
     }
     let mut queues = sc.queues.clone();
     queues.resize(w.vcpus.len(), Vec::new());
@@ -111,7 +111,7 @@ fn run_checked(setup: &Setup, sc: &Scenario) -> Result<CheckedRun, String> {
     let mut sched = Scheduler::new(setup.schedule.clone(), w.vcpus.len()).recording();
     let mut checker = Checker::new(&w);
     let mut steps = 0;
-    let c = match w.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
+    let c = match runner.run_checked(&mut w, &mut sched, &mut checker, STEPS_MAX) {
         Ok(n) => {
             steps = n;
             Checked::Passed

@@ -307,12 +307,13 @@ impl OpRunner {
     }
 }
 
-impl World {
+/// Running the queues on a world.
+impl OpRunner {
     /// The plan of VCPU `cpu`'s operation, made now, with an attack's probe; `None` for
     /// operations that are instant world actions (process creation, hooks, a CPU index),
     /// which are applied here.
     pub fn start_op(
-        &mut self,
+        w: &mut World,
         cpu: usize,
         op: GuestOp,
     ) -> Result<Option<(Plan, Option<Probe>)>, MmError> {
@@ -323,74 +324,73 @@ impl World {
             value,
         } = op
         {
-            return Ok(self
-                .plan_attack(cpu, pid, attack, arg, value)?
+            return Ok(crate::attack::plan_attack(w, cpu, pid, attack, arg, value)?
                 .map(|(p, probe)| (p, Some(probe))));
         }
         Ok(match op {
             GuestOp::CreateProcess { protected } => {
-                self.create_process(protected)?;
+                w.mm().create_process(protected)?;
                 None
             }
             GuestOp::Hook { pid, va } => {
-                let cr3 = self
+                let cr3 = w
                     .guest
                     .processes
                     .get(pid as usize)
                     .filter(|p| !p.exited)
                     .map(|p| p.cr3)
                     .ok_or(MmError::NoProcess(pid))?;
-                self.engine().hook_translation(cr3, va, Owner::Process(pid));
-                self.engine().commit_hooks();
+                w.engine().hook_translation(cr3, va, Owner::Process(pid));
+                w.engine().commit_hooks();
                 None
             }
             GuestOp::Attack { .. } | GuestOp::Unload { .. } => None,
             GuestOp::Redeploy => {
-                self.engine().redeploy_agent().map_err(MmError::Refused)?;
+                w.engine().redeploy_agent().map_err(MmError::Refused)?;
                 None
             }
-            GuestOp::Map { pid, va, flags } => Some(self.plan_map(pid, va, flags)?),
-            GuestOp::Unmap { pid, va } => Some(self.plan_unmap(pid, va)?),
+            GuestOp::Map { pid, va, flags } => Some(w.mm().plan_map(pid, va, flags)?),
+            GuestOp::Unmap { pid, va } => Some(w.mm().plan_unmap(pid, va)?),
             GuestOp::Protect {
                 pid,
                 va,
                 writable,
                 executable,
-            } => Some(self.plan_protect(pid, va, writable, executable)?),
+            } => Some(w.mm().plan_protect(pid, va, writable, executable)?),
             GuestOp::SetCaching {
                 pid,
                 va,
                 attrs,
                 form,
-            } => Some(self.plan_set_caching(pid, va, attrs, form)?),
-            GuestOp::Trim { pid, va } => Some(self.plan_trim(pid, va)?),
+            } => Some(w.mm().plan_set_caching(pid, va, attrs, form)?),
+            GuestOp::Trim { pid, va } => Some(w.mm().plan_trim(pid, va)?),
             GuestOp::Write {
                 pid,
                 va,
                 level,
                 insn,
                 arg,
-            } => Some(self.plan_write_entry(pid, va, level, insn, arg)?),
-            GuestOp::MoveTable { pid, va, frame } => Some(self.plan_move_table(pid, va, frame)?),
-            GuestOp::SwapOut { pid, va } => Some(self.plan_swap_out(pid, va)?),
-            GuestOp::SwapIn { pid, va } => Some(self.plan_swap_in(pid, va)?),
+            } => Some(w.mm().plan_write_entry(pid, va, level, insn, arg)?),
+            GuestOp::MoveTable { pid, va, frame } => Some(w.mm().plan_move_table(pid, va, frame)?),
+            GuestOp::SwapOut { pid, va } => Some(w.mm().plan_swap_out(pid, va)?),
+            GuestOp::SwapIn { pid, va } => Some(w.mm().plan_swap_in(pid, va)?),
             GuestOp::Touch {
                 pid,
                 va,
                 write,
                 value,
-            } => Some(self.plan_touch(pid, va, write, value)?),
+            } => Some(w.mm().plan_touch(pid, va, write, value)?),
         }
         .map(|p| (p, None)))
     }
 
     /// Loads the next instruction of `active` into VCPU `cpu` (RIP, CR3, RDI, RSI, RAX), so
     /// that the VCPU sits at it until it is scheduled. `false` when none is left.
-    fn load_micro(&mut self, cpu: usize, active: &mut Active) -> Result<bool, Stop> {
+    fn load_micro(w: &mut World, cpu: usize, active: &mut Active) -> Result<bool, Stop> {
         let Some(m) = active.plan.micros.get(active.next).copied() else {
             return Ok(false);
         };
-        let Some(cr3) = self
+        let Some(cr3) = w
             .guest
             .processes
             .get(active.plan.pid as usize)
@@ -403,7 +403,7 @@ impl World {
         };
         let (off, bytes) = m.instr();
         let start = crate::layout::MM_CODE_GVA + off;
-        let Some(v) = self.vcpus.get_mut(cpu) else {
+        let Some(v) = w.vcpus.get_mut(cpu) else {
             return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
         };
         v.cr3 = cr3;
@@ -412,7 +412,7 @@ impl World {
         v.set_reg(Gpr::Rsi, m.rsi);
         v.set_reg(Gpr::Rax, m.rax);
         if crate::guest::mm::is_pt_write(off) {
-            self.counters.pt_writes += 1;
+            w.counters.pt_writes += 1;
         }
         active.end = Some(start + bytes.len() as u64);
         active.armed = false;
@@ -422,17 +422,20 @@ impl World {
 
     /// Ends `cpu`'s operation in flight normally: the memory manager's bookkeeping, then an
     /// attack's probe.
-    fn finish_active(&mut self, runner: &mut OpRunner, cpu: usize) {
-        if let Some(a) = runner.active.get_mut(cpu).and_then(Option::take) {
-            self.finish_plan(a.plan.pid, a.plan.finish);
-            if let Some(what) = a.probe.and_then(|p| self.attack_breach(cpu, p)) {
-                runner.breaches.push((cpu, a.op, what));
+    fn finish_active(&mut self, w: &mut World, cpu: usize) {
+        if let Some(a) = self.active.get_mut(cpu).and_then(Option::take) {
+            w.mm().finish_plan(a.plan.pid, a.plan.finish);
+            if let Some(what) = a
+                .probe
+                .and_then(|p| crate::attack::attack_breach(w, cpu, p))
+            {
+                self.breaches.push((cpu, a.op, what));
             }
-            runner.end(cpu, a.op, OpEnd::Done);
+            self.end(cpu, a.op, OpEnd::Done);
         }
     }
 
-    /// One scheduling step of VCPU `cpu` in `runner`: start its next operation (planning
+    /// One scheduling step of VCPU `cpu` in `self`: start its next operation (planning
     /// reads the page tables as they are now; no instruction runs in that step), or run one
     /// hardware-visible step of the instruction it sits at. Once an operation starts and each
     /// time one of its instructions completes, the VCPU is placed at the next instruction, so
@@ -441,21 +444,21 @@ impl World {
     /// Every call that starts an operation, completes one of its instructions or ends it
     /// abnormally appends `cpu` to [`OpRunner::log`]: the schedule of guest operations that I6
     /// replays in the #VE-off world.
-    pub fn op_step(&mut self, runner: &mut OpRunner, cpu: usize) -> Result<(), Stop> {
-        if cpu >= self.vcpus.len() || cpu >= runner.active.len() {
+    pub fn op_step(&mut self, w: &mut World, cpu: usize) -> Result<(), Stop> {
+        if cpu >= w.vcpus.len() || cpu >= self.active.len() {
             return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
         }
-        self.completed = None;
-        let Some(active) = runner.active[cpu].as_mut() else {
-            let Some(op) = runner.queues[cpu].next() else {
+        w.completed = None;
+        let Some(active) = self.active[cpu].as_mut() else {
+            let Some(op) = self.queues[cpu].next() else {
                 return Ok(());
             };
-            runner.started += 1;
-            runner.note(cpu);
+            self.started += 1;
+            self.note(cpu);
             if let GuestOp::Unload { delay } = op {
-                match self.engine().remove_agent() {
+                match w.engine().remove_agent() {
                     Ok(()) => {
-                        runner.active[cpu] = Some(Active {
+                        self.active[cpu] = Some(Active {
                             op,
                             plan: Plan {
                                 pid: 0,
@@ -469,11 +472,11 @@ impl World {
                             armed: true,
                         })
                     }
-                    Err(e) => runner.end(cpu, op, OpEnd::Skipped(e.to_string())),
+                    Err(e) => self.end(cpu, op, OpEnd::Skipped(e.to_string())),
                 }
                 return Ok(());
             }
-            match self.start_op(cpu, op) {
+            match Self::start_op(w, cpu, op) {
                 Ok(Some((plan, probe))) => {
                     let mut a = Active {
                         op,
@@ -484,33 +487,33 @@ impl World {
                         end: None,
                         armed: false,
                     };
-                    let loaded = self.load_micro(cpu, &mut a)?;
-                    runner.active[cpu] = Some(a);
+                    let loaded = Self::load_micro(w, cpu, &mut a)?;
+                    self.active[cpu] = Some(a);
                     if !loaded {
-                        self.finish_active(runner, cpu);
+                        self.finish_active(w, cpu);
                     }
                 }
-                Ok(None) => runner.end(cpu, op, OpEnd::Done),
-                Err(e) => runner.end(cpu, op, OpEnd::Skipped(e.to_string())),
+                Ok(None) => self.end(cpu, op, OpEnd::Done),
+                Err(e) => self.end(cpu, op, OpEnd::Skipped(e.to_string())),
             }
             return Ok(());
         };
         if let Some(phase) = active.unload {
             // Introcore's side of an unload: one phase per step, no guest instruction.
-            self.tsc += 1;
+            w.tsc += 1;
             match phase {
                 UnloadPhase::Waiting(n) if n > 0 => {
                     active.unload = Some(UnloadPhase::Waiting(n - 1));
                 }
                 UnloadPhase::Waiting(_) => {
-                    self.engine().deploy_unloader();
+                    w.engine().deploy_unloader();
                     active.unload = Some(UnloadPhase::Gate);
                 }
                 UnloadPhase::Gate => {
-                    if self.engine().deliver_for_unload() {
-                        self.engine().complete_unloader();
-                        runner.note(cpu);
-                        self.finish_active(runner, cpu);
+                    if w.engine().deliver_for_unload() {
+                        w.engine().complete_unloader();
+                        self.note(cpu);
+                        self.finish_active(w, cpu);
                     }
                 }
             }
@@ -523,124 +526,123 @@ impl World {
                 active.probe.as_mut(),
                 active.plan.micros.get(active.next.wrapping_sub(1)).copied(),
             ) {
-                self.arm_probe(p, &mut m);
-                if let Some(v) = self.vcpus.get_mut(cpu) {
+                crate::attack::arm_probe(w, p, &mut m);
+                if let Some(v) = w.vcpus.get_mut(cpu) {
                     v.set_reg(Gpr::Rax, m.rax);
                 }
             }
         }
-        let events_before = self.events.total();
-        if let Err(stop) = self.step(cpu) {
+        let events_before = w.events.total();
+        if let Err(stop) = w.step(cpu) {
             // An attack that must stop the VCPU did, with an alert: the guest hangs on the
             // blocked fetch (B118, B119), so the VCPU runs nothing more. With no agent
             // deployed the jump lands in what is now plain guest memory, and the guest crashes
             // there on its own.
-            let alerted = self
+            let alerted = w
                 .events
                 .since(events_before)
                 .iter()
                 .any(|e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == cpu));
-            if alerted || !self.intro.deployed {
-                if let Some(a) = runner.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
-                    runner.note(cpu);
-                    runner.end(cpu, a.op, OpEnd::Done);
-                    runner.queues[cpu] = OpStream::List(VecDeque::new());
+            if alerted || !w.intro.deployed {
+                if let Some(a) = self.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
+                    self.note(cpu);
+                    self.end(cpu, a.op, OpEnd::Done);
+                    self.queues[cpu] = OpStream::List(VecDeque::new());
                     return Ok(());
                 }
             }
             // A page fault is the guest OS's business (another VCPU unmapped or swapped the
             // page since the operation was planned): the operation ends without effect.
             if let Stop::Guest(vesim_model::Outcome::PageFault { .. }) = stop {
-                if let Some(s) = self.stopped.get_mut(cpu) {
+                if let Some(s) = w.stopped.get_mut(cpu) {
                     *s = None;
                 }
-                if let Some(a) = runner.active[cpu].take() {
-                    runner.note(cpu);
-                    runner.end(cpu, a.op, OpEnd::Skipped("page fault".into()));
+                if let Some(a) = self.active[cpu].take() {
+                    self.note(cpu);
+                    self.end(cpu, a.op, OpEnd::Skipped("page fault".into()));
                 }
                 return Ok(());
             }
             return Err(stop);
         }
-        let rip = self.vcpus[cpu].rip;
-        let Some(mut a) = runner.active[cpu].take() else {
+        let rip = w.vcpus[cpu].rip;
+        let Some(mut a) = self.active[cpu].take() else {
             return Ok(());
         };
         if a.end != Some(rip) {
-            runner.active[cpu] = Some(a);
+            self.active[cpu] = Some(a);
             return Ok(());
         }
-        let v = &self.vcpus[cpu];
-        self.completed = Some(crate::world::Completed {
+        let v = &w.vcpus[cpu];
+        w.completed = Some(crate::world::Completed {
             cpu,
             gpr: v.gpr,
             rip,
             rflags: v.rflags.bits(),
         });
-        runner.note(cpu);
-        let loaded = self.load_micro(cpu, &mut a)?;
-        runner.active[cpu] = Some(a);
+        self.note(cpu);
+        let loaded = Self::load_micro(w, cpu, &mut a)?;
+        self.active[cpu] = Some(a);
         if !loaded {
-            self.finish_active(runner, cpu);
+            self.finish_active(w, cpu);
         }
         Ok(())
     }
 
     /// Runs every queue to completion under `sched`, at most `steps_max` steps. Returns the
     /// steps taken.
-    pub fn run_ops(
+    pub fn run(
         &mut self,
-        runner: &mut OpRunner,
+        w: &mut World,
         sched: &mut Scheduler,
         steps_max: u64,
     ) -> Result<u64, (usize, Stop)> {
-        self.drive(runner, sched, None, steps_max)
-            .map_err(|f| match f {
-                RunFailure::Stopped(cpu, s) => (cpu, s),
-                // Without a checker no invariant is evaluated.
-                RunFailure::Violations(v) => (
-                    v.first().map_or(0, |x| x.cpu),
-                    Stop::AgentFault("unexpected".into()),
-                ),
-            })
+        self.drive(w, sched, None, steps_max).map_err(|f| match f {
+            RunFailure::Stopped(cpu, s) => (cpu, s),
+            // Without a checker no invariant is evaluated.
+            RunFailure::Violations(v) => (
+                v.first().map_or(0, |x| x.cpu),
+                Stop::AgentFault("unexpected".into()),
+            ),
+        })
     }
 
-    /// Like [`World::run_ops`], evaluating every invariant of `checker` after every step and
+    /// Like [`OpRunner::run`], evaluating every invariant of `checker` after every step and
     /// stopping at the first failing step.
-    pub fn run_ops_checked(
+    pub fn run_checked(
         &mut self,
-        runner: &mut OpRunner,
+        w: &mut World,
         sched: &mut Scheduler,
         checker: &mut crate::check::Checker,
         steps_max: u64,
     ) -> Result<u64, RunFailure> {
-        self.drive(runner, sched, Some(checker), steps_max)
+        self.drive(w, sched, Some(checker), steps_max)
     }
 
     fn drive(
         &mut self,
-        runner: &mut OpRunner,
+        w: &mut World,
         sched: &mut Scheduler,
         mut checker: Option<&mut crate::check::Checker>,
         steps_max: u64,
     ) -> Result<u64, RunFailure> {
-        let mut runnable = Vec::with_capacity(self.vcpus.len());
+        let mut runnable = Vec::with_capacity(w.vcpus.len());
         let mut steps = 0;
         while steps < steps_max {
-            self.events.new_step();
-            runner.runnable_into(self, &mut runnable);
+            w.events.new_step();
+            self.runnable_into(w, &mut runnable);
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);
             };
             if let Some(c) = checker.as_deref_mut() {
-                c.before_step(self, cpu);
+                c.before_step(w, cpu);
             }
-            let breaches = runner.breaches.len();
-            let r = self.op_step(runner, cpu);
+            let breaches = self.breaches.len();
+            let r = self.op_step(w, cpu);
             steps += 1;
             if let Some(c) = checker.as_deref_mut() {
-                let mut v = c.after_step(self, cpu, &r);
-                v.extend(runner.breaches[breaches..].iter().map(|(cpu, op, what)| {
+                let mut v = c.after_step(w, cpu, &r);
+                v.extend(self.breaches[breaches..].iter().map(|(cpu, op, what)| {
                     crate::check::Violation {
                         invariant: crate::check::Invariant::I3,
                         step: c.steps(),

@@ -620,7 +620,7 @@ fn run_streams(
     record: bool,
 ) -> Result<(World, StopAt), RunError> {
     for p in &sc.processes {
-        w.create_process(*p)?;
+        w.mm().create_process(*p)?;
     }
     if sc.queues.len() > w.vcpus.len() {
         return Err(RunError::Scenario(format!(
@@ -646,7 +646,7 @@ fn run_streams(
         } else {
             left
         };
-        match w.run_ops(&mut runner, &mut sched, chunk) {
+        match runner.run(&mut w, &mut sched, chunk) {
             Err(stop) => break Some(stop),
             Ok(n) => {
                 left -= n.min(left);

@@ -100,7 +100,7 @@ fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, Str
     let world = |ve: bool| -> Result<crate::world::World, String> {
         let mut w = build_world(b, &params, ve, profile, seed).map_err(|e| e.to_string())?;
         for p in &sc.processes {
-            w.create_process(*p).map_err(|e| e.to_string())?;
+            w.mm().create_process(*p).map_err(|e| e.to_string())?;
         }
         Ok(w)
     };
@@ -108,7 +108,7 @@ fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, Str
     let mut runner = crate::ops::OpRunner::new(sc.queues.clone());
     let mut sched = Scheduler::new(Schedule::Random { seed }, on.vcpus.len());
     let mut checker = Checker::new(&on);
-    let mut failure = match on.run_ops_checked(&mut runner, &mut sched, &mut checker, STEPS_MAX) {
+    let mut failure = match runner.run_checked(&mut on, &mut sched, &mut checker, STEPS_MAX) {
         Ok(_) => None,
         Err(RunFailure::Violations(v)) => v.first().map(|x| Failure {
             invariant: x.invariant.to_string(),

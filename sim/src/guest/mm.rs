@@ -4,12 +4,12 @@
 //! exactly as the hardware would. Frames come from a free list (the PFN database hands out
 //! zeroed pages); swapped-out contents go to a pagefile kept by the model.
 
+use super::Guest;
+use crate::events::Stop;
 use crate::layout::{self, mm_code};
-use crate::world::{Stop, World};
 use std::collections::BTreeMap;
 use vesim_model::paging::self_map_entry_address;
-use vesim_model::vcpu::Gpr;
-use vesim_model::{Gla, Gpa};
+use vesim_model::{Gla, Gpa, Machine};
 
 /// Entry bits the memory manager uses.
 pub mod bits {
@@ -194,7 +194,7 @@ pub enum Finish {
 }
 
 /// A memory-manager operation as data: the instructions it executes, in order, in process
-/// `pid`'s address space, and its bookkeeping. Plans run to completion ([`World::run_plan`])
+/// `pid`'s address space, and its bookkeeping. Plans run to completion (`World::run_plan`)
 /// or one hardware step at a time, interleaved with other VCPUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -216,7 +216,61 @@ impl Plan {
     }
 }
 
-impl World {
+/// What the memory manager reads of the guest's processes.
+impl Guest {
+    /// Process `pid`, unless it exited.
+    pub fn process(&self, pid: u32) -> Result<&Process, MmError> {
+        self.processes
+            .get(pid as usize)
+            .filter(|p| !p.exited)
+            .ok_or(MmError::NoProcess(pid))
+    }
+
+    /// The entry of `level` for `va` in process `pid`, read the way the memory manager reads
+    /// it (through its page tables; software, no A/D).
+    pub fn entry_value(
+        &self,
+        machine: &Machine,
+        pid: u32,
+        va: u64,
+        level: u8,
+    ) -> Option<(u64, Gpa)> {
+        let p = self.process(pid).ok()?;
+        let gla = self_map_entry_address(self.config.self_map_index, Gla(va), level);
+        let gpa = crate::guest::software_translate(machine, p.cr3, gla.0)?;
+        Some((machine.mem.read_u64(gpa), gpa))
+    }
+
+    /// The self-map linear address of the entry of `level` for `va`.
+    pub fn entry_gla(&self, va: u64, level: u8) -> u64 {
+        self_map_entry_address(self.config.self_map_index, Gla(va), level).0
+    }
+}
+
+/// The guest's memory manager at work: the guest's state and guest memory. It plans page-table
+/// work (allocating frames and tables as it plans) and does the bookkeeping of a completed plan;
+/// the instructions of a plan run on a VCPU through the world.
+pub struct Mm<'a> {
+    /// The guest.
+    pub guest: &'a mut Guest,
+    /// Memory and EPT.
+    pub machine: &'a mut Machine,
+}
+
+impl Mm<'_> {
+    fn process(&self, pid: u32) -> Result<&Process, MmError> {
+        self.guest.process(pid)
+    }
+
+    /// The entry of `level` for `va` in process `pid` ([`Guest::entry_value`]).
+    pub fn entry_value(&self, pid: u32, va: u64, level: u8) -> Option<(u64, Gpa)> {
+        self.guest.entry_value(self.machine, pid, va, level)
+    }
+
+    fn entry_gla(&self, va: u64, level: u8) -> u64 {
+        self.guest.entry_gla(va, level)
+    }
+
     fn zeroed_frame(&mut self, table: bool) -> Result<Gpa, MmError> {
         let g = if table {
             self.guest
@@ -264,7 +318,7 @@ impl World {
             let gva = layout::KPTI_SHADOW_GVA + u64::from(pid) * 0x1000;
             self.guest
                 .map_at(
-                    &mut self.machine,
+                    self.machine,
                     gva,
                     upml4,
                     vesim_model::paging::PteFlags::WRITABLE,
@@ -286,149 +340,7 @@ impl World {
         Ok(pid)
     }
 
-    pub(crate) fn process(&self, pid: u32) -> Result<&Process, MmError> {
-        self.guest
-            .processes
-            .get(pid as usize)
-            .filter(|p| !p.exited)
-            .ok_or(MmError::NoProcess(pid))
-    }
-
-    /// Runs one memory-manager instruction on VCPU `cpu` in process `pid`'s address space
-    /// with RDI, RSI and RAX as given, until RIP passes it.
-    pub fn mm_exec(
-        &mut self,
-        cpu: usize,
-        pid: u32,
-        instr: (u64, &[u8]),
-        rdi: u64,
-        rsi: u64,
-        rax: u64,
-    ) -> Result<(), MmError> {
-        let cr3 = self.process(pid)?.cr3;
-        let start = layout::MM_CODE_GVA + instr.0;
-        let end = start + instr.1.len() as u64;
-        if is_pt_write(instr.0) {
-            self.counters.pt_writes += 1;
-        }
-        {
-            let v = self
-                .vcpus
-                .get_mut(cpu)
-                .ok_or(MmError::Stopped(Stop::AgentFault(format!("no VCPU {cpu}"))))?;
-            v.cr3 = cr3;
-            v.rip = start;
-            v.set_reg(Gpr::Rdi, rdi);
-            v.set_reg(Gpr::Rsi, rsi);
-            v.set_reg(Gpr::Rax, rax);
-        }
-        for _ in 0..MM_STEPS_MAX {
-            if self.vcpus[cpu].rip == end {
-                return Ok(());
-            }
-            self.step(cpu)?;
-        }
-        Err(MmError::Stopped(Stop::AgentFault(format!(
-            "the memory-manager instruction at {start:#x} did not complete in {MM_STEPS_MAX} steps"
-        ))))
-    }
-
-    /// The entry of `level` for `va` in process `pid`, read the way the memory manager reads
-    /// it (through its page tables; software, no A/D).
-    pub fn entry_value(&self, pid: u32, va: u64, level: u8) -> Option<(u64, Gpa)> {
-        let p = self.process(pid).ok()?;
-        let gla = self_map_entry_address(self.guest.config.self_map_index, Gla(va), level);
-        let gpa = crate::guest::software_translate(&self.machine, p.cr3, gla.0)?;
-        Some((self.machine.mem.read_u64(gpa), gpa))
-    }
-
-    /// The self-map linear address of the entry of `level` for `va`.
-    pub fn entry_gla(&self, va: u64, level: u8) -> u64 {
-        self_map_entry_address(self.guest.config.self_map_index, Gla(va), level).0
-    }
-
-    /// Maps a fresh zeroed page at `va` in process `pid` with the leaf `flags` (P and US are
-    /// added for user addresses). Missing tables are allocated and linked top-down, each with a
-    /// MOV through the self-map; under KPTI a new user-half PML4 entry is also written into the
-    /// user PML4. Returns the frame.
-    pub fn mm_map(&mut self, cpu: usize, pid: u32, va: u64, flags: u64) -> Result<Gpa, MmError> {
-        let plan = self.plan_map(pid, va, flags)?;
-        let frame = match plan.finish {
-            Finish::Mapped { frame, .. } => frame,
-            _ => Gpa(0),
-        };
-        self.run_plan(cpu, plan)?;
-        Ok(frame)
-    }
-
-    /// Unmaps `va` (XCHG of the PTE with 0) and frees its frame.
-    pub fn mm_unmap(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let plan = self.plan_unmap(pid, va)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// Changes write permission (LOCK OR / LOCK AND of RW) or execute permission (LOCK XOR of
-    /// XD when it differs).
-    pub fn mm_protect(
-        &mut self,
-        cpu: usize,
-        pid: u32,
-        va: u64,
-        writable: bool,
-        executable: bool,
-    ) -> Result<(), MmError> {
-        let plan = self.plan_protect(pid, va, writable, executable)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// Sets the caching attributes (PWT, PCD, PAT) of `va`'s PTE to `attrs`, with the
-    /// instruction form `form % 3`: MOV, LOCK CMPXCHG, or LOCK XOR.
-    pub fn mm_set_caching(
-        &mut self,
-        cpu: usize,
-        pid: u32,
-        va: u64,
-        attrs: u64,
-        form: u32,
-    ) -> Result<(), MmError> {
-        let plan = self.plan_set_caching(pid, va, attrs, form)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// Clears the accessed bit of `va`'s PTE (working-set trim: LOCK BTR 5).
-    pub fn mm_trim(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let plan = self.plan_trim(pid, va)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// Swaps `va` out: its contents go to the pagefile, the PTE becomes a not-present swap
-    /// entry (MOV), the frame is freed.
-    pub fn mm_swap_out(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let plan = self.plan_swap_out(pid, va)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// Swaps `va` back in: a new frame gets the pagefile contents and the PTE points at it
-    /// (MOV), present and writable.
-    pub fn mm_swap_in(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
-        let plan = self.plan_swap_in(pid, va)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// Touches `va` (a read, or a write of RAX), so the page walker sets A (and D).
-    pub fn mm_touch(
-        &mut self,
-        cpu: usize,
-        pid: u32,
-        va: u64,
-        write: bool,
-        value: u64,
-    ) -> Result<(), MmError> {
-        let plan = self.plan_touch(pid, va, write, value)?;
-        self.run_plan(cpu, plan)
-    }
-
-    /// The plan of [`World::mm_touch`].
+    /// The plan of [`crate::world::World::mm_touch`].
     pub fn plan_touch(&self, pid: u32, va: u64, write: bool, value: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let instr = if write {
@@ -441,15 +353,6 @@ impl World {
             Micro::new(instr, 0, va, value),
             Finish::Nothing,
         ))
-    }
-
-    /// Runs a plan to completion on VCPU `cpu`, then does its bookkeeping.
-    pub fn run_plan(&mut self, cpu: usize, plan: Plan) -> Result<(), MmError> {
-        for m in &plan.micros {
-            self.mm_exec(cpu, plan.pid, m.instr(), m.rdi, m.rsi, m.rax)?;
-        }
-        self.finish_plan(plan.pid, plan.finish);
-        Ok(())
     }
 
     /// The bookkeeping of a completed plan.
@@ -480,7 +383,7 @@ impl World {
         }
     }
 
-    /// The plan of [`World::mm_map`]; frames and tables are allocated now.
+    /// The plan of [`crate::world::World::mm_map`]; frames and tables are allocated now.
     pub fn plan_map(&mut self, pid: u32, va: u64, flags: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let user = va >> 63 == 0;
@@ -530,7 +433,7 @@ impl World {
         })
     }
 
-    /// The plan of [`World::mm_unmap`].
+    /// The plan of [`crate::world::World::mm_unmap`].
     pub fn plan_unmap(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         let e = self.leaf(pid, va)?;
         let frame = (e & bits::P != 0).then_some(Gpa(e & 0x000F_FFFF_FFFF_F000));
@@ -541,7 +444,7 @@ impl World {
         ))
     }
 
-    /// The plan of [`World::mm_protect`].
+    /// The plan of [`crate::world::World::mm_protect`].
     pub fn plan_protect(
         &mut self,
         pid: u32,
@@ -569,7 +472,7 @@ impl World {
         })
     }
 
-    /// The plan of [`World::mm_set_caching`].
+    /// The plan of [`crate::world::World::mm_set_caching`].
     pub fn plan_set_caching(
         &mut self,
         pid: u32,
@@ -635,7 +538,7 @@ impl World {
         Ok(Plan::one(pid, m, Finish::Nothing))
     }
 
-    /// The plan of [`World::mm_trim`].
+    /// The plan of [`crate::world::World::mm_trim`].
     pub fn plan_trim(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         self.leaf(pid, va)?;
         Ok(Plan::one(
@@ -645,7 +548,7 @@ impl World {
         ))
     }
 
-    /// The plan of [`World::mm_swap_out`]; the contents go to the pagefile now.
+    /// The plan of [`crate::world::World::mm_swap_out`]; the contents go to the pagefile now.
     pub fn plan_swap_out(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         let e = self.leaf(pid, va)?;
         if e & bits::P == 0 {
@@ -663,7 +566,7 @@ impl World {
         ))
     }
 
-    /// The plan of [`World::mm_swap_in`]; the new frame gets the contents now.
+    /// The plan of [`crate::world::World::mm_swap_in`]; the new frame gets the contents now.
     pub fn plan_swap_in(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let Some(page) = self.guest.pagefile.remove(&(pid, va)) else {
@@ -684,19 +587,5 @@ impl World {
         self.entry_value(pid, va, 1)
             .map(|(e, _)| e)
             .ok_or(MmError::State(va))
-    }
-
-    /// Process exit: every page is unmapped; the process is marked exited.
-    pub fn exit_process(&mut self, cpu: usize, pid: u32) -> Result<(), MmError> {
-        let vas: Vec<u64> = self.process(pid)?.pages.keys().copied().collect();
-        let swapped: Vec<u64> = self.process(pid)?.swapped.keys().copied().collect();
-        for va in vas.into_iter().chain(swapped) {
-            self.mm_unmap(cpu, pid, va)?;
-        }
-        self.engine().unhook_process(pid);
-        if let Some(p) = self.guest.processes.get_mut(pid as usize) {
-            p.exited = true;
-        }
-        Ok(())
     }
 }

@@ -177,7 +177,7 @@ impl Engine<'_> {
         }
         // 2. The OS handler gets its bytes back.
         if let Some(h) = crate::guest::software_translate(
-            &self.machine,
+            self.machine,
             self.guest.cr3,
             layout::OS_VE_HANDLER_GVA,
         ) {

@@ -255,8 +255,7 @@ impl Engine<'_> {
             &[0x90; 24],
         );
         // 7. Hook the OS #VE handler with the trampoline to the agent entry.
-        if let Some(h) =
-            software_translate(&self.machine, self.guest.cr3, layout::OS_VE_HANDLER_GVA)
+        if let Some(h) = software_translate(self.machine, self.guest.cr3, layout::OS_VE_HANDLER_GVA)
         {
             let mut original = vec![0u8; 24];
             self.machine.mem.read(h, &mut original);
@@ -615,12 +614,12 @@ impl Engine<'_> {
         self.machine
             .mem
             .read(page.wrapping_add(veinfo::INSTRUCTION), &mut bytes);
-        let e = match emulate::emulate_pt_write(&self.machine, &v, Some(&bytes), gla, gpa) {
+        let e = match emulate::emulate_pt_write(self.machine, &v, Some(&bytes), gla, gpa) {
             Ok(e) => e,
             Err(_) => return STATUS_NOT_SUPPORTED,
         };
         self.emulated_write_callbacks(&e);
-        emulate::commit_stores(&mut self.machine, &e);
+        emulate::commit_stores(self.machine, &e);
         let m = &mut self.machine.mem;
         for (i, r) in e.gpr.iter().enumerate() {
             m.write_u64(page.wrapping_add(veinfo::REGS + 8 * i as u64), *r);
@@ -684,8 +683,7 @@ impl Engine<'_> {
                 return Err(Stop::Guest(outcome));
             }
             let mut bytes = [0u8; 15];
-            let len = if crate::guest::software_read(&self.machine, vcpu.cr3, vcpu.rip, &mut bytes)
-            {
+            let len = if crate::guest::software_read(self.machine, vcpu.cr3, vcpu.rip, &mut bytes) {
                 vesim_model::cpu::decode::describe(&bytes, vcpu.rip)
                     .map(|d| d.0)
                     .unwrap_or(0)
@@ -707,14 +705,14 @@ impl Engine<'_> {
             return self.resolve_walk_exit(cpu, &vcpu, v);
         }
         if counts.pt > 0 && v.qualification.contains(EptQualification::WRITE) {
-            let e = emulate::emulate_pt_write(&self.machine, &vcpu, None, v.gla, v.gpa)
+            let e = emulate::emulate_pt_write(self.machine, &vcpu, None, v.gla, v.gpa)
                 .map_err(|_| Stop::Guest(outcome.clone()))?;
             let relevant =
                 (e.old ^ e.new) & self.quirks.monitored_bits() != 0 && (e.old | e.new) & 1 != 0;
             if relevant {
                 self.pt_write_callbacks(e.entry, e.old, e.new);
             }
-            emulate::commit_stores(&mut self.machine, &e);
+            emulate::commit_stores(self.machine, &e);
             if let Some(t) = self.vcpus.get_mut(cpu) {
                 t.gpr = e.gpr;
                 t.rflags = e.rflags;
@@ -735,7 +733,7 @@ impl Engine<'_> {
     ) -> Result<(), Stop> {
         let mut bytes = [0u8; 15];
         let mut writes_page = false;
-        if crate::guest::software_read(&self.machine, vcpu.cr3, vcpu.rip, &mut bytes) {
+        if crate::guest::software_read(self.machine, vcpu.cr3, vcpu.rip, &mut bytes) {
             if let Some(acc) = vesim_model::cpu::decode::accesses_of(&bytes, vcpu) {
                 writes_page = acc
                     .iter()

@@ -2,7 +2,10 @@
 //! hardware-visible step at a time. Single-threaded and deterministic.
 
 use crate::agent::{Agent, AgentStep};
+mod drive;
+
 pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, Stop};
+use crate::guest::mm::Mm;
 use crate::guest::{Guest, GuestConfig, GuestError};
 use crate::introcore::{Engine, Introcore};
 use crate::layout;
@@ -267,6 +270,14 @@ impl World {
             cache_log,
             quirks: *quirks,
             ve: *ve,
+        }
+    }
+
+    /// The guest's memory manager, with guest memory.
+    pub fn mm(&mut self) -> Mm<'_> {
+        Mm {
+            guest: &mut self.guest,
+            machine: &mut self.machine,
         }
     }
 
