@@ -78,14 +78,14 @@ fn page_walk(c: &mut Criterion) {
 fn cache_lookup(c: &mut Criterion) {
     let (mut w, _) = pt_write_world(true, 1, 0);
     let present = vesim_model::Gpa(0x0200_0008);
-    w.update_cache(present, false);
+    w.engine().update_cache(present, false);
     let absent = vesim_model::Gpa(0x0200_0010);
     let mut g = c.benchmark_group("cache_lookup");
     g.bench_function("hit", |b| {
-        b.iter(|| black_box(w.cache_contains(black_box(present))))
+        b.iter(|| black_box(w.intro.cache_contains(&w.machine, &w.guest, black_box(present))))
     });
     g.bench_function("miss", |b| {
-        b.iter(|| black_box(w.cache_contains(black_box(absent))))
+        b.iter(|| black_box(w.intro.cache_contains(&w.machine, &w.guest, black_box(absent))))
     });
     g.finish();
 }

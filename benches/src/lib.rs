@@ -30,10 +30,10 @@ pub fn pt_write_world(ve: bool, vcpus: usize, extra: u64) -> (World, u32) {
             .map_at(&mut w.machine, va, frame, PteFlags::WRITABLE)
             .expect("the extra page maps");
     }
-    let pid = w.create_process(true).expect("the process starts");
+    let pid = w.mm().create_process(true).expect("the process starts");
     w.mm_map(0, pid, layout::USER_BASE, bits::RW)
         .expect("the page maps");
-    w.start_op(
+    vesim::ops::OpRunner::start_op(&mut w, 
         0,
         GuestOp::Hook {
             pid,

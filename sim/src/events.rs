@@ -1,12 +1,49 @@
 //! What the actors report: the events of a run in order ([`Event`], [`EventLog`] with its
 //! running trace hash), the harness counters ([`Counters`]), the cache operations a run made
-//! ([`CacheOp`]) and why a VCPU stopped ([`Stop`]). The guest, the agent and introcore write
+//! ([`CacheOp`]) and why a VCPU stopped ([`Stop`]), and each event's stable text line
+//! ([`write_event`]), what a trace file holds and its hash covers. The guest, the agent and introcore write
 //! here; the world owns the sinks and the checkers read them.
 
-use crate::agent::{AgentOutcome, RejectReason};
-use crate::introcore::ptm::CallbackRecord;
+use crate::abi::{AgentOutcome, RejectReason};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use vesim_model::Outcome;
+use std::fmt::Write as _;
+use vesim_model::{Gpa, Outcome};
+
+/// A monitor handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MonitorId(pub u64);
+
+/// What a monitor's callback was given (the translation hooks of the next layer replace this
+/// recording callback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallbackRecord {
+    /// The monitor.
+    pub monitor: MonitorId,
+    /// Guest-physical address of the entry.
+    pub entry: Gpa,
+    /// Value before the write.
+    pub old: u64,
+    /// Value after the write.
+    pub new: u64,
+}
+
+/// A translation-hook handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TranslationId(pub u64);
+
+/// A swap callback record: the translation of `va` changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwapRecord {
+    /// The hook.
+    pub hook: TranslationId,
+    /// The page.
+    pub va: u64,
+    /// Previous leaf (0 if none).
+    pub old: u64,
+    /// New leaf (0 if none).
+    pub new: u64,
+}
 
 /// Harness counters (VE-SEMANTICS section 3). All deterministic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -112,7 +149,7 @@ pub enum Event {
     /// A monitor callback ran.
     Callback(CallbackRecord),
     /// A translation hook's swap callback ran.
-    Swap(crate::introcore::pts::SwapRecord),
+    Swap(SwapRecord),
     /// The agent faulted (I10).
     AgentFault {
         /// VCPU.
@@ -162,7 +199,7 @@ impl EventLog {
     /// Appends an event.
     pub fn push(&mut self, e: Event) {
         if let Some(h) = self.hasher.as_mut() {
-            crate::trace::hash_event(h, &mut self.line, &e);
+            hash_event(h, &mut self.line, &e);
         }
         self.window.push(e);
     }
@@ -204,7 +241,7 @@ impl EventLog {
 
     /// The trace hash so far (`None` when no hash was started).
     pub fn hash(&self) -> Option<String> {
-        self.hasher.clone().map(crate::trace::hex_digest)
+        self.hasher.clone().map(hex_digest)
     }
 
     /// Drops the events held (they still count in [`EventLog::total`] and the hash).
@@ -280,6 +317,106 @@ pub enum CacheOp {
     Insert(u64),
     /// Introcore evicted the entry (B76).
     Remove(u64),
+}
+
+// The stable text of an event: one line of a trace file ([`crate::trace`]).
+
+fn opt(out: &mut String, v: Option<u64>) {
+    match v {
+        Some(x) => {
+            let _ = write!(out, "{x:#x}");
+        }
+        None => out.push('-'),
+    }
+}
+
+/// Appends the stable text line of one event to `out`.
+pub fn write_event(out: &mut String, e: &Event) {
+    let _ = match e {
+        Event::VmExit { cpu, reason } => write!(out, "exit cpu={cpu} reason={reason}"),
+        Event::Ve {
+            cpu,
+            qualification,
+            gla,
+            gpa,
+        } => write!(
+            out,
+            "ve cpu={cpu} qual={qualification:#x} gla={gla:#x} gpa={gpa:#x}"
+        ),
+        Event::Agent {
+            cpu,
+            outcome,
+            reason,
+            old,
+            new,
+        } => {
+            let _ = write!(
+                out,
+                "agent cpu={cpu} outcome={} reason={} old=",
+                outcome.name(),
+                reason.map_or("-", |r| r.name())
+            );
+            opt(out, *old);
+            out.push_str(" new=");
+            opt(out, *new);
+            Ok(())
+        }
+        Event::Vmcall {
+            cpu,
+            rip,
+            rdx,
+            rbx,
+            rcx,
+        } => write!(
+            out,
+            "vmcall cpu={cpu} rip={rip:#x} rdx={rdx:#x} rbx={rbx:#x} rcx={rcx:#x}"
+        ),
+        Event::Callback(r) => write!(
+            out,
+            "callback monitor={} entry={:#x} old={:#x} new={:#x}",
+            r.monitor.0, r.entry.0, r.old, r.new
+        ),
+        Event::Swap(r) => write!(
+            out,
+            "swap hook={} va={:#x} old={:#x} new={:#x}",
+            r.hook.0, r.va, r.old, r.new
+        ),
+        Event::AgentFault { cpu, detail } => {
+            write!(
+                out,
+                "agent_fault cpu={cpu} detail={}",
+                detail.replace('\n', " ")
+            )
+        }
+        Event::Alert { cpu, detail } => {
+            write!(out, "alert cpu={cpu} detail={}", detail.replace('\n', " "))
+        }
+    };
+}
+
+/// The stable text line of one event.
+pub fn event_line(e: &Event) -> String {
+    let mut s = String::new();
+    write_event(&mut s, e);
+    s
+}
+
+/// Feeds the trace line of `e` (`event ...` and `\n`) to `h`, formatting it in `buf`.
+pub fn hash_event(h: &mut Sha256, buf: &mut String, e: &Event) {
+    buf.clear();
+    buf.push_str("event ");
+    write_event(buf, e);
+    buf.push('\n');
+    h.update(buf.as_bytes());
+}
+
+/// A finished hash in lower-case hex.
+pub fn hex_digest(h: Sha256) -> String {
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! - [`verdict`]: one #VE through the agent, the engine behind `vesim agent`.
 //! - [`cli`]: the `vesim` command line.
 
+pub mod abi;
 pub mod agent;
 pub mod attack;
 pub mod check;

@@ -3,7 +3,7 @@
 
 use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
 use crate::events::{Event, Stop};
-use crate::introcore::{break_reason, call};
+use crate::abi::{break_reason, call};
 use crate::layout::{self, veinfo};
 use vesim_model::vcpu::Gpr;
 

@@ -16,7 +16,7 @@ mod handler;
 mod pagewalk;
 mod ptwrite;
 
-pub use ptwrite::RejectReason;
+pub use crate::abi::{AgentOutcome, RejectReason};
 
 use crate::events::{CacheOp, Counters, Event, EventLog, Stop};
 use crate::layout::{self, veinfo};
@@ -84,62 +84,8 @@ pub mod rip {
 }
 
 /// Offset of the agent's entry (what the OS handler's trampoline jumps to).
-pub const STUB_ENTRY: u64 = rip::STUB_ENTRY;
+pub const STUB_ENTRY: u64 = crate::abi::AGENT_ENTRY;
 
-/// The disjoint outcomes of a #VE (VE-SEMANTICS section 3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AgentOutcome {
-    /// PT write, not relevant.
-    IgnoredIrrelevant,
-    /// PT write, relevant, entry cached.
-    IgnoredCache,
-    /// PT write raised to introcore.
-    Raised,
-    /// PT write refused by the agent and performed by introcore (`fixed`).
-    EmulatedByIntrocore,
-    /// PT write refused and not performed.
-    Rejected,
-    /// B27/B28 break (unknown exit reason).
-    Break,
-    /// Page walk handled without a raise.
-    PageWalkSet,
-    /// Page walk raised (KPTI case).
-    PageWalkRaised,
-}
-
-impl AgentOutcome {
-    /// Stable snake-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            AgentOutcome::IgnoredIrrelevant => "ignored_irrelevant",
-            AgentOutcome::IgnoredCache => "ignored_cache",
-            AgentOutcome::Raised => "raised",
-            AgentOutcome::EmulatedByIntrocore => "emulated_by_introcore",
-            AgentOutcome::Rejected => "rejected",
-            AgentOutcome::Break => "break",
-            AgentOutcome::PageWalkSet => "page_walk_set",
-            AgentOutcome::PageWalkRaised => "page_walk_raised",
-        }
-    }
-    fn code(self) -> u64 {
-        self as u64 + 1
-    }
-    /// Every outcome, in code order.
-    pub const ALL: [AgentOutcome; 8] = [
-        AgentOutcome::IgnoredIrrelevant,
-        AgentOutcome::IgnoredCache,
-        AgentOutcome::Raised,
-        AgentOutcome::EmulatedByIntrocore,
-        AgentOutcome::Rejected,
-        AgentOutcome::Break,
-        AgentOutcome::PageWalkSet,
-        AgentOutcome::PageWalkRaised,
-    ];
-    fn from_code(c: u64) -> Option<AgentOutcome> {
-        c.checked_sub(1)
-            .and_then(|i| Self::ALL.get(i as usize).copied())
-    }
-}
 
 /// Bits of the `LOCAL_STATUS` word.
 mod status {
@@ -355,8 +301,8 @@ impl Agent<'_> {
     /// [`AgentStep::Vmcall`] and the caller takes the exit.
     pub(crate) fn vmcall(&mut self, call: u64, rbx: u64, rcx: u64, then: Resume) -> AgentStep {
         let v = &mut *self.vcpu;
-        v.set_reg(Gpr::Rax, crate::introcore::HC_RAX);
-        v.set_reg(Gpr::Rdi, crate::introcore::HC_RDI);
+        v.set_reg(Gpr::Rax, crate::abi::HC_RAX);
+        v.set_reg(Gpr::Rdi, crate::abi::HC_RDI);
         v.set_reg(Gpr::Rsi, 0);
         v.set_reg(Gpr::Rdx, call);
         v.set_reg(Gpr::Rbx, rbx);

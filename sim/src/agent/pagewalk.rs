@@ -8,7 +8,7 @@
 
 use super::{rip, Agent, AgentOutcome, AgentStep, Resume};
 use crate::events::Stop;
-use crate::introcore::call;
+use crate::abi::call;
 use crate::layout::{self, veinfo};
 use vesim_model::paging::self_map_entry_address;
 use vesim_model::Gla;

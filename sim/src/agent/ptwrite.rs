@@ -5,78 +5,12 @@
 use super::decoder::DecodeVerdict;
 use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
 use crate::events::Stop;
-use crate::introcore::{break_reason, call};
+use crate::abi::{break_reason, call, RejectReason};
 use crate::layout::{self, veinfo};
 use vesim_model::cpu::decode::{Analysis, Form, Source};
 use vesim_model::cpu::exec::{logic_flags, sub_flags};
 use vesim_model::vcpu::{Gpr, Rflags};
 
-/// Why the agent refuses a write, in the order the rules are evaluated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RejectReason {
-    /// B29: the saved CS is not 0x10.
-    CsNotKernel,
-    /// B34: the bytes do not decode.
-    DecodeError,
-    /// B35: REP on a string instruction.
-    Rep,
-    /// B35: a segment-override prefix.
-    SegmentPrefix,
-    /// B35: RIP-relative addressing.
-    RipRelative,
-    /// B35: an implicit stack access.
-    StackAccess,
-    /// B36: operand 0 is not memory.
-    NotMemory,
-    /// B37: operand 0 is not 8 bytes.
-    Size,
-    /// B38: the recomputed address is not the faulting GLA.
-    GlaMismatch,
-    /// B39: the address is not 8-aligned.
-    Misaligned,
-    /// B43–B49: an instruction or source the agent does not emulate.
-    UnsupportedInstruction,
-}
-
-impl RejectReason {
-    /// All reasons in evaluation order.
-    pub const ALL: [RejectReason; 11] = [
-        RejectReason::CsNotKernel,
-        RejectReason::DecodeError,
-        RejectReason::Rep,
-        RejectReason::SegmentPrefix,
-        RejectReason::RipRelative,
-        RejectReason::StackAccess,
-        RejectReason::NotMemory,
-        RejectReason::Size,
-        RejectReason::GlaMismatch,
-        RejectReason::Misaligned,
-        RejectReason::UnsupportedInstruction,
-    ];
-    /// Stable snake-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            RejectReason::CsNotKernel => "cs_not_kernel",
-            RejectReason::DecodeError => "decode_error",
-            RejectReason::Rep => "rep",
-            RejectReason::SegmentPrefix => "segment_prefix",
-            RejectReason::RipRelative => "rip_relative",
-            RejectReason::StackAccess => "stack_access",
-            RejectReason::NotMemory => "not_memory",
-            RejectReason::Size => "size",
-            RejectReason::GlaMismatch => "gla_mismatch",
-            RejectReason::Misaligned => "misaligned",
-            RejectReason::UnsupportedInstruction => "unsupported_instruction",
-        }
-    }
-    fn code(self) -> u64 {
-        self as u64 + 1
-    }
-    /// The reason with code `c` (0 = none).
-    pub fn from_code(c: u64) -> Option<RejectReason> {
-        RejectReason::ALL.into_iter().find(|r| r.code() == c)
-    }
-}
 
 /// B38: the address the agent recomputes from the saved registers: the base (trimmed to its
 /// size) plus the index (trimmed) times the scale plus the displacement, with no segment base.
@@ -403,7 +337,7 @@ impl Agent<'_> {
 
     /// B71: scan the 8 slots of (line, bucket) for an exact match (the agent's reader).
     pub(crate) fn agent_cache_lookup(&mut self, gpa: u64) -> Result<bool, Stop> {
-        use crate::introcore::cache::{bucket_of, line_of, slot_offset};
+        use crate::abi::cache::{bucket_of, line_of, slot_offset};
         let g = vesim_model::Gpa(gpa);
         let base =
             layout::AGENT_GVA + layout::AGENT_VECACHE + slot_offset(line_of(g), bucket_of(g), 0);

@@ -340,7 +340,7 @@ impl Mm<'_> {
         Ok(pid)
     }
 
-    /// The plan of [`crate::world::World::mm_touch`].
+    /// The plan of `World::mm_touch`.
     pub fn plan_touch(&self, pid: u32, va: u64, write: bool, value: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let instr = if write {
@@ -383,7 +383,7 @@ impl Mm<'_> {
         }
     }
 
-    /// The plan of [`crate::world::World::mm_map`]; frames and tables are allocated now.
+    /// The plan of `World::mm_map`; frames and tables are allocated now.
     pub fn plan_map(&mut self, pid: u32, va: u64, flags: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let user = va >> 63 == 0;
@@ -433,7 +433,7 @@ impl Mm<'_> {
         })
     }
 
-    /// The plan of [`crate::world::World::mm_unmap`].
+    /// The plan of `World::mm_unmap`.
     pub fn plan_unmap(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         let e = self.leaf(pid, va)?;
         let frame = (e & bits::P != 0).then_some(Gpa(e & 0x000F_FFFF_FFFF_F000));
@@ -444,7 +444,7 @@ impl Mm<'_> {
         ))
     }
 
-    /// The plan of [`crate::world::World::mm_protect`].
+    /// The plan of `World::mm_protect`.
     pub fn plan_protect(
         &mut self,
         pid: u32,
@@ -472,7 +472,7 @@ impl Mm<'_> {
         })
     }
 
-    /// The plan of [`crate::world::World::mm_set_caching`].
+    /// The plan of `World::mm_set_caching`.
     pub fn plan_set_caching(
         &mut self,
         pid: u32,
@@ -538,7 +538,7 @@ impl Mm<'_> {
         Ok(Plan::one(pid, m, Finish::Nothing))
     }
 
-    /// The plan of [`crate::world::World::mm_trim`].
+    /// The plan of `World::mm_trim`.
     pub fn plan_trim(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         self.leaf(pid, va)?;
         Ok(Plan::one(
@@ -548,7 +548,7 @@ impl Mm<'_> {
         ))
     }
 
-    /// The plan of [`crate::world::World::mm_swap_out`]; the contents go to the pagefile now.
+    /// The plan of `World::mm_swap_out`; the contents go to the pagefile now.
     pub fn plan_swap_out(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         let e = self.leaf(pid, va)?;
         if e & bits::P == 0 {
@@ -566,7 +566,7 @@ impl Mm<'_> {
         ))
     }
 
-    /// The plan of [`crate::world::World::mm_swap_in`]; the new frame gets the contents now.
+    /// The plan of `World::mm_swap_in`; the new frame gets the contents now.
     pub fn plan_swap_in(&mut self, pid: u32, va: u64) -> Result<Plan, MmError> {
         self.process(pid)?;
         let Some(page) = self.guest.pagefile.remove(&(pid, va)) else {

@@ -2,33 +2,13 @@
 //! slots of 8 bytes in the agent's VECACHE section, keyed by the guest-physical address of an
 //! entry. Introcore only writes slots; the agent only reads them (B77).
 
+pub use crate::abi::cache::{bucket_of, line_of, slot_offset, BUCKETS, LINES, SLOTS};
 use crate::quirks::Quirks;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vesim_model::memory::GuestMemory;
 use vesim_model::Gpa;
 
-/// Lines (pages) of the cache.
-pub const LINES: u64 = 64;
-/// Buckets per line.
-pub const BUCKETS: u64 = 64;
-/// Slots per bucket.
-pub const SLOTS: u64 = 8;
-
-/// The line of an entry address (B70).
-pub const fn line_of(entry: Gpa) -> u64 {
-    (entry.0 >> 12) & (LINES - 1)
-}
-
-/// The bucket of an entry address (B70).
-pub const fn bucket_of(entry: Gpa) -> u64 {
-    (entry.0 >> 3) & (BUCKETS - 1)
-}
-
-/// Offset of slot `slot` of (`line`, `bucket`) from the start of VECACHE.
-pub const fn slot_offset(line: u64, bucket: u64, slot: u64) -> u64 {
-    line * 0x1000 + bucket * SLOTS * 8 + slot * 8
-}
 
 /// Cache statistics (VE-SEMANTICS section 3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,6 +9,8 @@ pub mod lifecycle;
 pub mod ptm;
 pub mod pts;
 
+pub use crate::abi::{break_reason, call, ENOSYS, HC_RAX, HC_RDI, STATUS_NOT_SUPPORTED};
+
 use crate::events::{CacheOp, Counters, Event, EventLog, Stop};
 use crate::guest::{cpu_index_of_lsl, software_translate, Guest, GuestConfig};
 use crate::layout::{self, veinfo};
@@ -21,36 +23,6 @@ use vesim_model::exit::EptViolation;
 use vesim_model::vcpu::{Gpr, Vcpu};
 use vesim_model::{Gfn, Gla, Gpa, Machine, ViewId};
 
-/// The VMCALL number of RAX (`__HYPERVISOR_hvm_op`, HW §7).
-pub const HC_RAX: u64 = 0x22;
-/// The VMCALL number of RDI (`HVMOP_guest_request_vm_event`).
-pub const HC_RDI: u64 = 0x18;
-/// Agent call numbers (RDX).
-pub mod call {
-    /// NOP.
-    pub const NOP: u64 = 0;
-    /// BREAK (RBX = reason, RCX = parameter).
-    pub const BREAK: u64 = 1;
-    /// TRACE.
-    pub const TRACE: u64 = 2;
-    /// RAISE_EPT; with RBX = 1 in `fixed`, "emulate for me" (Q1).
-    pub const RAISE_EPT: u64 = 3;
-}
-/// Break reasons (C).
-pub mod break_reason {
-    /// Unknown exit reason.
-    pub const UNKNOWN_EXIT: u64 = 1;
-    /// Page walk failed.
-    pub const PAGE_WALK_FAILED: u64 = 2;
-    /// Emulation failed.
-    pub const EMULATION_FAILED: u64 = 3;
-    /// CS not kernel.
-    pub const CS_NOT_KERNEL: u64 = 4;
-}
-/// `VE_STATUS_NOT_SUPPORTED`, returned in RAX when introcore cannot emulate.
-pub const STATUS_NOT_SUPPORTED: u64 = 0x8000_0001;
-/// Xen's -ENOSYS for a VMCALL that is not an introcore call.
-pub const ENOSYS: u64 = (-38i64) as u64;
 
 /// The engine's state.
 #[derive(Clone, Debug)]
@@ -260,7 +232,7 @@ impl Engine<'_> {
             let mut original = vec![0u8; 24];
             self.machine.mem.read(h, &mut original);
             self.intro.replaced_code = original;
-            let t = retpoline(layout::AGENT_GVA + crate::agent::STUB_ENTRY);
+            let t = retpoline(layout::AGENT_GVA + crate::abi::AGENT_ENTRY);
             self.machine.mem.write(h, &t);
         }
         // 8. CPU map (B11, Q19, Q20).

@@ -4,25 +4,10 @@
 //! entries to the #VE cache (B75); the first monitor on an entry evicts it (B76).
 
 use std::collections::BTreeMap;
+pub use crate::events::{CallbackRecord, MonitorId};
 use vesim_model::{Gfn, Gpa};
 
-/// A monitor handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MonitorId(pub u64);
 
-/// What a monitor's callback was given (the translation hooks of the next layer replace this
-/// recording callback).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CallbackRecord {
-    /// The monitor.
-    pub monitor: MonitorId,
-    /// Guest-physical address of the entry.
-    pub entry: Gpa,
-    /// Value before the write.
-    pub old: u64,
-    /// Value after the write.
-    pub new: u64,
-}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Table {

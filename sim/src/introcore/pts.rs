@@ -8,11 +8,9 @@ use super::Engine;
 use crate::events::Event;
 use crate::guest::software_translate;
 use std::collections::BTreeMap;
+pub use crate::events::{SwapRecord, TranslationId};
 use vesim_model::Gpa;
 
-/// A translation-hook handle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TranslationId(pub u64);
 
 /// Who owns a translation hook, and so which swap callback runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,18 +65,6 @@ impl TranslationHook {
     }
 }
 
-/// A swap callback record: the translation of `va` changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SwapRecord {
-    /// The hook.
-    pub hook: TranslationId,
-    /// The page.
-    pub va: u64,
-    /// Previous leaf (0 if none).
-    pub old: u64,
-    /// New leaf (0 if none).
-    pub new: u64,
-}
 
 /// All translation hooks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

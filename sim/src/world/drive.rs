@@ -1,7 +1,7 @@
 //! Guest memory-manager work run to completion on one VCPU: a plan of the memory manager
 //! ([`crate::guest::mm::Mm`]) executed instruction by instruction through [`World::step`],
 //! then its bookkeeping. What directed tests and setups use; scheduled runs interleave plans
-//! through the operation runner instead ([`crate::ops`]).
+//! through the operation runner instead (`ops::OpRunner`).
 
 use super::World;
 use crate::events::Stop;
