@@ -1,4 +1,4 @@
-//! Fuzz target `scenario_file`: the oracle `vesim::fuzzing::scenario_file`.
+//! Fuzz target `scenario_file`: the oracle `vesim::cli::oracle::scenario_file`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| vesim::fuzzing::scenario_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vesim::cli::oracle::scenario_file(data));

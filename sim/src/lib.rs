@@ -45,6 +45,7 @@ pub mod quirks;
 pub mod scenario_case;
 pub mod scenario_file;
 pub mod sched;
+pub mod text;
 pub mod trace;
 pub mod verdict;
 pub mod workload;

@@ -786,7 +786,7 @@ impl std::str::FromStr for GuestOp {
                 }
                 continue;
             }
-            let v = crate::cli::parse_u64(v)?;
+            let v = crate::text::parse_u64(v)?;
             if kv.insert(k, v).is_some() {
                 return Err(format!("key {k} is given twice"));
             }

@@ -340,7 +340,7 @@ impl TraceFile {
             ));
         }
         let (n, l) = next("seed")?;
-        let seed = crate::cli::parse_u64(&field(n, &l, "seed")?).map_err(|m| err(n, m))?;
+        let seed = crate::text::parse_u64(&field(n, &l, "seed")?).map_err(|m| err(n, m))?;
         let (n, l) = next("profile")?;
         let profile = field(n, &l, "profile")?;
         profile.parse::<crate::quirks::Profile>().map_err(|_| {
@@ -366,7 +366,7 @@ impl TraceFile {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| err(n, format!("'{}' is not KEY=VALUE", q(kv))))?;
-            let v = crate::cli::parse_u64(v).map_err(|m| err(n, m))?;
+            let v = crate::text::parse_u64(v).map_err(|m| err(n, m))?;
             params.insert(k.to_string(), v);
         }
         let b = crate::workload::Builtin::from_name(&scenario);
@@ -393,7 +393,7 @@ impl TraceFile {
                     if steps.is_some() || !processes.is_empty() || !queues.is_empty() {
                         return Err(err(n, "'steps' comes once, right after 'schedule'".into()));
                     }
-                    let v = crate::cli::parse_u64(rest).map_err(|m| err(n, m))?;
+                    let v = crate::text::parse_u64(rest).map_err(|m| err(n, m))?;
                     if v > crate::workload::STEPS_MAX {
                         return Err(err(
                             n,
@@ -406,7 +406,7 @@ impl TraceFile {
                     let (idx, kv) = rest
                         .split_once(' ')
                         .ok_or_else(|| err(n, "expected 'process N protected=0|1'".into()))?;
-                    if crate::cli::parse_u64(idx).ok() != Some(processes.len() as u64)
+                    if crate::text::parse_u64(idx).ok() != Some(processes.len() as u64)
                         || !runs.is_empty()
                         || !queues.is_empty()
                     {
@@ -434,7 +434,7 @@ impl TraceFile {
                     let (cpu, op) = rest
                         .split_once(' ')
                         .ok_or_else(|| err(n, "expected 'op CPU OPERATION'".into()))?;
-                    let cpu = crate::cli::parse_u64(cpu).map_err(|m| err(n, m))?;
+                    let cpu = crate::text::parse_u64(cpu).map_err(|m| err(n, m))?;
                     if cpu >= 64 {
                         return Err(err(n, format!("VCPU {cpu} is out of range")));
                     }

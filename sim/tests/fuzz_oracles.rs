@@ -11,7 +11,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use vesim::fuzzing::{self, AgentCase, HypercallCase, ScenarioCase, WalkCase, TARGETS};
+use vesim::cli::oracle::{run_target, TARGETS};
+use vesim::fuzzing::{self, AgentCase, HypercallCase, ScenarioCase, WalkCase};
 use vesim::introcore::{call, HC_RAX, HC_RDI};
 use vesim_model::vcpu::Gpr;
 
@@ -78,7 +79,7 @@ fn scenario_on_generated_inputs() {
 #[test]
 fn scenario_file_on_generated_inputs() {
     for d in generated("scenario_file", 300, 300) {
-        fuzzing::scenario_file(&d);
+        vesim::cli::oracle::scenario_file(&d);
     }
     // Seeds with bytes flipped: near-valid files.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -89,7 +90,7 @@ fn scenario_file_on_generated_inputs() {
                 let i = (rng.next_u64() % d.len() as u64) as usize;
                 d[i] = (rng.next_u64() % 128) as u8;
             }
-            fuzzing::scenario_file(&d);
+            vesim::cli::oracle::scenario_file(&d);
         }
     }
 }
@@ -525,7 +526,7 @@ fn every_corpus_and_regression_input_passes_its_oracle() {
                     continue;
                 }
                 let data = std::fs::read(&f).unwrap();
-                assert!(fuzzing::run_target(target, &data), "{target}");
+                assert!(run_target(target, &data), "{target}");
                 ran += 1;
             }
         }
@@ -540,7 +541,7 @@ fn every_corpus_and_regression_input_passes_its_oracle() {
 fn regression(target: &str, name: &str) {
     let path = corpus_dir().join("regressions").join(target).join(name);
     let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(fuzzing::run_target(target, &data));
+    assert!(run_target(target, &data));
 }
 
 /// RSP = 2^64 - 1 (not 8-aligned): the oracle's window of stack qwords below RSP started at
