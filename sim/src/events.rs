@@ -284,6 +284,28 @@ pub enum Stop {
     /// The guest ended in an outcome the world does not handle (double fault, #PF with no
     /// handler, unsupported instruction, ...).
     Guest(Outcome),
+    /// The harness could not go on: not a failure of the agent, introcore or the guest, and
+    /// never reported as one.
+    Harness(HarnessError),
+}
+
+/// What stops the harness itself (a scenario or a call that does not fit the world).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HarnessError {
+    /// A VCPU that the world does not have.
+    #[error("there is no VCPU {0}")]
+    NoVcpu(usize),
+    /// An operation's process exited or never existed.
+    #[error("process {0} vanished")]
+    ProcessVanished(u32),
+    /// A bound of the harness on the steps of one piece of work.
+    #[error("{what} did not complete in {steps} steps")]
+    StepBound {
+        /// The work.
+        what: String,
+        /// The bound.
+        steps: u64,
+    },
 }
 
 impl std::fmt::Display for Stop {
@@ -291,6 +313,7 @@ impl std::fmt::Display for Stop {
         match self {
             Stop::AgentFault(d) => write!(f, "the agent faulted: {d}"),
             Stop::Guest(o) => write!(f, "the guest stopped at {o}"),
+            Stop::Harness(e) => write!(f, "the harness stopped: {e}"),
         }
     }
 }

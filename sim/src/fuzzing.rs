@@ -15,13 +15,11 @@
 //! corpus seeds can be written from real cases (a test checks the round trip).
 
 use crate::agent::AgentOutcome;
-use crate::check::Checker;
 use crate::guest::mm::bits;
 use crate::layout;
-use crate::ops::{GuestOp, OpRunner, RunFailure};
+use crate::ops::GuestOp;
 use crate::quirks::{Profile, Quirks, MONITORED_BITS_FIXED};
 use crate::scenario_case::le;
-use crate::sched::Scheduler;
 use crate::verdict::{self, VerdictRequest};
 use crate::world::{World, WorldConfig};
 use arbitrary::{Arbitrary, Unstructured};
@@ -547,12 +545,12 @@ pub fn scenario(data: &[u8]) {
             return;
         }
     }
-    let mut runner = OpRunner::new(queues);
-    let mut sched = Scheduler::new(schedule, vcpus);
-    let mut checker = Checker::new(&w);
-    match runner.run_checked(&mut w, &mut sched, &mut checker, SCENARIO_STEPS_MAX) {
-        Ok(_) => {}
-        Err(RunFailure::Violations(v)) => panic!("{case:?}: {v:?}"),
-        Err(RunFailure::Stopped(cpu, s)) => panic!("{case:?}: VCPU {cpu} stopped: {s:?}"),
+    let sc = crate::workload::Scenario {
+        processes: Vec::new(),
+        queues,
+    };
+    match crate::runner::run_world(w, &sc, &schedule, SCENARIO_STEPS_MAX, None).checked {
+        crate::runner::Checked::Passed => {}
+        c => panic!("{case:?}: {c}"),
     }
 }

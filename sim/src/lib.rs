@@ -42,6 +42,7 @@ pub mod ops;
 pub mod output;
 pub mod quirk_report;
 pub mod quirks;
+pub mod runner;
 pub mod scenario_case;
 pub mod scenario_file;
 pub mod sched;

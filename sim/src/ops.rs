@@ -9,7 +9,7 @@ use crate::attack::{Attack, Probe};
 use crate::guest::mm::{EntryInsn, MmError, Plan};
 use crate::introcore::pts::Owner;
 use crate::sched::Scheduler;
-use crate::world::{Stop, World};
+use crate::world::{HarnessError, Stop, World};
 use std::collections::VecDeque;
 use vesim_model::vcpu::Gpr;
 
@@ -142,6 +142,27 @@ pub enum GuestOp {
         /// Its second operand (a value or a frame).
         value: u64,
     },
+}
+
+impl GuestOp {
+    /// The process whose address space the operation works in, if it has one.
+    pub fn pid(&self) -> Option<u32> {
+        match *self {
+            GuestOp::CreateProcess { .. } | GuestOp::Unload { .. } | GuestOp::Redeploy => None,
+            GuestOp::Map { pid, .. }
+            | GuestOp::Unmap { pid, .. }
+            | GuestOp::Protect { pid, .. }
+            | GuestOp::SetCaching { pid, .. }
+            | GuestOp::Trim { pid, .. }
+            | GuestOp::SwapOut { pid, .. }
+            | GuestOp::SwapIn { pid, .. }
+            | GuestOp::Touch { pid, .. }
+            | GuestOp::Write { pid, .. }
+            | GuestOp::MoveTable { pid, .. }
+            | GuestOp::Hook { pid, .. }
+            | GuestOp::Attack { pid, .. } => Some(pid),
+        }
+    }
 }
 
 /// How an operation ended.
@@ -396,15 +417,14 @@ impl OpRunner {
             .get(active.plan.pid as usize)
             .map(|p| p.cr3)
         else {
-            return Err(Stop::AgentFault(format!(
-                "process {} vanished",
-                active.plan.pid
+            return Err(Stop::Harness(HarnessError::ProcessVanished(
+                active.plan.pid,
             )));
         };
         let (off, bytes) = m.instr();
         let start = crate::layout::MM_CODE_GVA + off;
         let Some(v) = w.vcpus.get_mut(cpu) else {
-            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+            return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
         };
         v.cr3 = cr3;
         v.rip = start;
@@ -446,7 +466,7 @@ impl OpRunner {
     /// replays in the #VE-off world.
     pub fn op_step(&mut self, w: &mut World, cpu: usize) -> Result<(), Stop> {
         if cpu >= w.vcpus.len() || cpu >= self.active.len() {
-            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+            return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
         }
         w.completed = None;
         let Some(active) = self.active[cpu].as_mut() else {
@@ -597,14 +617,18 @@ impl OpRunner {
         sched: &mut Scheduler,
         steps_max: u64,
     ) -> Result<u64, (usize, Stop)> {
-        self.drive(w, sched, None, steps_max).map_err(|f| match f {
-            RunFailure::Stopped(cpu, s) => (cpu, s),
-            // Without a checker no invariant is evaluated.
-            RunFailure::Violations(v) => (
-                v.first().map_or(0, |x| x.cpu),
-                Stop::AgentFault("unexpected".into()),
-            ),
-        })
+        let mut runnable = Vec::with_capacity(w.vcpus.len());
+        let mut steps = 0;
+        while steps < steps_max {
+            w.events.new_step();
+            self.runnable_into(w, &mut runnable);
+            let Some(cpu) = sched.next(&runnable) else {
+                return Ok(steps);
+            };
+            self.op_step(w, cpu).map_err(|s| (cpu, s))?;
+            steps += 1;
+        }
+        Ok(steps)
     }
 
     /// Like [`OpRunner::run`], evaluating every invariant of `checker` after every step and
@@ -616,16 +640,6 @@ impl OpRunner {
         checker: &mut crate::check::Checker,
         steps_max: u64,
     ) -> Result<u64, RunFailure> {
-        self.drive(w, sched, Some(checker), steps_max)
-    }
-
-    fn drive(
-        &mut self,
-        w: &mut World,
-        sched: &mut Scheduler,
-        mut checker: Option<&mut crate::check::Checker>,
-        steps_max: u64,
-    ) -> Result<u64, RunFailure> {
         let mut runnable = Vec::with_capacity(w.vcpus.len());
         let mut steps = 0;
         while steps < steps_max {
@@ -634,25 +648,21 @@ impl OpRunner {
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);
             };
-            if let Some(c) = checker.as_deref_mut() {
-                c.before_step(w, cpu);
-            }
+            checker.before_step(w, cpu);
             let breaches = self.breaches.len();
             let r = self.op_step(w, cpu);
             steps += 1;
-            if let Some(c) = checker.as_deref_mut() {
-                let mut v = c.after_step(w, cpu, &r);
-                v.extend(self.breaches[breaches..].iter().map(|(cpu, op, what)| {
-                    crate::check::Violation {
-                        invariant: crate::check::Invariant::I3,
-                        step: c.steps(),
-                        cpu: *cpu,
-                        detail: format!("{op}: {what}"),
-                    }
-                }));
-                if !v.is_empty() {
-                    return Err(RunFailure::Violations(v));
+            let mut v = checker.after_step(w, cpu, &r);
+            v.extend(self.breaches[breaches..].iter().map(|(cpu, op, what)| {
+                crate::check::Violation {
+                    invariant: crate::check::Invariant::I3,
+                    step: checker.steps(),
+                    cpu: *cpu,
+                    detail: format!("{op}: {what}"),
                 }
+            }));
+            if !v.is_empty() {
+                return Err(RunFailure::Violations(v));
             }
             if let Err(s) = r {
                 return Err(RunFailure::Stopped(cpu, s));

@@ -10,7 +10,8 @@
 use crate::check::Invariant;
 use crate::guest::mm::{bits, EntryInsn};
 use crate::layout::USER_BASE;
-use crate::minimize::{checked, minimize_while, op_count, preemptions, Checked, Setup};
+use crate::minimize::{minimize_while, op_count, preemptions};
+use crate::runner::{checked, Checked, Setup};
 use crate::ops::GuestOp;
 use crate::quirks::Quirks;
 use crate::sched::Schedule;

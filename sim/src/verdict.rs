@@ -452,6 +452,7 @@ pub fn run_observed(
         Ok(_) => None,
         Err(Stop::AgentFault(d)) => Some(format!("agent_fault: {d}")),
         Err(Stop::Guest(o)) => Some(o.name().to_string()),
+        Err(Stop::Harness(e)) => Some(format!("harness: {e}")),
     };
     let mut verdict = Verdict {
         outcome: None,

@@ -1,11 +1,9 @@
 //! `vesim check`: seeded swarm runs with every invariant evaluated after every step.
 
 use super::{parse_u64, EXIT_USAGE};
-use crate::check::Checker;
-use crate::ops::RunFailure;
 use crate::quirks::Profile;
-use crate::sched::{Schedule, Scheduler};
-use crate::workload::{build_world, swarm_params, Builtin, STEPS_MAX};
+use crate::sched::Schedule;
+use crate::workload::{swarm_params, Builtin};
 use clap::Args;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -87,52 +85,34 @@ impl SeedResult {
     }
 }
 
-/// Whether the guest serializes a built-in's page-table writes (VE-SEMANTICS section 4), so
-/// that I6 applies: each process's memory manager runs on one VCPU. `attacks` is left out:
-/// its remaps move agent pages into frames the comparison cannot tell from guest memory.
-fn serialized(b: Builtin) -> bool {
-    !matches!(b, Builtin::Attacks)
-}
-
 fn check_seed(b: Builtin, profile: Profile, seed: u64) -> Result<SeedResult, String> {
+    use crate::runner::Checked;
     let params = swarm_params(b, &BTreeMap::new(), seed).map_err(|e| e.to_string())?;
     let sc = crate::workload::generate(b, &params, seed);
-    let world = |ve: bool| -> Result<crate::world::World, String> {
-        let mut w = build_world(b, &params, ve, profile, seed).map_err(|e| e.to_string())?;
-        for p in &sc.processes {
-            w.mm().create_process(*p).map_err(|e| e.to_string())?;
-        }
-        Ok(w)
+    let setup = crate::runner::Setup {
+        builtin: b,
+        params,
+        quirks: profile.quirks(),
+        seed,
+        schedule: Schedule::Random { seed },
     };
-    let mut on = world(true)?;
-    let mut runner = crate::ops::OpRunner::new(sc.queues.clone());
-    let mut sched = Scheduler::new(Schedule::Random { seed }, on.vcpus.len());
-    let mut checker = Checker::new(&on);
-    let mut failure = match runner.run_checked(&mut on, &mut sched, &mut checker, STEPS_MAX) {
-        Ok(_) => None,
-        Err(RunFailure::Violations(v)) => v.first().map(|x| Failure {
-            invariant: x.invariant.to_string(),
-            step: x.step,
-            cpu: x.cpu,
-            detail: x.detail.clone(),
+    let run = crate::runner::run(&setup, &sc);
+    let failure = match run.checked {
+        Checked::Passed => None,
+        Checked::Failed(v) => Some(Failure {
+            invariant: v.invariant.to_string(),
+            step: v.step,
+            cpu: v.cpu,
+            detail: v.detail,
         }),
-        Err(RunFailure::Stopped(cpu, s)) => Some(Failure {
+        Checked::Stopped { cpu, stop } => Some(Failure {
             invariant: "stop".into(),
-            step: checker.steps(),
+            step: run.steps,
             cpu,
-            detail: s.to_string(),
+            detail: stop.to_string(),
         }),
+        Checked::Harness(e) => return Err(e),
     };
-    if failure.is_none() && serialized(b) {
-        let mut off = world(false)?;
-        let i6 = crate::equivalence::compare(&on, &mut off, sc.queues, &runner.log);
-        failure = i6.map(|detail| Failure {
-            invariant: crate::check::Invariant::I6.to_string(),
-            step: checker.steps(),
-            cpu: 0,
-            detail,
-        });
-    }
     Ok(SeedResult {
         builtin: b,
         seed,

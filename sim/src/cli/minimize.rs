@@ -2,7 +2,8 @@
 //! fail the same invariant, and write it.
 
 use super::EXIT_USAGE;
-use crate::minimize::{checked, minimize_while, op_count, preemptions, Checked, Setup};
+use crate::minimize::{minimize_while, op_count, preemptions};
+use crate::runner::{checked, Checked, Setup};
 use crate::trace::{record_scenario, TraceFile};
 use crate::workload::{resolve_params, Builtin};
 use clap::Args;

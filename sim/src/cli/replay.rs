@@ -36,21 +36,22 @@ pub struct ReplayArgs {
 }
 
 /// The first failure of a checked run, as text and JSON.
-fn check_line(c: &crate::minimize::Checked) -> (String, serde_json::Value) {
-    use crate::minimize::Checked;
+fn check_line(c: &crate::runner::Checked) -> (String, serde_json::Value) {
+    use crate::runner::Checked;
     match c {
         Checked::Passed => ("passes".into(), serde_json::json!({"passed": true})),
         Checked::Failed(v) => (
-            format!(
-                "{} fails at step {} on VCPU {}: {}",
-                v.invariant, v.step, v.cpu, v.detail
-            ),
+            c.to_string(),
             serde_json::json!({"passed": false, "invariant": v.invariant.to_string(),
                 "step": v.step, "cpu": v.cpu, "detail": v.detail}),
         ),
-        Checked::Stopped(s) => (
-            format!("stops: {s}"),
-            serde_json::json!({"passed": false, "stopped": s}),
+        Checked::Stopped { .. } => (
+            format!("stops: {c}"),
+            serde_json::json!({"passed": false, "stopped": c.to_string()}),
+        ),
+        Checked::Harness(e) => (
+            format!("cannot run: {e}"),
+            serde_json::json!({"passed": false, "harness": e}),
         ),
     }
 }
@@ -100,19 +101,19 @@ pub fn run(args: ReplayArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let setup = crate::minimize::Setup {
+        let setup = crate::runner::Setup {
             builtin: b,
             params,
             quirks: tf.quirks,
             seed: tf.seed,
             schedule: tf.schedule.clone(),
         };
-        let fixed = crate::minimize::Setup {
+        let fixed = crate::runner::Setup {
             quirks: crate::quirks::Quirks::fixed(),
             ..setup.clone()
         };
-        let on = crate::minimize::checked(&setup, &tf.scenario_data);
-        let off = crate::minimize::checked(&fixed, &tf.scenario_data);
+        let on = crate::runner::checked(&setup, &tf.scenario_data);
+        let off = crate::runner::checked(&fixed, &tf.scenario_data);
         Some((on, off))
     } else {
         None
@@ -163,7 +164,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     }
     let failed = checks
         .as_ref()
-        .is_some_and(|(on, _)| *on != crate::minimize::Checked::Passed);
+        .is_some_and(|(on, _)| *on != crate::runner::Checked::Passed);
     if result.is_ok() && !failed {
         ExitCode::SUCCESS
     } else {

@@ -4,7 +4,7 @@
 //! through the operation runner instead (`ops::OpRunner`).
 
 use super::World;
-use crate::events::Stop;
+use crate::events::{HarnessError, Stop};
 use crate::guest::mm::{is_pt_write, Finish, MmError, Plan, MM_STEPS_MAX};
 use crate::layout;
 use vesim_model::vcpu::Gpr;
@@ -32,7 +32,7 @@ impl World {
             let v = self
                 .vcpus
                 .get_mut(cpu)
-                .ok_or(MmError::Stopped(Stop::AgentFault(format!("no VCPU {cpu}"))))?;
+                .ok_or(MmError::Stopped(Stop::Harness(HarnessError::NoVcpu(cpu))))?;
             v.cr3 = cr3;
             v.rip = start;
             v.set_reg(Gpr::Rdi, rdi);
@@ -45,9 +45,10 @@ impl World {
             }
             self.step(cpu)?;
         }
-        Err(MmError::Stopped(Stop::AgentFault(format!(
-            "the memory-manager instruction at {start:#x} did not complete in {MM_STEPS_MAX} steps"
-        ))))
+        Err(MmError::Stopped(Stop::Harness(HarnessError::StepBound {
+            what: format!("the memory-manager instruction at {start:#x}"),
+            steps: MM_STEPS_MAX,
+        })))
     }
 
     /// Maps a fresh zeroed page at `va` in process `pid` with the leaf `flags` (P and US are

@@ -4,7 +4,7 @@
 use crate::agent::{Agent, AgentStep};
 mod drive;
 
-pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, Stop};
+pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, HarnessError, Stop};
 use crate::guest::mm::Mm;
 use crate::guest::{Guest, GuestConfig, GuestError};
 use crate::introcore::{Engine, Introcore};
@@ -166,7 +166,7 @@ impl World {
             return Err(s.clone());
         }
         let Some(vcpu) = self.vcpus.get(cpu) else {
-            return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+            return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
         };
         self.tsc += 1;
         let rip = vcpu.rip;
@@ -192,7 +192,7 @@ impl World {
         let step = {
             let World { machine, vcpus, .. } = self;
             let Some(v) = vcpus.get_mut(cpu) else {
-                return Err(Stop::AgentFault(format!("no VCPU {cpu}")));
+                return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
             };
             machine.step(v)
         };
@@ -301,7 +301,7 @@ impl World {
             id: cpu,
             vcpu: vcpus
                 .get_mut(cpu)
-                .ok_or_else(|| Stop::AgentFault("no VCPU".into()))?,
+                .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu)))?,
             machine,
             events,
             counters,
@@ -340,7 +340,7 @@ impl World {
         let World { machine, vcpus, .. } = self;
         let v = vcpus
             .get_mut(cpu)
-            .ok_or_else(|| Stop::AgentFault(format!("no VCPU {cpu}")))?;
+            .ok_or_else(|| Stop::Harness(HarnessError::NoVcpu(cpu)))?;
         machine
             .translate(
                 v,
