@@ -82,10 +82,20 @@ fn cache_lookup(c: &mut Criterion) {
     let absent = vesim_model::Gpa(0x0200_0010);
     let mut g = c.benchmark_group("cache_lookup");
     g.bench_function("hit", |b| {
-        b.iter(|| black_box(w.intro.cache_contains(&w.machine, &w.guest, black_box(present))))
+        b.iter(|| {
+            black_box(
+                w.intro
+                    .cache_contains(&w.machine, &w.guest, black_box(present)),
+            )
+        })
     });
     g.bench_function("miss", |b| {
-        b.iter(|| black_box(w.intro.cache_contains(&w.machine, &w.guest, black_box(absent))))
+        b.iter(|| {
+            black_box(
+                w.intro
+                    .cache_contains(&w.machine, &w.guest, black_box(absent)),
+            )
+        })
     });
     g.finish();
 }

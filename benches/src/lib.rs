@@ -33,7 +33,8 @@ pub fn pt_write_world(ve: bool, vcpus: usize, extra: u64) -> (World, u32) {
     let pid = w.mm().create_process(true).expect("the process starts");
     w.mm_map(0, pid, layout::USER_BASE, bits::RW)
         .expect("the page maps");
-    vesim::ops::OpRunner::start_op(&mut w, 
+    vesim::ops::OpRunner::start_op(
+        &mut w,
         0,
         GuestOp::Hook {
             pid,

@@ -1,5 +1,5 @@
 //! Address newtypes: guest-physical (`Gpa`), guest-linear (`Gla`), guest frame numbers (`Gfn`)
-//! and EPT view indices (`ViewId`).
+//! EPT view indices (`ViewId`) and VCPU indices (`VcpuId`).
 //!
 //! Arithmetic goes through named methods that say how they overflow; hardware address
 //! arithmetic wraps, so `wrapping_add` is what the walker and the CPU use.
@@ -29,6 +29,17 @@ pub struct Gla(pub u64);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[repr(transparent)]
 pub struct Gfn(pub u64);
+
+/// A VCPU's index in its machine (0, 1, ...), written in decimal.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug)]
+#[repr(transparent)]
+pub struct VcpuId(pub usize);
+
+impl fmt::Display for VcpuId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// An EPTP-list index, i.e. an EPT view (0..512).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -1,7 +1,7 @@
 //! vesim-model: the x86-64 guest and the VT-x hardware vesim simulates, with nothing specific to
 //! HVMI.
 //!
-//! - [`addr`]: address newtypes (`Gpa`, `Gla`, `Gfn`, `ViewId`).
+//! - [`addr`]: address and identity newtypes (`Gpa`, `Gla`, `Gfn`, `ViewId`, `VcpuId`).
 //! - [`memory`]: sparse guest-physical memory.
 //! - [`paging`]: 4-level entries, the page-table builder and the hardware walker.
 //! - [`ept`]: EPT views, rights, suppress-#VE and the violation qualification.
@@ -27,6 +27,6 @@ pub mod reference;
 pub mod vcpu;
 pub mod ve_info;
 
-pub use addr::{Gfn, Gla, Gpa, ViewId};
+pub use addr::{Gfn, Gla, Gpa, VcpuId, ViewId};
 pub use cpu::{Machine, MachineConfig, Step};
 pub use exit::{EptViolation, ExitReason, Outcome};

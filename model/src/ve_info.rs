@@ -58,6 +58,20 @@ impl VeInfo {
             eptp_index: ViewId(mem.read_u16(base.wrapping_add(OFFSET_EPTP_INDEX))),
         }
     }
+    /// The fields of the area's bytes as read by a guest (`HARDWARE_BYTES` of them).
+    pub fn from_bytes(b: &[u8; HARDWARE_BYTES as usize]) -> VeInfo {
+        let u16_at = |o: u64| u16::from_le_bytes([b[o as usize], b[o as usize + 1]]);
+        let u32_at = |o: u64| u32::from(u16_at(o)) | u32::from(u16_at(o + 2)) << 16;
+        let u64_at = |o: u64| u64::from(u32_at(o)) | u64::from(u32_at(o + 4)) << 32;
+        VeInfo {
+            reason: u32_at(OFFSET_REASON),
+            semaphore: u32_at(OFFSET_SEMAPHORE),
+            qualification: EptQualification::from_bits_retain(u64_at(OFFSET_QUALIFICATION)),
+            gla: Gla(u64_at(OFFSET_GLA)),
+            gpa: Gpa(u64_at(OFFSET_GPA)),
+            eptp_index: ViewId(u16_at(OFFSET_EPTP_INDEX)),
+        }
+    }
     /// Writes every field to the area at `base` (the EPTP index as 2 bytes, as hardware).
     pub fn write(&self, mem: &mut GuestMemory, base: Gpa) {
         mem.write_u32(base.wrapping_add(OFFSET_REASON), self.reason);
@@ -109,6 +123,31 @@ mod tests {
             &raw[0x22..0x28],
             &[0; 6],
             "hardware writes 16 bits of EPTP index"
+        );
+    }
+
+    /// The guest's view of the bytes (what the agent parses) equals the fields as written,
+    /// for bytes laid out by hand per HW §2.2.
+    #[test]
+    fn from_bytes_reads_the_hw_2_2_layout() {
+        let mut raw = [0u8; 0x28];
+        raw[0..4].copy_from_slice(&48u32.to_le_bytes());
+        raw[4..8].copy_from_slice(&0x1234_5678u32.to_le_bytes());
+        raw[8..16].copy_from_slice(&0x1ABu64.to_le_bytes());
+        raw[0x10..0x18].copy_from_slice(&0xFFFF_F680_0000_1008u64.to_le_bytes());
+        raw[0x18..0x20].copy_from_slice(&0x12_3008u64.to_le_bytes());
+        raw[0x20..0x22].copy_from_slice(&[0xFF, 0x01]);
+        raw[0x22..].fill(0xEE);
+        let v = VeInfo::from_bytes(&raw);
+        assert_eq!(v.reason, 48);
+        assert_eq!(v.semaphore, 0x1234_5678);
+        assert_eq!(v.qualification.bits(), 0x1AB);
+        assert_eq!(v.gla, Gla(0xFFFF_F680_0000_1008));
+        assert_eq!(v.gpa, Gpa(0x12_3008));
+        assert_eq!(
+            v.eptp_index,
+            ViewId(0x1FF),
+            "16 bits of EPTP index, the rest ignored"
         );
     }
 }

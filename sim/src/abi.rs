@@ -1,6 +1,7 @@
 //! The contract between the agent and introcore, which HVMI compiles into both sides: the
 //! hypercall's registers and numbers, the break reasons and status codes, the codes of the
-//! agent's verdicts in its information page, and the geometry of the #VE cache. Neither side's
+//! agent's verdicts in its information page, the relevance rule and the geometry of the #VE
+//! cache. Neither side's
 //! code lives here; both import it, so neither imports the other.
 
 use crate::layout;
@@ -162,6 +163,14 @@ impl RejectReason {
     }
 }
 
+/// Whether a page-table write from `old` to `new` is relevant (B51, B114, B133): it changes a
+/// monitored bit of an entry that is present before or after. The agent (with the bits
+/// introcore patched into its data section) and introcore (with its own) decide by this one
+/// rule.
+pub const fn is_relevant(old: u64, new: u64, monitored_bits: u64) -> bool {
+    (old ^ new) & monitored_bits != 0 && (old | new) & 1 != 0
+}
+
 /// The geometry of the #VE page-table-entry cache (B70): 64 lines × 64 buckets × 8 slots of
 /// 8 bytes in the agent's VECACHE section. Introcore writes slots, the agent reads them.
 pub mod cache {
@@ -188,5 +197,4 @@ pub mod cache {
     pub const fn slot_offset(line: u64, bucket: u64, slot: u64) -> u64 {
         line * 0x1000 + bucket * SLOTS * 8 + slot * 8
     }
-
 }

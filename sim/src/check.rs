@@ -10,6 +10,7 @@ use crate::quirks::MONITORED_BITS_FIXED;
 use crate::world::{Event, Stop, World};
 use std::fmt;
 use vesim_model::ve_info::VeInfo;
+use vesim_model::VcpuId;
 use vesim_model::{Gpa, ViewId};
 
 /// An invariant of ARCHITECTURE.md.
@@ -195,7 +196,7 @@ impl Checker {
             out.push(fail(Invariant::I10, format!("agent_fault: {d}")));
         }
         let faulted = new_events.iter().any(|e| {
-            matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == cpu)
+            matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == VcpuId(cpu))
         });
         let in_agent = |rip: u64| crate::layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
         if let Some(s) = self.cpus.get_mut(cpu) {
@@ -239,7 +240,7 @@ impl Checker {
         // #VE while it is set; the agent returns to the view it came from.
         let delivered = new_events
             .iter()
-            .any(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == cpu));
+            .any(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == VcpuId(cpu)));
         let now = semaphore(w, cpu);
         let page = w.vcpus.get(cpu).and_then(|v| v.ve_info);
         if let Some(s) = self.cpus.get_mut(cpu) {
@@ -298,14 +299,14 @@ impl Checker {
                         qualification,
                         gla,
                         gpa,
-                    } if c == cpu => {
+                    } if c == VcpuId(cpu) => {
                         s.emulation = pt_write_emulation(
                             w,
                             cpu,
                             (self.rip_before, self.regs_before, self.rflags_before),
                             qualification,
-                            gla,
-                            gpa,
+                            gla.0,
+                            gpa.0,
                         );
                     }
                     Event::Agent {
@@ -314,7 +315,7 @@ impl Checker {
                         old,
                         new,
                         ..
-                    } if c == cpu => {
+                    } if c == VcpuId(cpu) => {
                         if let Some(em) = s.emulation.as_mut() {
                             em.verdict = Some((outcome, old, new));
                         }
@@ -332,6 +333,8 @@ impl Checker {
         for (entry, value) in &mut self.monitored {
             let (old, new) = (*value, w.machine.mem.read_u64(*entry));
             *value = new;
+            // The spec's rule, spelled out here rather than taken from `abi::is_relevant`, so
+            // that I1 stays an oracle independent of the code it judges.
             let relevant = (old ^ new) & MONITORED_BITS_FIXED != 0 && (old | new) & 1 != 0;
             if !relevant {
                 continue;

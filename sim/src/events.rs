@@ -8,7 +8,7 @@ use crate::abi::{AgentOutcome, RejectReason};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use vesim_model::{Gpa, Outcome};
+use vesim_model::{Gla, Gpa, Outcome, VcpuId};
 
 /// A monitor handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,25 +105,25 @@ pub enum Event {
     /// A VM exit.
     VmExit {
         /// VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// Basic exit reason.
         reason: u32,
     },
     /// A #VE was delivered.
     Ve {
         /// VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// Qualification.
         qualification: u64,
         /// Guest-linear address.
-        gla: u64,
+        gla: Gla,
         /// Guest-physical address.
-        gpa: u64,
+        gpa: Gpa,
     },
     /// The agent's verdict on a #VE.
     Agent {
         /// VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// Outcome.
         outcome: AgentOutcome,
         /// Rejection reason, for refusals.
@@ -136,7 +136,7 @@ pub enum Event {
     /// A VMCALL reached the hypervisor.
     Vmcall {
         /// VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// RIP of the VMCALL.
         rip: u64,
         /// RDX (call number).
@@ -153,14 +153,14 @@ pub enum Event {
     /// The agent faulted (I10).
     AgentFault {
         /// VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// What faulted.
         detail: String,
     },
     /// Introcore raised an alert.
     Alert {
         /// VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// What was attempted.
         detail: String,
     },
@@ -364,7 +364,7 @@ pub fn write_event(out: &mut String, e: &Event) {
             gpa,
         } => write!(
             out,
-            "ve cpu={cpu} qual={qualification:#x} gla={gla:#x} gpa={gpa:#x}"
+            "ve cpu={cpu} qual={qualification:#x} gla={gla} gpa={gpa}"
         ),
         Event::Agent {
             cpu,

@@ -97,8 +97,22 @@ pub const DATA_MITIGATIONS: u64 = AGENT_DATA + 0x14;
 /// `.data` offset of the 512 one-bit spinlocks (`gLock`, 64 bytes).
 pub const DATA_LOCKS: u64 = AGENT_DATA + 0x40;
 
-/// Information-page offsets of section C (the hardware part is `vesim_model::ve_info`).
+/// Information-page offsets: the hardware part (named from `vesim_model::ve_info`) and HVMI's
+/// section C. Every read and write of the page names its field here.
 pub mod veinfo {
+    use vesim_model::ve_info;
+    /// The hardware's exit reason (u32).
+    pub const REASON: u64 = ve_info::OFFSET_REASON;
+    /// The hardware's semaphore (u32).
+    pub const SEMAPHORE: u64 = ve_info::OFFSET_SEMAPHORE;
+    /// The hardware's exit qualification.
+    pub const QUALIFICATION: u64 = ve_info::OFFSET_QUALIFICATION;
+    /// The hardware's guest-linear address.
+    pub const GLA: u64 = ve_info::OFFSET_GLA;
+    /// The hardware's guest-physical address.
+    pub const GPA: u64 = ve_info::OFFSET_GPA;
+    /// The hardware's EPTP index (u16).
+    pub const EPTP_INDEX: u64 = ve_info::OFFSET_EPTP_INDEX;
     /// RAX; RCX, RDX, ... R15 follow every 8 bytes (encoding order).
     pub const REGS: u64 = 0x30;
     /// Saved RIP.

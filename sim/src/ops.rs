@@ -12,6 +12,7 @@ use crate::sched::Scheduler;
 use crate::world::{HarnessError, Stop, World};
 use std::collections::VecDeque;
 use vesim_model::vcpu::Gpr;
+use vesim_model::VcpuId;
 
 /// One guest operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,11 +559,9 @@ impl OpRunner {
             // blocked fetch (B118, B119), so the VCPU runs nothing more. With no agent
             // deployed the jump lands in what is now plain guest memory, and the guest crashes
             // there on its own.
-            let alerted = w
-                .events
-                .since(events_before)
-                .iter()
-                .any(|e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == cpu));
+            let alerted = w.events.since(events_before).iter().any(
+                |e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == VcpuId(cpu)),
+            );
             if alerted || !w.intro.deployed {
                 if let Some(a) = self.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
                     self.note(cpu);

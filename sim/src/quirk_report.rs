@@ -11,9 +11,9 @@ use crate::check::Invariant;
 use crate::guest::mm::{bits, EntryInsn};
 use crate::layout::USER_BASE;
 use crate::minimize::{minimize_while, op_count, preemptions};
-use crate::runner::{checked, Checked, Setup};
 use crate::ops::GuestOp;
 use crate::quirks::Quirks;
+use crate::runner::{checked, Checked, Setup};
 use crate::sched::Schedule;
 use crate::workload::{
     build_world_quirks, generate, resolve_params, run_scenario_until, swarm_params, Builtin,

@@ -181,7 +181,13 @@ pub fn run_world(
 /// Builds the world of `setup` and runs `sc` in it ([`run_world`]).
 pub fn run(setup: &Setup, sc: &Scenario) -> Run {
     match world(setup, sc, true) {
-        Ok(w) => run_world(w, sc, &setup.schedule, STEPS_MAX, Some(&mut || world(setup, sc, false))),
+        Ok(w) => run_world(
+            w,
+            sc,
+            &setup.schedule,
+            STEPS_MAX,
+            Some(&mut || world(setup, sc, false)),
+        ),
         Err(e) => Run {
             checked: Checked::Harness(e),
             runs: Vec::new(),

@@ -19,6 +19,7 @@ use vesim_model::exit::EptViolation;
 use vesim_model::paging::PteFlags;
 use vesim_model::vcpu::{Gpr, Rflags, Vcpu};
 use vesim_model::ve_info::{VeInfo, REASON_EPT_VIOLATION, SEMAPHORE_BUSY};
+use vesim_model::VcpuId;
 use vesim_model::{Gla, Gpa};
 
 /// What to run.
@@ -443,10 +444,10 @@ pub fn run_observed(
     }
     w.count_ve(0, violation.qualification.bits());
     w.events.push(Event::Ve {
-        cpu: 0,
+        cpu: VcpuId(0),
         qualification: violation.qualification.bits(),
-        gla,
-        gpa,
+        gla: vesim_model::Gla(gla),
+        gpa: vesim_model::Gpa(gpa),
     });
     let stop = match w.run_agent(0, 100_000) {
         Ok(_) => None,

@@ -48,7 +48,12 @@ fn code(text: &str) -> String {
 /// The top-level module of a file under `sim/src`.
 fn module_of(src: &Path, file: &Path) -> String {
     let rel = file.strip_prefix(src).unwrap();
-    let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
     first.trim_end_matches(".rs").to_string()
 }
 
@@ -99,7 +104,10 @@ fn no_module_that_the_actors_or_the_world_import_imports_them_back() {
     let g = imports();
     for m in ["agent", "introcore", "guest", "world", "events", "abi"] {
         assert!(g.contains_key(m), "module {m} exists");
-        assert!(!reaches(&g, m, m), "module {m} is on an import circle: {g:?}");
+        assert!(
+            !reaches(&g, m, m),
+            "module {m} is on an import circle: {g:?}"
+        );
     }
     for actor in ["agent", "introcore", "guest"] {
         assert!(
@@ -150,7 +158,10 @@ fn iced_x86_stays_behind_the_model_s_decoder_adapter() {
     assert!(!manifest.contains("iced"), "sim/Cargo.toml names iced-x86");
     let model = root().join("../model/src");
     let adapter = model.join("cpu/decode.rs");
-    for f in sources(&root().join("src")).into_iter().chain(sources(&model)) {
+    for f in sources(&root().join("src"))
+        .into_iter()
+        .chain(sources(&model))
+    {
         if f == adapter {
             continue;
         }

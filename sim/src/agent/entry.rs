@@ -240,7 +240,7 @@ impl Agent<'_> {
         self.vcpu.set_reg(Gpr::Rbx, rbx);
         self.vcpu.set_reg(Gpr::Rdx, rdx);
         let page = self.vcpu.reg(Gpr::Rcx);
-        self.a_write(page.wrapping_add(4), &0u32.to_le_bytes())?;
+        self.a_write(page.wrapping_add(veinfo::SEMAPHORE), &0u32.to_le_bytes())?;
         let index = self.stub_imm32(layout::STUB_UNTRUSTED_INDEX_IMM)?;
         self.vmfunc_to(index)?;
         self.set_rip(rip::STUB_RETURN);

@@ -2,10 +2,11 @@
 //! qualification bit 8, breaks, and cleanup.
 
 use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
-use crate::events::{Event, Stop};
 use crate::abi::{break_reason, call};
+use crate::events::{Event, Stop};
 use crate::layout::{self, veinfo};
 use vesim_model::vcpu::Gpr;
+use vesim_model::ve_info;
 
 impl Agent<'_> {
     /// B26–B29.
@@ -19,11 +20,10 @@ impl Agent<'_> {
         self.page_write(page, veinfo::LOCAL_REASON, 0)?;
         self.page_write(page, veinfo::LOCAL_STATUS, 0)?;
         self.page_write(page, veinfo::LOCAL_LOCK, u64::MAX)?;
-        let mut hw = [0u8; 0x28];
+        let mut hw = [0u8; ve_info::HARDWARE_BYTES as usize];
         self.a_read(page, &mut hw)?;
-        let reason = u32::from_le_bytes([hw[0], hw[1], hw[2], hw[3]]);
-        let qual =
-            u64::from_le_bytes([hw[8], hw[9], hw[10], hw[11], hw[12], hw[13], hw[14], hw[15]]);
+        let hw = ve_info::VeInfo::from_bytes(&hw);
+        let (reason, qual) = (hw.reason, hw.qualification.bits());
         if reason != 48 {
             self.recount_ve_unknown();
             self.page_write(page, veinfo::LOCAL_BREAK, break_reason::UNKNOWN_EXIT)?;

@@ -23,7 +23,7 @@ use crate::layout::{self, veinfo};
 use crate::quirks::Quirks;
 use vesim_model::cpu::mmu::AccessKind;
 use vesim_model::vcpu::{Gpr, Vcpu};
-use vesim_model::{ExitReason, Gla, Machine};
+use vesim_model::{ExitReason, Gla, Machine, VcpuId};
 
 /// How many instruction bytes the agent reads at RIP: bddisasm's `ND_MAX_INSTRUCTION_LENGTH`.
 pub const AGENT_FETCH_LEN: usize = vesim_model::cpu::decode::MAX_INSTRUCTION_LEN;
@@ -86,7 +86,6 @@ pub mod rip {
 /// Offset of the agent's entry (what the OS handler's trampoline jumps to).
 pub const STUB_ENTRY: u64 = crate::abi::AGENT_ENTRY;
 
-
 /// Bits of the `LOCAL_STATUS` word.
 mod status {
     /// The refusal goes to introcore (`fixed` Q1).
@@ -103,8 +102,8 @@ mod status {
 /// state of its own outside guest memory; this is the machine it runs on, the VCPU it runs on,
 /// the sinks it reports to and the quirk switches it was built with.
 pub struct Agent<'a> {
-    /// The VCPU's index.
-    pub id: usize,
+    /// The VCPU.
+    pub id: VcpuId,
     /// The VCPU.
     pub vcpu: &'a mut Vcpu,
     /// Memory and EPT.

@@ -7,8 +7,8 @@
 //! in the same #VE.
 
 use super::{rip, Agent, AgentOutcome, AgentStep, Resume};
-use crate::events::Stop;
 use crate::abi::call;
+use crate::events::Stop;
 use crate::layout::{self, veinfo};
 use vesim_model::paging::self_map_entry_address;
 use vesim_model::Gla;
@@ -70,7 +70,7 @@ impl Agent<'_> {
     /// One level of the walk (B62–B64).
     pub(crate) fn pw_level(&mut self, off: u64) -> Result<(), Stop> {
         let page = self.page_gva()?;
-        let gla = self.page_read(page, 0x10)?;
+        let gla = self.page_read(page, veinfo::GLA)?;
         let s = self.self_map_index()?;
         let level: u8 = match off {
             rip::PW_PML4 => 4,
@@ -152,7 +152,7 @@ impl Agent<'_> {
     /// B66–B67: raise when nothing was set and the GLA is a user address (the KPTI case).
     pub(crate) fn pw_finish(&mut self) -> Result<AgentStep, Stop> {
         let page = self.page_gva()?;
-        let gla = self.page_read(page, 0x10)?;
+        let gla = self.page_read(page, veinfo::GLA)?;
         let walk = self.page_read(page, veinfo::LOCAL_WALK)?;
         let early = walk & 2 != 0;
         if !early && walk & 1 != 0 && gla >> 63 == 0 {

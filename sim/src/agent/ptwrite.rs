@@ -4,13 +4,12 @@
 
 use super::decoder::DecodeVerdict;
 use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
-use crate::events::Stop;
 use crate::abi::{break_reason, call, RejectReason};
+use crate::events::Stop;
 use crate::layout::{self, veinfo};
 use vesim_model::cpu::decode::{Analysis, Form, Source};
 use vesim_model::cpu::exec::{logic_flags, sub_flags};
 use vesim_model::vcpu::{Gpr, Rflags};
-
 
 /// B38: the address the agent recomputes from the saved registers: the base (trimmed to its
 /// size) plus the index (trimmed) times the scale plus the displacement, with no segment base.
@@ -141,7 +140,7 @@ impl Agent<'_> {
             };
         };
         let regs = self.saved_regs(page)?;
-        let fault_gla = self.page_read(page, 0x10)?;
+        let fault_gla = self.page_read(page, veinfo::GLA)?;
         let q = self.quirks;
         let reason = if agent_gla(&a, &regs, q.q4_bt_mod64, q.q31_addr32) != fault_gla {
             Some(RejectReason::GlaMismatch)
@@ -164,7 +163,7 @@ impl Agent<'_> {
     /// B41: LOCK BTS on the entry's lock; a taken lock spins (PAUSE, same step again).
     pub(crate) fn pt_lock(&mut self) -> Result<(), Stop> {
         let page = self.page_gva()?;
-        let gla = self.page_read(page, 0x10)?;
+        let gla = self.page_read(page, veinfo::GLA)?;
         let mut s = [0u8; 4];
         self.a_read(layout::AGENT_GVA + layout::DATA_SELF_MAP_INDEX, &mut s)?;
         let idx = lock_index(gla, u64::from(u32::from_le_bytes(s)));
@@ -198,7 +197,7 @@ impl Agent<'_> {
     /// The old value: an 8-byte load from the GLA in the protected view.
     pub(crate) fn pt_read_old(&mut self) -> Result<(), Stop> {
         let page = self.page_gva()?;
-        let gla = self.page_read(page, 0x10)?;
+        let gla = self.page_read(page, veinfo::GLA)?;
         let old = self.a_read_u64(gla)?;
         self.page_write(page, veinfo::OLD_VALUE, old)?;
         let st = self.page_read(page, veinfo::LOCAL_STATUS)?;
@@ -312,14 +311,14 @@ impl Agent<'_> {
         let old = self.page_read(page, veinfo::OLD_VALUE)?;
         let new = self.page_read(page, veinfo::NEW_VALUE)?;
         let bits = self.a_read_u64(layout::AGENT_GVA + layout::DATA_MONITORED_BITS)?;
-        let relevant = (new ^ old) & bits != 0 && (new | old) & 1 != 0;
+        let relevant = crate::abi::is_relevant(old, new, bits);
         if !relevant {
             self.page_inc(page, veinfo::VE_IGNORED_IRRELEVANT)?;
             self.set_outcome(page, AgentOutcome::IgnoredIrrelevant)?;
             self.set_rip(rip::PT_STORE);
             return Ok(());
         }
-        let gpa = self.page_read(page, 0x18)?;
+        let gpa = self.page_read(page, veinfo::GPA)?;
         self.counters.cache_lookups += 1;
         if let Some(log) = self.cache_log.as_mut() {
             log.push(crate::events::CacheOp::Lookup(gpa));
@@ -378,7 +377,7 @@ impl Agent<'_> {
     /// B55–B56: store NewValue, unlock, RIP += length (unless already advanced), VeMm.
     pub(crate) fn pt_store(&mut self) -> Result<(), Stop> {
         let page = self.page_gva()?;
-        let gla = self.page_read(page, 0x10)?;
+        let gla = self.page_read(page, veinfo::GLA)?;
         let new = self.page_read(page, veinfo::NEW_VALUE)?;
         self.a_write_u64(gla, new)?;
         self.unlock(page)?;

@@ -27,7 +27,6 @@ pub fn run_target(name: &str, data: &[u8]) -> bool {
     true
 }
 
-
 /// Operations a parsed scenario or trace may run before the oracle stops short (the fuzzer
 /// looks for panics in parsing and set-up; long runs are the other targets' business).
 const FILE_OPS_MAX: u64 = 2_000;
@@ -102,17 +101,15 @@ pub fn scenario_file(data: &[u8]) {
             })
         });
     if small_scenario {
-        let (code, o, e) = super::captured(|| {
-            super::run_from(["vesim", "run", &p(&toml), "--trace", &p(&out)])
-        });
+        let (code, o, e) =
+            super::captured(|| super::run_from(["vesim", "run", &p(&toml), "--trace", &p(&out)]));
         documented("run", code, &o, &e);
     }
     let ops = text
         .and_then(|t| crate::trace::TraceFile::parse(t).ok())
         .map(|tf| crate::minimize::op_count(&tf.scenario_data) as u64);
     if ops.is_none_or(|n| n <= FILE_OPS_MAX) {
-        let (code, o, e) =
-            super::captured(|| super::run_from(["vesim", "replay", &p(&trace)]));
+        let (code, o, e) = super::captured(|| super::run_from(["vesim", "replay", &p(&trace)]));
         documented("replay", code, &o, &e);
     }
     if ops.is_none_or(|n| n <= MINIMIZE_OPS_MAX) {

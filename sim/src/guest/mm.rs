@@ -11,28 +11,31 @@ use std::collections::BTreeMap;
 use vesim_model::paging::self_map_entry_address;
 use vesim_model::{Gla, Gpa, Machine};
 
-/// Entry bits the memory manager uses.
+/// Entry bits the memory manager uses: the model's [`PteFlags`] as the integers the memory
+/// manager's instructions take, plus its one software bit.
 pub mod bits {
+    use vesim_model::paging::PteFlags;
     /// Present.
-    pub const P: u64 = 1;
+    pub const P: u64 = PteFlags::PRESENT.bits();
     /// Writable.
-    pub const RW: u64 = 1 << 1;
+    pub const RW: u64 = PteFlags::WRITABLE.bits();
     /// User.
-    pub const US: u64 = 1 << 2;
+    pub const US: u64 = PteFlags::USER.bits();
     /// Write-through.
-    pub const PWT: u64 = 1 << 3;
+    pub const PWT: u64 = PteFlags::PWT.bits();
     /// Cache disable.
-    pub const PCD: u64 = 1 << 4;
+    pub const PCD: u64 = PteFlags::PCD.bits();
     /// Accessed.
-    pub const A: u64 = 1 << 5;
+    pub const A: u64 = PteFlags::ACCESSED.bits();
     /// Dirty.
-    pub const D: u64 = 1 << 6;
-    /// PAT (4K leaf).
-    pub const PAT: u64 = 1 << 7;
-    /// Software bit marking a swapped-out entry (not present).
+    pub const D: u64 = PteFlags::DIRTY.bits();
+    /// PAT of a 4 KiB leaf: the bit that is PS in the entries above (HW §4.1).
+    pub const PAT: u64 = PteFlags::PAGE_SIZE.bits();
+    /// Software bit 10 (ignored by the walker), marking a swapped-out entry (not
+    /// present).
     pub const SWAPPED: u64 = 1 << 10;
     /// Execute disable.
-    pub const XD: u64 = 1 << 63;
+    pub const XD: u64 = PteFlags::NO_EXECUTE.bits();
     /// The caching-attribute bits of a 4K leaf.
     pub const CACHING: u64 = PWT | PCD | PAT;
 }

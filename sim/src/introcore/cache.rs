@@ -9,7 +9,6 @@ use rand_chacha::ChaCha8Rng;
 use vesim_model::memory::GuestMemory;
 use vesim_model::Gpa;
 
-
 /// Cache statistics (VE-SEMANTICS section 3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {

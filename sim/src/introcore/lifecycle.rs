@@ -8,6 +8,7 @@ use super::Engine;
 use crate::events::Event;
 use crate::layout::{self, veinfo};
 use vesim_model::ept::EptFlags;
+use vesim_model::VcpuId;
 use vesim_model::{Gfn, Gpa, ViewId};
 
 /// Why `IntVeInit` refused (B80, B81).
@@ -80,7 +81,7 @@ impl Engine<'_> {
         }
         if old & 1 == 0 || new & 1 == 0 {
             self.events.push(Event::Alert {
-                cpu: 0,
+                cpu: VcpuId(0),
                 detail: format!("agent page {va:#x} lost its translation"),
             });
             return;

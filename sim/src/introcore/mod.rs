@@ -21,8 +21,8 @@ use ptm::{CallbackRecord, MonitorId, Ptm, WriteAction};
 use vesim_model::ept::{EptEntry, EptFlags, EptQualification, EptView};
 use vesim_model::exit::EptViolation;
 use vesim_model::vcpu::{Gpr, Vcpu};
+use vesim_model::VcpuId;
 use vesim_model::{Gfn, Gla, Gpa, Machine, ViewId};
-
 
 /// The engine's state.
 #[derive(Clone, Debug)]
@@ -265,7 +265,7 @@ impl Engine<'_> {
                 self.intro.slots[i] = Some(idx);
             } else {
                 self.events.push(Event::Alert {
-                    cpu: i,
+                    cpu: VcpuId(i),
                     detail: format!("VCPU {i} has CPU index {idx:#x}: no #VE slot"),
                 });
             }
@@ -447,7 +447,7 @@ impl Engine<'_> {
     fn emulated_write_callbacks(&mut self, e: &emulate::Emulation) {
         let bits = self.quirks.monitored_bits();
         for &(entry, old, new) in &e.entries {
-            if (old ^ new) & bits != 0 && (old | new) & 1 != 0 {
+            if crate::abi::is_relevant(old, new, bits) {
                 self.pt_write_callbacks(entry, old, new);
             }
         }
@@ -468,7 +468,7 @@ impl Engine<'_> {
             v.rip,
         );
         self.events.push(Event::Vmcall {
-            cpu,
+            cpu: VcpuId(cpu),
             rip,
             rdx,
             rbx,
@@ -510,9 +510,9 @@ impl Engine<'_> {
             // Q23: HVMI enters the debugger and then dereferences NULL; vesim refuses.
             return STATUS_NOT_SUPPORTED;
         };
-        let qual = EptQualification::from_bits_retain(self.page_u64(page, 0x08));
-        let gla = Gla(self.page_u64(page, 0x10));
-        let gpa = Gpa(self.page_u64(page, 0x18));
+        let qual = EptQualification::from_bits_retain(self.page_u64(page, veinfo::QUALIFICATION));
+        let gla = Gla(self.page_u64(page, veinfo::GLA));
+        let gpa = Gpa(self.page_u64(page, veinfo::GPA));
         if !qual.contains(EptQualification::GLA_TRANSLATED) {
             self.raise_page_walk(cpu, gla);
             return 0;
@@ -624,7 +624,7 @@ impl Engine<'_> {
         if vcpu.eptp_index == self.intro.protected {
             // B119: nothing but agent code may run in the protected view.
             self.events.push(Event::Alert {
-                cpu,
+                cpu: VcpuId(cpu),
                 detail: format!("access to {} in the protected view", v.gpa),
             });
             return Err(Stop::Guest(outcome));
@@ -643,7 +643,7 @@ impl Engine<'_> {
             let write = v.qualification.contains(EptQualification::WRITE);
             if fetch || write {
                 self.events.push(Event::Alert {
-                    cpu,
+                    cpu: VcpuId(cpu),
                     detail: format!(
                         "untrusted {} of agent page {}",
                         if fetch { "execute" } else { "write" },
@@ -679,8 +679,7 @@ impl Engine<'_> {
         if counts.pt > 0 && v.qualification.contains(EptQualification::WRITE) {
             let e = emulate::emulate_pt_write(self.machine, &vcpu, None, v.gla, v.gpa)
                 .map_err(|_| Stop::Guest(outcome.clone()))?;
-            let relevant =
-                (e.old ^ e.new) & self.quirks.monitored_bits() != 0 && (e.old | e.new) & 1 != 0;
+            let relevant = crate::abi::is_relevant(e.old, e.new, self.quirks.monitored_bits());
             if relevant {
                 self.pt_write_callbacks(e.entry, e.old, e.new);
             }

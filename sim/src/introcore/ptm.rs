@@ -3,11 +3,9 @@
 //! subscribed to it. A write to an entry with no monitor adds it and the next 7 unmonitored
 //! entries to the #VE cache (B75); the first monitor on an entry evicts it (B76).
 
-use std::collections::BTreeMap;
 pub use crate::events::{CallbackRecord, MonitorId};
+use std::collections::BTreeMap;
 use vesim_model::{Gfn, Gpa};
-
-
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Table {

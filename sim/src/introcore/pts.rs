@@ -6,11 +6,10 @@
 use super::ptm::MonitorId;
 use super::Engine;
 use crate::events::Event;
+pub use crate::events::{SwapRecord, TranslationId};
 use crate::guest::software_translate;
 use std::collections::BTreeMap;
-pub use crate::events::{SwapRecord, TranslationId};
 use vesim_model::Gpa;
-
 
 /// Who owns a translation hook, and so which swap callback runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +63,6 @@ impl TranslationHook {
         }
     }
 }
-
 
 /// All translation hooks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -159,7 +157,7 @@ impl Engine<'_> {
             return;
         };
         let bits = self.quirks.monitored_bits();
-        if (old ^ new) & bits == 0 || (old | new) & 1 == 0 {
+        if !crate::abi::is_relevant(old, new, bits) {
             return;
         }
         let Some(hook) = self.intro.pts.hooks.get(&id).cloned() else {

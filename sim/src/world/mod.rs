@@ -12,7 +12,7 @@ use crate::layout;
 use crate::quirks::Quirks;
 use vesim_model::cpu::MachineConfig;
 use vesim_model::vcpu::{Gpr, Vcpu};
-use vesim_model::{ExitReason, Gla, Gpa, Machine, Outcome};
+use vesim_model::{ExitReason, Gla, Gpa, Machine, Outcome, VcpuId};
 
 /// Options of a world.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl World {
     pub fn count_exit(&mut self, cpu: usize, reason: ExitReason) {
         self.counters.exit(reason.code());
         self.events.push(Event::VmExit {
-            cpu,
+            cpu: VcpuId(cpu),
             reason: reason.code(),
         });
     }
@@ -149,7 +149,7 @@ impl World {
     pub fn stop(&mut self, cpu: usize, why: Stop) {
         if let Stop::AgentFault(d) = &why {
             self.events.push(Event::AgentFault {
-                cpu,
+                cpu: VcpuId(cpu),
                 detail: d.clone(),
             });
         }
@@ -201,10 +201,10 @@ impl World {
             Outcome::VeDelivered(v) => {
                 self.count_ve(cpu, v.qualification.bits());
                 self.events.push(Event::Ve {
-                    cpu,
+                    cpu: VcpuId(cpu),
                     qualification: v.qualification.bits(),
-                    gla: v.gla.0,
-                    gpa: v.gpa.0,
+                    gla: v.gla,
+                    gpa: v.gpa,
                 });
                 Ok(())
             }
@@ -298,7 +298,7 @@ impl World {
             ..
         } = self;
         Ok(Agent {
-            id: cpu,
+            id: VcpuId(cpu),
             vcpu: vcpus
                 .get_mut(cpu)
                 .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu)))?,
