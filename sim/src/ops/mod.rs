@@ -216,4 +216,3 @@ impl From<Vec<GuestOp>> for OpStream {
         OpStream::List(VecDeque::from(v))
     }
 }
-

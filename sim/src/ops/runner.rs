@@ -474,4 +474,3 @@ pub enum RunFailure {
     /// A VCPU stopped.
     Stopped(usize, Stop),
 }
-

@@ -137,4 +137,3 @@ pub fn replay(tf: &TraceFile) -> Result<usize, ReplayError> {
     compare_text(&tf.to_text(), &again)?;
     Ok(tf.runs.iter().map(|r| r.lines.len()).sum())
 }
-

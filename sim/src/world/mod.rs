@@ -340,7 +340,7 @@ impl World {
         let World { machine, vcpus, .. } = self;
         let v = vcpus
             .get_mut(cpu)
-            .ok_or_else(|| Stop::Harness(HarnessError::NoVcpu(cpu)))?;
+            .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu)))?;
         machine
             .translate(
                 v,
