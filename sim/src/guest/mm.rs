@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use vesim_model::paging::self_map_entry_address;
 use vesim_model::{Gla, Gpa, Machine};
 
-/// Entry bits the memory manager uses: the model's [`PteFlags`] as the integers the memory
+/// Entry bits the memory manager uses: the model's [`vesim_model::paging::PteFlags`] as the integers the memory
 /// manager's instructions take, plus its one software bit.
 pub mod bits {
     use vesim_model::paging::PteFlags;

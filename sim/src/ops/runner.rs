@@ -53,7 +53,7 @@ pub struct OpRunner {
     /// Attacks that achieved what they tried (I3 breaches): (VCPU, operation, what).
     pub breaches: Vec<(usize, GuestOp, String)>,
     /// The schedule of guest operations: the VCPU of every operation start, instruction
-    /// completion and abnormal end, in order ([`World::op_step`]). Kept only while
+    /// completion and abnormal end, in order ([`OpRunner::op_step`]). Kept only while
     /// [`OpRunner::record`] is on.
     pub log: Vec<usize>,
     /// Whether `ended` and `log` are kept (on by default; a long unchecked run turns it off so

@@ -1,6 +1,6 @@
 //! The event log as stable text, and its hash.
 //!
-//! Each [`Event`] becomes one line of lower-case fields separated by single spaces, numbers in
+//! Each [`crate::events::Event`] becomes one line of lower-case fields separated by single spaces, numbers in
 //! hex with `0x` (VCPU numbers and exit reasons in decimal):
 //!
 //! ```text
