@@ -168,7 +168,6 @@ impl Engine<'_> {
     /// in-guest unloader spins and retries).
     pub fn deliver_for_unload(&mut self) -> bool {
         if self.rip_in_ve_code() {
-            self.intro.unload_refusals += 1;
             return false;
         }
         // 1. No information page on any VCPU.

@@ -41,8 +41,6 @@ use vesim_model::{Gfn, Gpa, Machine, ViewId};
 /// The engine's state.
 #[derive(Clone, Debug)]
 pub struct Introcore {
-    /// Quirk switches.
-    pub quirks: Quirks,
     /// GPA hooks on the untrusted view.
     pub hooks: GpaHooks,
     /// Page-table monitors.
@@ -77,8 +75,6 @@ pub struct Introcore {
     pub last_exit_gpa: Option<Gpa>,
     /// The OS handler bytes the trampoline replaced (`VeCoreReplacedCode`).
     pub replaced_code: Vec<u8>,
-    /// Deploy attempts refused by the unload gate, and other lifecycle notes.
-    pub unload_refusals: u64,
     /// The GPA hooks the deploy placed on the agent (removed on unload).
     pub agent_hooks: Vec<(Gfn, HookKind)>,
     /// The harness's unraised page walks when the agent was last deployed: its information
@@ -88,9 +84,8 @@ pub struct Introcore {
 
 impl Introcore {
     /// A fresh engine for `guest`.
-    pub fn new(guest: &GuestConfig, quirks: Quirks, seed: u64) -> Self {
+    pub fn new(guest: &GuestConfig, seed: u64) -> Self {
         Introcore {
-            quirks,
             hooks: GpaHooks::new(guest.untrusted_view),
             ptm: Ptm::default(),
             cache: CacheWriter::new(seed ^ 0x6361_6368_6521),
@@ -106,7 +101,6 @@ impl Introcore {
             swaps: Vec::new(),
             last_exit_gpa: None,
             replaced_code: Vec::new(),
-            unload_refusals: 0,
             agent_hooks: Vec::new(),
             page_walk_set_at_deploy: 0,
         }

@@ -94,7 +94,7 @@ impl World {
     pub fn new(config: WorldConfig) -> Result<World, WorldError> {
         let mut machine = Machine::new(config.machine);
         let (guest, vcpus) = Guest::build(&mut machine, config.guest.clone())?;
-        let intro = Introcore::new(&guest.config, config.quirks, config.seed);
+        let intro = Introcore::new(&guest.config, config.seed);
         let n = vcpus.len();
         let mut w = World {
             machine,
