@@ -1,5 +1,8 @@
-//! One simulated machine: the model, the guest, introcore and the agent, stepped one
-//! hardware-visible step at a time. Single-threaded and deterministic.
+//! One simulated machine: the composition root and the step loop. [`World`] owns the model
+//! (memory, EPT, VCPUs), the guest, introcore's state and the sinks; it lends each actor what it
+//! may touch for one call ([`World::agent`], [`World::engine`], [`World::mm`]) and steps one
+//! VCPU one hardware-visible step at a time ([`World::step`]). Single-threaded and
+//! deterministic. `drive` runs memory-manager plans to completion for directed tests.
 
 use crate::agent::{Agent, AgentStep};
 mod drive;
@@ -282,7 +285,7 @@ impl World {
     }
 
     /// The agent on VCPU `cpu`, for one step.
-    fn agent(&mut self, cpu: usize) -> Result<Agent<'_>, Stop> {
+    pub fn agent(&mut self, cpu: usize) -> Result<Agent<'_>, Stop> {
         if self.last_ve_walk.len() <= cpu {
             self.last_ve_walk.resize(cpu + 1, None);
         }
