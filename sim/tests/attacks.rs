@@ -31,7 +31,7 @@ fn world() -> World {
     };
     c.guest.vcpus = 2;
     let mut w = World::new(c).unwrap();
-    w.create_process(true).unwrap();
+    w.mm().create_process(true).unwrap();
     w
 }
 
@@ -49,7 +49,7 @@ fn run(w: &mut World, q0: Vec<GuestOp>, q1: Vec<GuestOp>) -> (OpRunner, Result<u
     let mut runner = OpRunner::new(vec![q0, q1]);
     let mut sched = Scheduler::new(Schedule::RoundRobin, 2);
     let mut checker = Checker::new(w);
-    let r = w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000);
+    let r = runner.run_checked(w, &mut sched, &mut checker, 1_000_000);
     (runner, r)
 }
 
@@ -82,7 +82,7 @@ fn alerts(w: &World, cpu: usize) -> Vec<String> {
     w.events
         .iter()
         .filter_map(|e| match e {
-            Event::Alert { cpu: c, detail } if *c == cpu => Some(detail.clone()),
+            Event::Alert { cpu: c, detail } if c.0 == cpu => Some(detail.clone()),
             _ => None,
         })
         .collect()
@@ -201,7 +201,8 @@ fn remapped_agent_page_moves_with_its_protection_and_the_agent_keeps_working() {
     let mut runner = OpRunner::new(vec![q0, Vec::new()]);
     let mut sched = Scheduler::new(Schedule::RoundRobin, 2);
     let mut checker = Checker::new(&w);
-    w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000)
+    runner
+        .run_checked(&mut w, &mut sched, &mut checker, 1_000_000)
         .unwrap();
     assert!(runner.breaches.is_empty());
     assert_eq!(w.guest.phys(&w.machine, va), Some(frame));
@@ -215,7 +216,8 @@ fn remapped_agent_page_moves_with_its_protection_and_the_agent_keeps_working() {
     assert!(!f.intersects(EptFlags::READ | EptFlags::WRITE), "{f:?}");
     assert_eq!(w.ve_page(1), Some(frame), "B116 step 8");
     let mut runner = OpRunner::new(vec![Vec::new(), q1]);
-    w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000)
+    runner
+        .run_checked(&mut w, &mut sched, &mut checker, 1_000_000)
         .unwrap();
     assert_eq!(
         w.machine
@@ -245,13 +247,15 @@ fn a_cpu_index_without_a_slot_sends_the_vcpus_violations_to_introcore() {
         let mut runner = OpRunner::new(vec![setup_ops(), Vec::new()]);
         let mut sched = Scheduler::new(Schedule::RoundRobin, 2);
         let mut checker = Checker::new(&w);
-        w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000)
+        runner
+            .run_checked(&mut w, &mut sched, &mut checker, 1_000_000)
             .unwrap();
         let mut runner = OpRunner::new(vec![
             Vec::new(),
             vec![attack(Attack::CpuIndex, arg, 0), monitored_write()],
         ]);
-        w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000)
+        runner
+            .run_checked(&mut w, &mut sched, &mut checker, 1_000_000)
             .unwrap();
         let c = &w.counters;
         assert_eq!((c.ve_total, c.ve_unknown), (1, 1), "arg {arg}");
@@ -308,12 +312,13 @@ fn attacks_pass_every_check_in_fixed() {
             vesim::workload::build_world(r, &params, true, vesim::quirks::Profile::Fixed, seed)
                 .unwrap();
         for p in &sc.processes {
-            w.create_process(*p).unwrap();
+            w.mm().create_process(*p).unwrap();
         }
         let mut runner = OpRunner::new(sc.queues);
         let mut sched = Scheduler::new(Schedule::Random { seed }, w.vcpus.len());
         let mut checker = Checker::new(&w);
-        w.run_ops_checked(&mut runner, &mut sched, &mut checker, 50_000_000)
+        runner
+            .run_checked(&mut w, &mut sched, &mut checker, 50_000_000)
             .unwrap();
         assert!(runner.breaches.is_empty());
     }

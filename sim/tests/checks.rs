@@ -86,12 +86,12 @@ fn workload(pid: u32) -> Vec<GuestOp> {
 fn fixed_passes_every_check_under_every_scheduler() {
     for s in ["rr", "random:3", "random:4", "pct:7:2:3000", "pct:8:3:3000"] {
         let mut w = world(Quirks::fixed(), 2);
-        let p0 = w.create_process(true).unwrap();
-        let p1 = w.create_process(true).unwrap();
+        let p0 = w.mm().create_process(true).unwrap();
+        let p1 = w.mm().create_process(true).unwrap();
         let mut runner = OpRunner::new(vec![workload(p0), workload(p1)]);
         let mut sched = Scheduler::new(s.parse::<Schedule>().unwrap(), 2);
         let mut checker = Checker::new(&w);
-        let r = w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000_000);
+        let r = runner.run_checked(&mut w, &mut sched, &mut checker, 1_000_000);
         assert!(r.is_ok(), "{s}: {r:?}");
         assert!(
             w.counters.ve_page_walk > 0,
@@ -103,7 +103,7 @@ fn fixed_passes_every_check_under_every_scheduler() {
 #[test]
 fn q9_hvmi_xd_change_breaks_i1() {
     let mut w = world(Quirks::hvmi(), 1);
-    let p = w.create_process(true).unwrap();
+    let p = w.mm().create_process(true).unwrap();
     let ops = vec![
         GuestOp::Map {
             pid: p,
@@ -128,8 +128,8 @@ fn q9_hvmi_xd_change_breaks_i1() {
     ];
     let mut runner = OpRunner::new(vec![ops.clone()]);
     let mut checker = Checker::new(&w);
-    let r = w.run_ops_checked(
-        &mut runner,
+    let r = runner.run_checked(
+        &mut w,
         &mut Scheduler::new(Schedule::RoundRobin, 1),
         &mut checker,
         100_000,
@@ -140,11 +140,11 @@ fn q9_hvmi_xd_change_breaks_i1() {
     }
     // The same operations in fixed pass.
     let mut w = world(Quirks::fixed(), 1);
-    let p = w.create_process(true).unwrap();
+    let p = w.mm().create_process(true).unwrap();
     let mut runner = OpRunner::new(vec![ops]);
     let mut checker = Checker::new(&w);
-    let r = w.run_ops_checked(
-        &mut runner,
+    let r = runner.run_checked(
+        &mut w,
         &mut Scheduler::new(Schedule::RoundRobin, 1),
         &mut checker,
         100_000,
@@ -182,10 +182,10 @@ fn q1_hvmi_break_loop_breaks_i10() {
         // emulates it (Q1), in hvmi it breaks and the #VE repeats forever.
         w.machine.mem.write(cg, &[0x89, 0x18]);
         let pte = w.guest.entry_gpa(&w.machine, data, 1).unwrap();
-        w.place_monitor(pte);
-        w.commit_hooks();
+        w.engine().place_monitor(pte);
+        w.engine().commit_hooks();
         w.vcpus[0].rip = code;
-        let gla = w.entry_gla(data, 1);
+        let gla = w.guest.entry_gla(data, 1);
         w.vcpus[0].set_reg(Gpr::Rax, gla);
         w.vcpus[0].set_reg(Gpr::Rbx, 0x1000);
         let mut checker = Checker::new(&w);
@@ -217,7 +217,7 @@ fn q1_hvmi_break_loop_breaks_i10() {
 #[test]
 fn i4_and_i7_fail_when_the_semaphore_or_the_cache_is_forged() {
     let mut w = world(Quirks::fixed(), 1);
-    let p = w.create_process(true).unwrap();
+    let p = w.mm().create_process(true).unwrap();
     let ops = vec![
         GuestOp::Map {
             pid: p,
@@ -239,13 +239,13 @@ fn i4_and_i7_fail_when_the_semaphore_or_the_cache_is_forged() {
     let mut sched = Scheduler::new(Schedule::RoundRobin, 1);
     let mut checker = Checker::new(&w);
     // The two maps and the hook run clean.
-    assert!(w
-        .run_ops_checked(&mut runner, &mut sched, &mut checker, 2)
+    assert!(runner
+        .run_checked(&mut w, &mut sched, &mut checker, 2)
         .is_ok());
     // Forge the semaphore behind the hardware's back (no delivery).
     let page = w.vcpus[0].ve_info.unwrap();
     vesim_model::ve_info::VeInfo::set_semaphore(&mut w.machine.mem, page, 1);
-    let r = w.run_ops_checked(&mut runner, &mut sched, &mut checker, 1_000);
+    let r = runner.run_checked(&mut w, &mut sched, &mut checker, 1_000);
     match r {
         Err(RunFailure::Violations(v)) => {
             assert!(v.iter().any(|x| x.invariant == Invariant::I4), "{v:?}")
@@ -255,8 +255,8 @@ fn i4_and_i7_fail_when_the_semaphore_or_the_cache_is_forged() {
     // Forge a cache slot for a monitored entry.
     let mut w = world(Quirks::fixed(), 1);
     let entry = w.guest.entry_gpa(&w.machine, layout::IDT_GVA, 1).unwrap();
-    w.place_monitor(entry);
-    w.update_cache(entry, false);
+    w.engine().place_monitor(entry);
+    w.engine().update_cache(entry, false);
     let mut checker = Checker::new(&w);
     checker.before_step(&w, 0);
     let v = checker.after_step(&w, 0, &Ok(()));
@@ -272,12 +272,12 @@ fn builtin_failures(name: &str, q: Quirks, seeds: u64) -> Vec<Option<Invariant>>
             let sc = vesim::workload::generate(b, &params, seed);
             let mut w = vesim::workload::build_world_quirks(b, &params, true, q, seed).unwrap();
             for p in &sc.processes {
-                w.create_process(*p).unwrap();
+                w.mm().create_process(*p).unwrap();
             }
             let mut runner = OpRunner::new(sc.queues);
             let mut sched = Scheduler::new(Schedule::Random { seed }, w.vcpus.len());
             let mut checker = Checker::new(&w);
-            match w.run_ops_checked(&mut runner, &mut sched, &mut checker, 50_000_000) {
+            match runner.run_checked(&mut w, &mut sched, &mut checker, 50_000_000) {
                 Ok(_) => None,
                 Err(RunFailure::Violations(v)) => Some(v[0].invariant),
                 Err(RunFailure::Stopped(c, s)) => panic!("seed {seed}: VCPU {c} stopped: {s:?}"),

@@ -33,8 +33,8 @@ fn setup(config: WorldConfig, code: &[u8]) -> Setup {
         .unwrap();
     w.machine.mem.write(code_gpa, code);
     let pte_gpa = w.guest.entry_gpa(&w.machine, DATA, 1).unwrap();
-    w.place_monitor(pte_gpa);
-    w.commit_hooks();
+    w.engine().place_monitor(pte_gpa);
+    w.engine().commit_hooks();
     let pte_gla = self_map_entry_address(layout::DEFAULT_SELF_MAP_INDEX, Gla(DATA), 1).0;
     let v = &mut w.vcpus[0];
     v.rip = CODE;
@@ -76,7 +76,7 @@ fn relevant_write_travels_the_whole_way_and_returns() {
         _ => None,
     });
     // HW §3: a plain write to a write-protected, RWX-minus-W page, GLA translated.
-    assert_eq!(ve, Some((s.pte_gla, s.pte_gpa.0, 0x1AA)));
+    assert_eq!(ve, Some((vesim_model::Gla(s.pte_gla), s.pte_gpa, 0x1AA)));
     let verdicts: Vec<AgentOutcome> =
         s.w.events
             .iter()
@@ -161,5 +161,5 @@ fn page_walk_accessed_bit_is_set_by_the_agent_and_the_read_retries() {
     });
     // HW §4.3: the A write to a table page with rights R-X (RWX minus the write hook): 0xAB,
     // GPA of the entry, GLA of the address being translated.
-    assert_eq!(q, Some((0xAB, s.pte_gpa.0, DATA)));
+    assert_eq!(q, Some((0xAB, s.pte_gpa, vesim_model::Gla(DATA))));
 }

@@ -55,11 +55,11 @@ fn run(schedule: &str) -> (World, OpRunner) {
     let mut c = WorldConfig::default();
     c.guest.vcpus = 2;
     let mut w = World::new(c).unwrap();
-    let p0 = w.create_process(true).unwrap();
-    let p1 = w.create_process(true).unwrap();
+    let p0 = w.mm().create_process(true).unwrap();
+    let p1 = w.mm().create_process(true).unwrap();
     let mut runner = OpRunner::new(vec![queue(p0), queue(p1)]);
     let mut sched = Scheduler::new(schedule.parse::<Schedule>().unwrap(), 2);
-    let steps = w.run_ops(&mut runner, &mut sched, 2_000_000).unwrap();
+    let steps = runner.run(&mut w, &mut sched, 2_000_000).unwrap();
     assert!(steps < 2_000_000, "{schedule}: did not finish");
     (w, runner)
 }
@@ -69,7 +69,7 @@ fn layout_of(w: &World) -> Vec<(u32, u64, u64)> {
     let mut out = Vec::new();
     for p in &w.guest.processes {
         for &va in p.pages.keys() {
-            let (e, _) = w.entry_value(p.pid, va, 1).unwrap();
+            let (e, _) = w.guest.entry_value(&w.machine, p.pid, va, 1).unwrap();
             out.push((p.pid, va, e & !0x000F_FFFF_FFFF_F000 & !(bits::A | bits::D)));
         }
     }

@@ -7,8 +7,9 @@ mod common;
 
 use common::vesim;
 use std::collections::BTreeMap;
-use vesim::minimize::{failing_invariant, minimize, op_count, Setup};
+use vesim::minimize::{minimize, op_count};
 use vesim::quirks::Profile;
+use vesim::runner::{failing_invariant, Setup};
 use vesim::sched::Schedule;
 use vesim::trace::record;
 use vesim::workload::{resolve_params, Builtin};

@@ -7,9 +7,10 @@
 
 use std::path::PathBuf;
 use vesim::check::Invariant;
-use vesim::minimize::{checked, op_count, Checked, Setup};
+use vesim::minimize::op_count;
 use vesim::quirk_report::{Kind, QUIRKS};
 use vesim::quirks::{Quirks, QUIRK_NAMES};
+use vesim::runner::{checked, Checked, Setup};
 use vesim::trace::{replay, TraceFile};
 use vesim::workload::{resolve_params, Builtin};
 

@@ -16,6 +16,7 @@
 
 pub mod cache;
 mod deploy;
+pub use deploy::retpoline;
 mod dispatch;
 pub mod emulate;
 mod exit;

@@ -101,7 +101,10 @@ mod tests {
 
     #[test]
     fn lines_are_stable_text() {
-        let e = Event::VmExit { cpu: 2, reason: 48 };
+        let e = crate::events::Event::VmExit {
+            cpu: vesim_model::VcpuId(2),
+            reason: 48,
+        };
         assert_eq!(event_line(&e), "exit cpu=2 reason=48");
         // SHA-256("event exit cpu=2 reason=48\n") computed independently (sha256sum).
         let mut h = Sha256::new();
