@@ -21,6 +21,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[allow(dead_code)]
+#[path = "kit/mod.rs"]
+mod kit;
+
+use kit::props::config;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::BTreeMap;
@@ -42,14 +47,6 @@ const DETERMINISM_CASES: u32 = 64;
 
 /// Operations per workload, at most.
 const OPS_MAX: usize = 30;
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// The linear addresses a workload's pages may take: three in one page table, two in a second
 /// page table of the same directory, one in a second directory and two under a second PML4

@@ -1,6 +1,6 @@
 //! Helpers shared by the command-line contract tests.
 
-#![allow(dead_code, clippy::expect_used)]
+#![allow(clippy::expect_used)]
 
 use std::process::Command;
 
