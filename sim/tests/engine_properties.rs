@@ -235,7 +235,7 @@ fn world_config(wl: &Workload, ve: bool) -> WorldConfig {
 fn build(wl: &Workload, ve: bool) -> World {
     let mut w = World::new(world_config(wl, ve)).expect("the world builds");
     for &p in &wl.protected {
-        w.create_process(p).expect("a process is created");
+        w.mm().create_process(p).expect("a process is created");
     }
     w
 }
@@ -317,7 +317,8 @@ fn resolve_page(w: &World, pid: u32, va: u64, op: Op) -> Option<Action> {
         Op::Touch { write, value, .. } => present.then(|| {
             // A supervisor write to a read-only page faults (CR0.WP): touch it for read then.
             let rw = w
-                .entry_value(pid, va, 1)
+                .guest
+                .entry_value(&w.machine, pid, va, 1)
                 .is_some_and(|(e, _)| e & bits::RW != 0);
             Action::Touch {
                 pid,
@@ -338,8 +339,8 @@ fn apply(w: &mut World, a: Action) -> Result<(), MmError> {
             let p = &w.guest.processes[pid as usize];
             if p.protected {
                 let cr3 = p.cr3;
-                w.hook_translation(cr3, va, Owner::Process(pid));
-                w.commit_hooks();
+                w.engine().hook_translation(cr3, va, Owner::Process(pid));
+                w.engine().commit_hooks();
             }
             Ok(())
         }

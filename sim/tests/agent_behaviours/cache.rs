@@ -19,10 +19,10 @@ fn b70_cache_geometry() {
     );
     let mut w = World::new(config(Quirks::fixed())).unwrap();
     let e = Gpa(0x0123_4568); // line 0x34, bucket 0xAD & 63 = 0x2D
-    w.update_cache(e, false);
-    w.update_cache(e.wrapping_add(0x200), false); // 64 entries on: same bucket
-    w.update_cache(e.wrapping_add(0x4_0000), false); // 64 pages on: same line and bucket
-    w.update_cache(e.wrapping_add(0x1000), false); // next line
+    w.engine().update_cache(e, false);
+    w.engine().update_cache(e.wrapping_add(0x200), false); // 64 entries on: same bucket
+    w.engine().update_cache(e.wrapping_add(0x4_0000), false); // 64 pages on: same line and bucket
+    w.engine().update_cache(e.wrapping_add(0x1000), false); // next line
     assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 0)), e.0);
     assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 1)), e.0 + 0x200);
     assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 2)), e.0 + 0x4_0000);
@@ -56,15 +56,15 @@ fn b72_updates_only_while_deployed() {
         let mut w = World::new(config(q)).unwrap();
         let e = Gpa(0x0123_4568);
         w.intro.deployed = false;
-        w.update_cache(e, false);
-        assert!(!w.cache_contains(e));
+        w.engine().update_cache(e, false);
+        assert!(!w.intro.cache_contains(&w.machine, &w.guest, e));
         w.intro.deployed = true;
         w.intro.pending_unload = true;
-        w.update_cache(e, false);
-        assert!(!w.cache_contains(e));
+        w.engine().update_cache(e, false);
+        assert!(!w.intro.cache_contains(&w.machine, &w.guest, e));
         w.intro.pending_unload = false;
-        w.update_cache(e, false);
-        assert!(w.cache_contains(e));
+        w.engine().update_cache(e, false);
+        assert!(w.intro.cache_contains(&w.machine, &w.guest, e));
     }
 }
 
@@ -76,10 +76,10 @@ fn b73_remove_first_match_only() {
         let e = Gpa(0x0123_4568);
         w.machine.mem.write_u64(cache_slot(0x34, 0x2D, 2), e.0);
         w.machine.mem.write_u64(cache_slot(0x34, 0x2D, 5), e.0);
-        w.update_cache(e, true);
+        w.engine().update_cache(e, true);
         assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 2)), empty);
         assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 5)), e.0);
-        assert!(w.cache_contains(e));
+        assert!(w.intro.cache_contains(&w.machine, &w.guest, e));
     }
 }
 
@@ -91,17 +91,22 @@ fn b74_counter_then_random() {
         let mut w = World::new(config(q)).unwrap();
         let e = |k: u64| Gpa(0x0123_4568 + (k << 18)); // same line and bucket
         for k in 0..8 {
-            w.update_cache(e(k), false);
+            w.engine().update_cache(e(k), false);
         }
         for k in 0..8 {
             assert_eq!(mem(&w, cache_slot(0x34, 0x2D, k)), e(k).0, "slot {k}");
         }
-        w.update_cache(e(3), false);
+        w.engine().update_cache(e(3), false);
         assert_eq!(w.intro.cache.stats.inserts, 8, "already present");
-        w.update_cache(e(8), false);
+        w.engine().update_cache(e(8), false);
         assert_eq!(w.intro.cache.stats.random_replacements, 1);
-        assert!(w.cache_contains(e(8)));
-        assert_eq!((0..8).filter(|k| w.cache_contains(e(*k))).count(), 7);
+        assert!(w.intro.cache_contains(&w.machine, &w.guest, e(8)));
+        assert_eq!(
+            (0..8)
+                .filter(|k| w.intro.cache_contains(&w.machine, &w.guest, e(*k)))
+                .count(),
+            7
+        );
     }
 }
 
@@ -111,13 +116,17 @@ fn b74_counter_then_random() {
 fn b75_adds_entry_and_next_seven_unmonitored() {
     let mut f = fx(Quirks::fixed());
     let e3 = f.e(3);
-    f.w.place_monitor(e3);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e3);
+    f.w.engine().commit_hooks();
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     for k in 0..10 {
         let want = matches!(k, 1 | 2 | 4 | 5 | 6 | 7 | 8);
-        assert_eq!(f.w.cache_contains(f.e(k)), want, "entry {k}");
+        assert_eq!(
+            f.w.intro.cache_contains(&f.w.machine, &f.w.guest, f.e(k)),
+            want,
+            "entry {k}"
+        );
     }
     assert!(callbacks(&f.w).is_empty());
     f.mov_entry(0, 2, OLD);
@@ -126,9 +135,15 @@ fn b75_adds_entry_and_next_seven_unmonitored() {
     f.mov_entry(0, 510, OLD);
     one_ve(&mut f.w, 0);
     assert_eq!(vmcalls(&f.w).len(), 2);
-    assert!(f.w.cache_contains(f.e(510)) && f.w.cache_contains(f.e(511)));
-    assert!(!f.w.cache_contains(f.e(509)));
-    assert!(!f.w.cache_contains(f.e(512)), "not past the table");
+    assert!(
+        f.w.intro.cache_contains(&f.w.machine, &f.w.guest, f.e(510))
+            && f.w.intro.cache_contains(&f.w.machine, &f.w.guest, f.e(511))
+    );
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, f.e(509)));
+    assert!(
+        !f.w.intro.cache_contains(&f.w.machine, &f.w.guest, f.e(512)),
+        "not past the table"
+    );
 }
 
 /// B76: the first monitor on an entry evicts it; removing the last one does not re-add it, so
@@ -137,21 +152,21 @@ fn b75_adds_entry_and_next_seven_unmonitored() {
 fn b76_first_monitor_evicts() {
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.update_cache(e1, false);
-    assert!(f.w.cache_contains(e1));
-    let m = f.w.place_monitor(e1);
-    f.w.commit_hooks();
-    assert!(!f.w.cache_contains(e1));
+    f.w.engine().update_cache(e1, false);
+    assert!(f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
+    let m = f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     assert_eq!(callbacks(&f.w), [(e1, 0, OLD)]);
-    f.w.remove_monitor(m);
-    f.w.commit_hooks();
-    assert!(!f.w.cache_contains(e1));
+    f.w.engine().remove_monitor(m);
+    f.w.engine().commit_hooks();
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
     f.mov_entry(0, 1, OLD ^ RW);
     one_ve(&mut f.w, 0);
     assert_eq!(vmcalls(&f.w).len(), 2, "raised again");
-    assert!(f.w.cache_contains(e1));
+    assert!(f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     assert_eq!(outcomes(&f.w)[2], (AgentOutcome::IgnoredCache, None));

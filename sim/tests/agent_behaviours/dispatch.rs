@@ -14,7 +14,7 @@ fn b102_removals_committed_at_the_end_of_the_vmcall() {
     let mut f = fx(Quirks::fixed());
     let pt = f.pt;
     for id in f.w.intro.ptm.monitors(pt.wrapping_add(256 * 8)) {
-        f.w.remove_monitor(id);
+        f.w.engine().remove_monitor(id);
     }
     assert!(
         !untrusted_flags(&f.w, pt).contains(EptFlags::WRITE),
@@ -25,7 +25,7 @@ fn b102_removals_committed_at_the_end_of_the_vmcall() {
     assert_eq!(vmcalls(&f.w), [(RAISE_EPT, 0, 0)]);
     let fl = untrusted_flags(&f.w, pt);
     assert!(fl.contains(EptFlags::WRITE) && fl.contains(EptFlags::SUPPRESS_VE));
-    assert_eq!(f.w.hook_counts(pt), Default::default());
+    assert_eq!(f.w.intro.hook_counts(pt), Default::default());
     f.mov_entry(0, 2, OLD ^ RW);
     run_to(&mut f.w, 0, CODE + 3, 5);
     assert_eq!(f.w.counters.ve_total, 1, "the table is no longer protected");
@@ -37,8 +37,8 @@ fn b102_removals_committed_at_the_end_of_the_vmcall() {
 fn b102_raise_from_outside_the_agent_is_not_dispatched() {
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     // A pending raise in the page, as the agent would leave it.
     let w = &mut f.w;
     pg_set(w, 0, 0x08, QUAL_WRITE);
@@ -63,8 +63,8 @@ fn b102_raise_from_outside_the_agent_is_not_dispatched() {
 fn b103_hypercall_numbers() {
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     let w = &mut f.w;
     pg_set(w, 0, 0x08, QUAL_WRITE);
     pg_set(w, 0, 0x10, egla(1));
@@ -79,7 +79,7 @@ fn b103_hypercall_numbers() {
         v.set_reg(Gpr::Rsi, 0);
         v.set_reg(Gpr::Rdx, rdx);
         let before = w.machine.clone();
-        w.hypercall(0);
+        w.engine().hypercall(0);
         assert_eq!(w.vcpus[0].rip, at + 3);
         assert_eq!(w.counters.vmcalls.get(&rdx), Some(&1));
         if rdx == RAISE_EPT {
@@ -96,8 +96,8 @@ fn b103_hypercall_numbers() {
 fn b134_old_and_new_come_from_the_info_page() {
     let mut f = fx(Quirks::hvmi());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.mov_entry(0, 1, OLD);
     deliver(&mut f.w, 0);
     to_step(&mut f.w, 0, rip::PT_RAISE);
@@ -116,9 +116,9 @@ fn b134_old_and_new_come_from_the_info_page() {
 fn b105_dispatch_takes_the_gpa_from_the_page() {
     let mut f = fx(Quirks::fixed());
     let (e1, e2) = (f.e(1), f.e(2));
-    f.w.place_monitor(e1);
-    f.w.place_monitor(e2);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().place_monitor(e2);
+    f.w.engine().commit_hooks();
     f.mov_entry(0, 1, OLD);
     deliver(&mut f.w, 0);
     to_step(&mut f.w, 0, rip::PT_RAISE);
@@ -135,8 +135,8 @@ fn b109_new_value_written_before_callbacks() {
     for q in [Quirks::fixed(), Quirks::hvmi()] {
         let mut f = fx(q);
         let e1 = f.e(1);
-        f.w.place_monitor(e1);
-        f.w.commit_hooks();
+        f.w.engine().place_monitor(e1);
+        f.w.engine().commit_hooks();
         f.mov_entry(0, 1, OLD);
         deliver(&mut f.w, 0);
         to_step(&mut f.w, 0, rip::PT_STORE);
@@ -151,10 +151,10 @@ fn b109_new_value_written_before_callbacks() {
 fn b114_callbacks_of_the_written_entry_only_in_order() {
     let mut f = fx(Quirks::fixed());
     let (e1, e2) = (f.e(1), f.e(2));
-    let a = f.w.place_monitor(e1);
-    let b = f.w.place_monitor(e1);
-    let c = f.w.place_monitor(e2);
-    f.w.commit_hooks();
+    let a = f.w.engine().place_monitor(e1);
+    let b = f.w.engine().place_monitor(e1);
+    let c = f.w.engine().place_monitor(e2);
+    f.w.engine().commit_hooks();
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     let got: Vec<_> =
@@ -165,7 +165,7 @@ fn b114_callbacks_of_the_written_entry_only_in_order() {
             .collect();
     assert_eq!(got, [(a, 0, OLD), (b, 0, OLD)]);
     assert!(f.w.intro.callbacks.iter().all(|r| r.monitor != c));
-    f.w.remove_monitor(a);
+    f.w.engine().remove_monitor(a);
     f.mov_entry(0, 1, OLD ^ RW);
     one_ve(&mut f.w, 0);
     let last = f.w.intro.callbacks.last().unwrap();

@@ -37,7 +37,7 @@ fn b123_counts_per_page_freed_at_zero() {
     let mut f = fx(Quirks::fixed());
     let g = phys(&f.w, DATA);
     assert_eq!(
-        f.w.hook_counts(f.pt),
+        f.w.intro.hook_counts(f.pt),
         HookCounts {
             read: 0,
             write: 1,
@@ -51,7 +51,7 @@ fn b123_counts_per_page_freed_at_zero() {
     set_hook(&mut f.w, g, EXEC_HOOK);
     set_hook(&mut f.w, g, HookKind::PAGE_TABLE_WRITE);
     assert_eq!(
-        f.w.hook_counts(g),
+        f.w.intro.hook_counts(g),
         HookCounts {
             read: 1,
             write: 2,
@@ -63,8 +63,8 @@ fn b123_counts_per_page_freed_at_zero() {
     for k in [READ_HOOK, WRITE_HOOK, EXEC_HOOK, HookKind::PAGE_TABLE_WRITE] {
         f.w.intro.hooks.remove(g.gfn(), k);
     }
-    f.w.commit_hooks();
-    assert_eq!(f.w.hook_counts(g), HookCounts::default());
+    f.w.engine().commit_hooks();
+    assert_eq!(f.w.intro.hook_counts(g), HookCounts::default());
     assert!(f.w.intro.hooks.pages().all(|(p, _)| p != g.gfn()), "freed");
 }
 
@@ -90,10 +90,10 @@ fn b124_rights_follow_counts() {
     set_hook(&mut f.w, g, WRITE_HOOK);
     assert_eq!(untrusted_flags(&f.w, g) & RWX, EptFlags::EXECUTE);
     f.w.intro.hooks.remove(g.gfn(), WRITE_HOOK);
-    f.w.commit_hooks();
+    f.w.engine().commit_hooks();
     assert_eq!(untrusted_flags(&f.w, g) & RWX, EptFlags::EXECUTE, "2→1");
     f.w.intro.hooks.remove(g.gfn(), WRITE_HOOK);
-    f.w.commit_hooks();
+    f.w.engine().commit_hooks();
     assert_eq!(untrusted_flags(&f.w, g) & RWX, RWX, "1→0 writes the counts");
     set_hook(&mut f.w, g, READ_HOOK);
     set_hook(&mut f.w, g, EXEC_HOOK);
@@ -111,7 +111,7 @@ fn b125_pt_hook_marks_convertible() {
     set_hook(&mut f.w, g, HookKind::PAGE_TABLE_WRITE);
     assert!(!untrusted_flags(&f.w, g).contains(EptFlags::SUPPRESS_VE));
     set_hook(&mut f.w, g, HookKind::PAGE_TABLE_WRITE);
-    let c = f.w.hook_counts(g);
+    let c = f.w.intro.hook_counts(g);
     assert_eq!((c.pt, c.conv), (2, 2));
 }
 
@@ -125,12 +125,12 @@ fn b126_removal_deferred_until_commit() {
     set_hook(&mut f.w, g, HookKind::PAGE_TABLE_WRITE);
     f.w.intro.hooks.remove(g.gfn(), HookKind::PAGE_TABLE_WRITE);
     f.w.intro.hooks.remove(g.gfn(), HookKind::PAGE_TABLE_WRITE);
-    let c = f.w.hook_counts(g);
+    let c = f.w.intro.hook_counts(g);
     assert_eq!((c.write, c.pt, c.conv), (2, 2, 2), "not yet");
     let fl = untrusted_flags(&f.w, g);
     assert!(!fl.contains(EptFlags::WRITE) && !fl.contains(EptFlags::SUPPRESS_VE));
-    f.w.commit_hooks();
-    assert_eq!(f.w.hook_counts(g), HookCounts::default());
+    f.w.engine().commit_hooks();
+    assert_eq!(f.w.intro.hook_counts(g), HookCounts::default());
     let fl = untrusted_flags(&f.w, g);
     assert!(fl.contains(EptFlags::WRITE) && fl.contains(EptFlags::SUPPRESS_VE));
 }
@@ -155,20 +155,25 @@ fn b127_convertible_is_suppress_ve_clear() {
 fn b131_one_write_hook_per_table() {
     let mut f = fx(Quirks::fixed());
     let pt = f.pt;
-    let m5 = f.w.place_monitor(f.e(5));
-    let m6 = f.w.place_monitor(f.e(6));
-    f.w.commit_hooks();
-    let c = f.w.hook_counts(pt);
+    let (e5, e6) = (f.e(5), f.e(6));
+    let m5 = f.w.engine().place_monitor(e5);
+    let m6 = f.w.engine().place_monitor(e6);
+    f.w.engine().commit_hooks();
+    let c = f.w.intro.hook_counts(pt);
     assert_eq!((c.write, c.pt), (1, 1));
-    f.w.remove_monitor(m5);
-    f.w.remove_monitor(m6);
-    f.w.commit_hooks();
-    assert_eq!(f.w.hook_counts(pt).write, 1, "entry 256 still monitored");
+    f.w.engine().remove_monitor(m5);
+    f.w.engine().remove_monitor(m6);
+    f.w.engine().commit_hooks();
+    assert_eq!(
+        f.w.intro.hook_counts(pt).write,
+        1,
+        "entry 256 still monitored"
+    );
     for id in f.w.intro.ptm.monitors(pt.wrapping_add(256 * 8)) {
-        f.w.remove_monitor(id);
+        f.w.engine().remove_monitor(id);
     }
-    f.w.commit_hooks();
-    assert_eq!(f.w.hook_counts(pt), HookCounts::default());
+    f.w.engine().commit_hooks();
+    assert_eq!(f.w.intro.hook_counts(pt), HookCounts::default());
     assert!(untrusted_flags(&f.w, pt).contains(EptFlags::WRITE));
 }
 
@@ -178,14 +183,14 @@ fn b131_one_write_hook_per_table() {
 fn b132_write_callback_by_entry_offset() {
     let mut f = fx(Quirks::fixed());
     let (e1, e2) = (f.e(1), f.e(2));
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.mov_entry(0, 2, OLD);
     one_ve(&mut f.w, 0);
     assert!(callbacks(&f.w).is_empty());
-    assert!(f.w.cache_contains(e2));
+    assert!(f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e2));
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     assert_eq!(callbacks(&f.w), [(e1, 0, OLD)]);
-    assert!(!f.w.cache_contains(e1));
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
 }

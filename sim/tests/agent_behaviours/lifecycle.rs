@@ -116,7 +116,7 @@ fn b89_untrusted_view_rights_of_agent() {
         assert_eq!(f & RWX, want, "agent page {off:#x}");
         assert!(f.contains(EptFlags::SUPPRESS_VE), "agent page {off:#x}");
     }
-    let h = w.hook_counts(layout::AGENT_GPA);
+    let h = w.intro.hook_counts(layout::AGENT_GPA);
     assert_eq!((h.read, h.write, h.execute), (1, 1, 1), "header");
 }
 
@@ -149,20 +149,20 @@ fn b94_convertible_only_after_loader() {
     let pt = f.pt;
     assert!(!untrusted_flags(&f.w, pt).contains(EptFlags::WRITE));
     assert!(untrusted_flags(&f.w, pt).contains(EptFlags::SUPPRESS_VE));
-    let c = f.w.hook_counts(pt);
+    let c = f.w.intro.hook_counts(pt);
     assert_eq!((c.pt, c.conv), (1, 0));
     f.mov_entry(0, 1, 0x200);
     run_to(&mut f.w, 0, CODE + 3, 20);
     assert_eq!(f.w.counters.ve_total, 0);
     assert_eq!(f.w.counters.exits.get(&48), Some(&1));
-    f.w.complete_loader();
+    f.w.engine().complete_loader();
     assert!(!untrusted_flags(&f.w, pt).contains(EptFlags::SUPPRESS_VE));
-    let c = f.w.hook_counts(pt);
+    let c = f.w.intro.hook_counts(pt);
     assert_eq!((c.pt, c.conv), (1, 1));
     f.mov_entry(0, 1, 0x400);
     one_ve(&mut f.w, 0);
     assert_eq!(f.w.counters.ve_total, 1);
     f.w.intro.hooks.disable_ve(&mut f.w.machine.ept);
     assert!(untrusted_flags(&f.w, pt).contains(EptFlags::SUPPRESS_VE));
-    assert_eq!(f.w.hook_counts(pt).conv, 0);
+    assert_eq!(f.w.intro.hook_counts(pt).conv, 0);
 }

@@ -279,7 +279,8 @@ fn b40_rejection_changes_nothing() {
     f.w.vcpus[0].set_reg(Gpr::Rax, egla(1));
     f.w.vcpus[0].set_reg(Gpr::Rbx, 0x1000);
     deliver(&mut f.w, 0);
-    while f.w.rip_in_agent(f.w.vcpus[0].rip) || f.w.vcpus[0].rip == layout::OS_VE_HANDLER_GVA {
+    while vesim::layout::in_agent(f.w.vcpus[0].rip) || f.w.vcpus[0].rip == layout::OS_VE_HANDLER_GVA
+    {
         assert_eq!(locks(&f.w), [0; 8], "no lock at any step");
         f.w.step(0).unwrap();
     }
@@ -303,8 +304,8 @@ fn b40_rejection_changes_nothing() {
 fn protect_table(w: &mut World, entry: Gpa) {
     let table = entry.page_base();
     or_present_entries(w, table, A | D);
-    w.place_monitor(table.wrapping_add(511 * 8));
-    w.commit_hooks();
+    w.engine().place_monitor(table.wrapping_add(511 * 8));
+    w.engine().commit_hooks();
 }
 
 /// B41: the lock index is the first of the PML4, PDP, PD and PT indices of the written address
@@ -365,7 +366,8 @@ fn b42_lock_held_across_the_raise() {
     f.mov_entry(0, 1, OLD);
     deliver(&mut f.w, 0);
     let mut seen = BTreeMap::new();
-    while f.w.rip_in_agent(f.w.vcpus[0].rip) || f.w.vcpus[0].rip == layout::OS_VE_HANDLER_GVA {
+    while vesim::layout::in_agent(f.w.vcpus[0].rip) || f.w.vcpus[0].rip == layout::OS_VE_HANDLER_GVA
+    {
         let off = f.w.vcpus[0].rip.wrapping_sub(layout::AGENT_GVA);
         seen.insert(off, lock_held(&f.w, 0x1F0));
         f.w.step(0).unwrap();
@@ -686,14 +688,14 @@ fn b52_irrelevant_write_counted_not_raised() {
 fn b53_cache_lookup_by_gpa_not_gla() {
     // Keyed by the GLA: not found, raised.
     let mut f = fx(Quirks::fixed());
-    f.w.update_cache(Gpa(egla(1)), false);
+    f.w.engine().update_cache(Gpa(egla(1)), false);
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     assert_eq!(vmcalls(&f.w), [(RAISE_EPT, 0, 0)]);
     // Keyed by the GPA: found, ignored.
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.update_cache(e1, false);
+    f.w.engine().update_cache(e1, false);
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     assert!(vmcalls(&f.w).is_empty());

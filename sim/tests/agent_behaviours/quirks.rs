@@ -12,6 +12,7 @@ use vesim::world::{Event, World, WorldConfig};
 use vesim_model::ept::EptFlags;
 use vesim_model::paging::PteFlags;
 use vesim_model::vcpu::{Gpr, SegmentLimit};
+use vesim_model::VcpuId;
 use vesim_model::{Gpa, ViewId};
 
 /// Q1 `hvmi`: an unsupported write breaks (BREAK, EMULATION_FAILED) and returns with RIP
@@ -20,8 +21,8 @@ use vesim_model::{Gpa, ViewId};
 fn q1_break_loop_hvmi() {
     let mut f = fx(Quirks::hvmi());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.set(1, OLD);
     f.code(&[0x89, 0x18]); // mov [rax], ebx: 4 bytes
     f.w.vcpus[0].set_reg(Gpr::Rax, egla(1));
@@ -46,8 +47,8 @@ fn q1_break_loop_hvmi() {
 fn q1_break_loop_fixed() {
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.set(1, OLD);
     f.code(&[0x89, 0x18]);
     f.w.vcpus[0].set_reg(Gpr::Rax, egla(1));
@@ -127,8 +128,8 @@ fn q1_break_loop_fixed_outside_the_reference_set() {
 fn q1_break_loop_fixed_irrelevant_write_runs_no_callback() {
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.set(1, OLD);
     f.set(2, OLD);
     f.code(&[0x89, 0x18]);
@@ -142,7 +143,7 @@ fn q1_break_loop_fixed_irrelevant_write_runs_no_callback() {
     f.code(&[0x89, 0x18]);
     f.w.vcpus[0].set_reg(Gpr::Rax, egla(2));
     one_ve(&mut f.w, 0);
-    assert!(!f.w.cache_contains(f.e(2)));
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, f.e(2)));
 }
 
 /// Q1 `fixed` with a misaligned 8-byte write that spans entries 1 and 2: it changes RW of the
@@ -152,8 +153,8 @@ fn q1_break_loop_fixed_irrelevant_write_runs_no_callback() {
 fn q1_break_loop_fixed_misaligned_write_reports_the_second_entry() {
     let mut f = fx(Quirks::fixed());
     let e2 = f.e(2);
-    f.w.place_monitor(e2);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e2);
+    f.w.engine().commit_hooks();
     f.set(1, OLD);
     f.set(2, 0x0234_5063);
     f.mov_entry(0, 1, 0x0234_5061_0000_0000);
@@ -290,8 +291,8 @@ fn q9_run(p: Profile) -> (Verdict, Vec<(Gpa, u64, u64)>) {
         ..config(p.quirks())
     });
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.set(1, OLD);
     f.mov_entry(0, 1, OLD | XD);
     run_to(&mut f.w, 0, CODE + 3, 5);
@@ -339,8 +340,8 @@ fn q10_read(q: Quirks) -> (Fx, Gpa) {
     f.w.machine.mem.write_u64(d[2], pde & !A);
     let pte = f.get(0);
     f.set(0, (pte | A) & !D);
-    f.w.place_monitor(pd.wrapping_add(300 * 8));
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(pd.wrapping_add(300 * 8));
+    f.w.engine().commit_hooks();
     f.code(&[0x48, 0x8B, 0x18]); // mov rbx, [rax]
     f.w.vcpus[0].set_reg(Gpr::Rax, DATA);
     (f, d[2])
@@ -387,8 +388,8 @@ fn q15_run(q: Quirks) -> World {
     f.w.guest
         .map_at(&mut f.w.machine, X, Gpa(0), PteFlags::WRITABLE)
         .unwrap();
-    f.w.place_monitor(Gpa(0));
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(Gpa(0));
+    f.w.engine().commit_hooks();
     f.code(&[0x48, 0x89, 0x18]);
     f.w.vcpus[0].set_reg(Gpr::Rax, X);
     f.w.vcpus[0].set_reg(Gpr::Rbx, OLD);
@@ -420,11 +421,11 @@ fn q15_empty_slot_zero_fixed() {
 fn q16_run(q: Quirks) -> (bool, World) {
     let mut f = fx(q);
     let e1 = f.e(1);
-    f.w.update_cache(e1, false);
+    f.w.engine().update_cache(e1, false);
     f.w.intro.pending_unload = true;
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
-    let cached = f.w.cache_contains(e1);
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
+    let cached = f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1);
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     (cached, f.w)
@@ -451,10 +452,10 @@ fn q16_no_evict_on_unload_fixed() {
 fn q17_fill(q: Quirks) -> World {
     let mut w = World::new(config(q)).unwrap();
     for k in 0..8 {
-        w.update_cache(q17_entry(k), false);
+        w.engine().update_cache(q17_entry(k), false);
     }
-    w.update_cache(q17_entry(3), true);
-    w.update_cache(q17_entry(8), false);
+    w.engine().update_cache(q17_entry(3), true);
+    w.engine().update_cache(q17_entry(8), false);
     w
 }
 
@@ -465,18 +466,18 @@ fn q17_fill_counter_hvmi() {
         w.intro.cache.stats.random_replacements, 1,
         "the hole is not refilled: the counter is at 8"
     );
-    w.deploy_agent().unwrap();
+    w.engine().deploy_agent().unwrap();
     assert_eq!(
         mem(&w, cache_slot(0x34, 0x2D, 0)),
         0,
         "the new cache is empty"
     );
-    w.update_cache(q17_entry(9), false);
+    w.engine().update_cache(q17_entry(9), false);
     assert_eq!(
         w.intro.cache.stats.random_replacements, 2,
         "the counter survived the redeploy"
     );
-    assert!(w.cache_contains(q17_entry(9)));
+    assert!(w.intro.cache_contains(&w.machine, &w.guest, q17_entry(9)));
 }
 
 #[test]
@@ -485,10 +486,13 @@ fn q17_fill_counter_fixed() {
     assert_eq!(w.intro.cache.stats.random_replacements, 0);
     assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 3)), q17_entry(8).0);
     for k in (0..9).filter(|k| *k != 3) {
-        assert!(w.cache_contains(q17_entry(k)), "{k}");
+        assert!(
+            w.intro.cache_contains(&w.machine, &w.guest, q17_entry(k)),
+            "{k}"
+        );
     }
-    w.deploy_agent().unwrap();
-    w.update_cache(q17_entry(9), false);
+    w.engine().deploy_agent().unwrap();
+    w.engine().update_cache(q17_entry(9), false);
     assert_eq!(w.intro.cache.stats.random_replacements, 0);
     assert_eq!(mem(&w, cache_slot(0x34, 0x2D, 0)), q17_entry(9).0);
 }
@@ -630,7 +634,7 @@ fn q19_cpumap_g_fixed() {
     assert_eq!(f.w.intro.slots[1], None);
     assert!(f.w.events.iter().any(|e| matches!(
         e,
-        Event::Alert { cpu: 1, detail } if detail.contains("0xffc1")
+        Event::Alert { cpu: VcpuId(1), detail } if detail.contains("0xffc1")
     )));
     f.mov_entry(1, 1, OLD);
     run_to(&mut f.w, 1, CODE + 3, 5);
@@ -701,7 +705,7 @@ fn q20_cpu_index_fixed() {
             .w
             .events
             .iter()
-            .any(|e| matches!(e, Event::Alert { cpu: 1, .. })));
+            .any(|e| matches!(e, Event::Alert { cpu: VcpuId(1), .. })));
         let map = layout::AGENT_GPA.wrapping_add(layout::AGENT_CPUMAP);
         for s in 1..64u64 {
             assert_eq!(f.w.machine.mem.read_u32(map.wrapping_add(4 * s)), u32::MAX);
@@ -762,13 +766,13 @@ fn q24_run(q: Quirks) -> World {
     c.guest.protected_view = ViewId(1);
     let mut f = fx_with(c);
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.mov_entry(0, 1, OLD);
     one_ve(&mut f.w, 0);
     for e in [e1, f.pt.wrapping_add(256 * 8)] {
         for id in f.w.intro.ptm.monitors(e) {
-            f.w.remove_monitor(id);
+            f.w.engine().remove_monitor(id);
         }
     }
     f.mov_entry(0, 2, OLD);

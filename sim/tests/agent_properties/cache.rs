@@ -56,24 +56,24 @@ proptest! {
             match *op {
                 COp::Place { region, index } => {
                     let e = entry(&pw, region, index);
-                    live.push(pw.w.place_monitor(e));
+                    live.push(pw.w.engine().place_monitor(e));
                 }
                 COp::Remove { k } => {
                     if !live.is_empty() {
                         let id = live.remove(usize::from(k) % live.len());
-                        pw.w.remove_monitor(id);
-                        pw.w.commit_hooks();
+                        pw.w.engine().remove_monitor(id);
+                        pw.w.engine().commit_hooks();
                     }
                 }
                 COp::Add { region, index } => {
                     let e = entry(&pw, region, index);
                     if !pw.w.intro.ptm.is_monitored(e) {
-                        pw.w.update_cache(e, false);
+                        pw.w.engine().update_cache(e, false);
                     }
                 }
                 COp::Evict { region, index } => {
                     let e = entry(&pw, region, index);
-                    pw.w.update_cache(e, true);
+                    pw.w.engine().update_cache(e, true);
                 }
                 COp::PendingUnload(on) => pw.w.intro.pending_unload = on,
                 COp::Guest(g) => {
@@ -84,13 +84,13 @@ proptest! {
                         }
                         let r = pw.w.step(0);
                         prop_assert!(r.is_ok(), "op {}: stopped: {:?}", n, r);
-                        let bad = pw.w.cached_monitored_entries();
+                        let bad = pw.w.intro.cached_monitored_entries(&pw.w.machine, &pw.w.guest);
                         prop_assert!(bad.is_empty(), "op {} {:?}: cached monitored entries {:?}", n, op, bad);
                     }
                     prop_assert!(pw.done(0), "op {}: {:?} did not finish", n, g);
                 }
             }
-            let bad = pw.w.cached_monitored_entries();
+            let bad = pw.w.intro.cached_monitored_entries(&pw.w.machine, &pw.w.guest);
             prop_assert!(bad.is_empty(), "after op {} {:?}: cached monitored entries {:?}", n, op, bad);
         }
     }

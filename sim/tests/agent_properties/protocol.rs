@@ -45,7 +45,7 @@ proptest! {
             prop_assert!(r.is_ok(), "step {}: VCPU {} stopped: {:?}", step, cpu, r);
             let ves = pw.w.events[events_before..]
                 .iter()
-                .filter(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == cpu))
+                .filter(|e| matches!(e, Event::Ve { cpu: c, .. } if c.0 == cpu))
                 .count();
             prop_assert!(ves <= 1);
             if ves == 1 {

@@ -44,7 +44,7 @@ fn b91_swap_hooks_on_every_agent_page() {
             .entry_gpa(&w.machine, layout::AGENT_GVA, level)
             .unwrap()
             .page_base();
-        let c = w.hook_counts(t);
+        let c = w.intro.hook_counts(t);
         assert!(c.pt >= 1 && c.conv == c.pt, "level {level}: {c:?}");
         let fl = untrusted_flags(&w, t);
         assert!(!fl.contains(EptFlags::WRITE) && !fl.contains(EptFlags::SUPPRESS_VE));
@@ -87,12 +87,12 @@ fn b93_b94_pages_convertible_only_after_the_loader() {
     assert_eq!(f.w.counters.ve_total, 0);
     assert_eq!(f.w.counters.exits.get(&48), Some(&1));
     // The loader completes.
-    f.w.complete_loader();
+    f.w.engine().complete_loader();
     for (g, c) in f.w.intro.hooks.pages() {
         assert_eq!(c.conv, c.pt, "{g:?}");
     }
     assert_eq!(convertible(&f.w), pt_pages);
-    f.w.complete_loader();
+    f.w.engine().complete_loader();
     for (g, c) in f.w.intro.hooks.pages() {
         assert_eq!(c.conv, c.pt, "enabling twice changes nothing: {g:?}");
     }

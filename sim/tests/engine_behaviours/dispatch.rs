@@ -17,7 +17,7 @@ fn b104_raised_page_walk_sets_a_in_user_pml4() {
         let mut c = config(q);
         c.guest.kpti = true;
         let mut f = fx_with(c);
-        let pid = f.w.create_process(true).unwrap();
+        let pid = f.w.mm().create_process(true).unwrap();
         let va = layout::USER_BASE;
         f.w.mm_map(0, pid, va, bits::RW).unwrap();
         let p = f.w.guest.processes[pid as usize].clone();
@@ -26,7 +26,7 @@ fn b104_raised_page_walk_sets_a_in_user_pml4() {
         // The kernel-CR3 walk of `va` finds everything set.
         let mut kernel = Vec::new();
         for level in 1..=4u8 {
-            let (v, g) = f.w.entry_value(pid, va, level).unwrap();
+            let (v, g) = f.w.guest.entry_value(&f.w.machine, pid, va, level).unwrap();
             let v = v | A | if level == 1 { D } else { 0 };
             f.w.machine.mem.write_u64(g, v);
             kernel.push((g, v));

@@ -29,12 +29,12 @@ fn b131_user_pml4_hook_covers_low_half() {
         let mut w = World::new(config(q)).unwrap();
         let p = proc_in(&mut w);
         let pml4 = Gpa(p.cr3 & PFN);
-        let c = w.hook_counts(pml4);
+        let c = w.intro.hook_counts(pml4);
         assert_eq!((c.write, c.pt, c.conv), (1, 1, 1), "{q:?}");
         let fl = untrusted_flags(&w, pml4);
         assert!(!fl.contains(EptFlags::WRITE) && !fl.contains(EptFlags::SUPPRESS_VE));
         // The monitored entry 0 (the hooked page's PML4E).
-        let (e0, g0) = w.entry_value(p.pid, p.va, 4).unwrap();
+        let (e0, g0) = w.guest.entry_value(&w.machine, p.pid, p.va, 4).unwrap();
         assert_eq!(g0, pml4);
         let ncb = w.intro.callbacks.len();
         write_pml4e(&mut w, p.pid, 0, e0 ^ RW);
@@ -50,7 +50,7 @@ fn b131_user_pml4_hook_covers_low_half() {
             [AgentOutcome::Raised, AgentOutcome::IgnoredCache],
             "{q:?}"
         );
-        assert!(w.cache_contains(e5));
+        assert!(w.intro.cache_contains(&w.machine, &w.guest, e5));
         if q == Quirks::hvmi() {
             let e = pml4.wrapping_add(0x1A0 * 8);
             let (n, ncb) = (w.events.len(), w.intro.callbacks.len());
@@ -60,7 +60,7 @@ fn b131_user_pml4_hook_covers_low_half() {
                 pt_outcomes_since(&w, n),
                 [AgentOutcome::Raised, AgentOutcome::Raised]
             );
-            assert!(!w.cache_contains(e));
+            assert!(!w.intro.cache_contains(&w.machine, &w.guest, e));
             assert_eq!(w.intro.callbacks.len(), ncb);
         }
     }
@@ -74,7 +74,7 @@ fn b131_user_pml4_hook_covers_low_half() {
 fn b133_irrelevant_change_runs_no_swap_callback() {
     let mut w = World::new(config(Quirks::fixed())).unwrap();
     let p = proc_in(&mut w);
-    let (leaf, pte) = w.entry_value(p.pid, p.va, 1).unwrap();
+    let (leaf, pte) = w.guest.entry_value(&w.machine, p.pid, p.va, 1).unwrap();
     for form in 0..3 {
         w.mm_set_caching(0, p.pid, p.va, PWT, form).unwrap();
         w.mm_set_caching(0, p.pid, p.va, 0, form).unwrap();
@@ -87,7 +87,7 @@ fn b133_irrelevant_change_runs_no_swap_callback() {
     let cur = mem(&w, pte);
     {
         let cr3 = p.cr3;
-        let gla = w.entry_gla(p.va, 1);
+        let gla = w.guest.entry_gla(p.va, 1);
         let v = &mut w.vcpus[0];
         v.cr3 = cr3;
         v.rip = layout::MM_CODE_GVA + mm_code::MOV.0;
@@ -130,12 +130,12 @@ fn b133_irrelevant_change_runs_no_swap_callback() {
 fn b135_upper_level_change_rehooks_lower_levels() {
     let mut w = World::new(config(Quirks::fixed())).unwrap();
     let p = proc_in(&mut w);
-    let (old_pde, pde) = w.entry_value(p.pid, p.va, 2).unwrap();
-    let (old_leaf, old_pte) = w.entry_value(p.pid, p.va, 1).unwrap();
+    let (old_pde, pde) = w.guest.entry_value(&w.machine, p.pid, p.va, 2).unwrap();
+    let (old_leaf, old_pte) = w.guest.entry_value(&w.machine, p.pid, p.va, 1).unwrap();
     let old_pt = old_pte.page_base();
     let upper: Vec<Gpa> = [4u8, 3]
         .iter()
-        .map(|l| w.entry_value(p.pid, p.va, *l).unwrap().1)
+        .map(|l| w.guest.entry_value(&w.machine, p.pid, p.va, *l).unwrap().1)
         .collect();
     // A new page table whose entry for `va` maps another frame.
     let p1 = (p.va >> 12) & 0x1FF;
@@ -144,7 +144,7 @@ fn b135_upper_level_change_rehooks_lower_levels() {
     w.machine.mem.write(SPARE_TABLE, &[0u8; 4096]);
     w.machine.mem.write_u64(new_pte, new_leaf);
     let new_pde = (old_pde & !PFN) | SPARE_TABLE.0;
-    let gla = w.entry_gla(p.va, 2);
+    let gla = w.guest.entry_gla(p.va, 2);
     w.mm_exec(0, p.pid, mm_code::MOV, gla, new_pde, 0).unwrap();
     assert_eq!(mem(&w, pde) & !(A | D), new_pde & !(A | D));
     assert_eq!(
@@ -165,15 +165,15 @@ fn b135_upper_level_change_rehooks_lower_levels() {
     assert_eq!(h.leaf_value(), new_leaf);
     assert!(w.intro.ptm.is_monitored(new_pte));
     assert!(!w.intro.ptm.is_monitored(old_pte));
-    assert_eq!(w.hook_counts(old_pt), HookCounts::default());
+    assert_eq!(w.intro.hook_counts(old_pt), HookCounts::default());
     let fl = untrusted_flags(&w, old_pt);
     assert!(fl.contains(EptFlags::WRITE) && fl.contains(EptFlags::SUPPRESS_VE));
-    let c = w.hook_counts(SPARE_TABLE);
+    let c = w.intro.hook_counts(SPARE_TABLE);
     assert_eq!((c.write, c.pt, c.conv), (1, 1, 1));
     let fl = untrusted_flags(&w, SPARE_TABLE);
     assert!(!fl.contains(EptFlags::WRITE) && !fl.contains(EptFlags::SUPPRESS_VE));
     // The new leaf is what the hook watches now.
-    let gla = w.entry_gla(p.va, 1);
+    let gla = w.guest.entry_gla(p.va, 1);
     w.mm_exec(0, p.pid, mm_code::MOV, gla, new_leaf ^ RW, 0)
         .unwrap();
     assert_eq!(mem(&w, new_pte), new_leaf ^ RW);
@@ -190,9 +190,9 @@ fn b135_upper_level_change_rehooks_lower_levels() {
 fn b136_parent_invalidated_gives_swap_with_new_zero() {
     let mut w = World::new(config(Quirks::fixed())).unwrap();
     let p = proc_in(&mut w);
-    let (old_pde, pde) = w.entry_value(p.pid, p.va, 2).unwrap();
-    let (leaf, pte) = w.entry_value(p.pid, p.va, 1).unwrap();
-    let gla = w.entry_gla(p.va, 2);
+    let (old_pde, pde) = w.guest.entry_value(&w.machine, p.pid, p.va, 2).unwrap();
+    let (leaf, pte) = w.guest.entry_value(&w.machine, p.pid, p.va, 1).unwrap();
+    let gla = w.guest.entry_gla(p.va, 2);
     w.mm_exec(0, p.pid, mm_code::MOV, gla, 0, 0).unwrap();
     assert_eq!(swaps_of(&w, p.id), [(leaf, 0)]);
     let h = &w.intro.pts.hooks[&p.id];
@@ -220,14 +220,16 @@ fn b137_hook_stops_at_non_present_or_large_page() {
     let p = proc_in(&mut w);
     // The next 2 MiB of the same page directory: its PDE is not present.
     let va2 = p.va + 0x20_0000;
-    let (pde2_value, pde2) = w.entry_value(p.pid, va2, 2).unwrap();
+    let (pde2_value, pde2) = w.guest.entry_value(&w.machine, p.pid, va2, 2).unwrap();
     assert_eq!(pde2_value, 0);
     let upper: Vec<Gpa> = [4u8, 3]
         .iter()
-        .map(|l| w.entry_value(p.pid, va2, *l).unwrap().1)
+        .map(|l| w.guest.entry_value(&w.machine, p.pid, va2, *l).unwrap().1)
         .collect();
-    let id2 = w.hook_translation(p.cr3, va2, Owner::Process(p.pid));
-    w.commit_hooks();
+    let id2 = w
+        .engine()
+        .hook_translation(p.cr3, va2, Owner::Process(p.pid));
+    w.engine().commit_hooks();
     let entries = |w: &World, id: TranslationId| -> Vec<(u8, Gpa)> {
         w.intro.pts.hooks[&id]
             .levels
@@ -240,7 +242,7 @@ fn b137_hook_stops_at_non_present_or_large_page() {
     assert!(w.intro.ptm.is_monitored(pde2));
     // The guest maps it: the PDE write hooks the new table, the PTE write runs the callback.
     w.mm_map(0, p.pid, va2, bits::RW).unwrap();
-    let (leaf2, pte2) = w.entry_value(p.pid, va2, 1).unwrap();
+    let (leaf2, pte2) = w.guest.entry_value(&w.machine, p.pid, va2, 1).unwrap();
     assert_eq!(
         entries(&w, id2),
         [(4, upper[0]), (3, upper[1]), (2, pde2), (1, pte2)]
@@ -257,7 +259,8 @@ fn b137_hook_stops_at_non_present_or_large_page() {
             .tables
             .map(&mut w.machine.mem, Gla(va), gpa, size, PteFlags::WRITABLE)
             .unwrap();
-        let id = w.hook_translation(w.guest.cr3, va, Owner::Process(p.pid));
+        let cr3 = w.guest.cr3;
+        let id = w.engine().hook_translation(cr3, va, Owner::Process(p.pid));
         let h = &w.intro.pts.hooks[&id];
         assert_eq!(h.levels.len(), levels, "{size:?}");
         let last = h.levels[levels - 1];

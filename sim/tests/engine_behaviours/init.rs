@@ -32,12 +32,15 @@ fn b80_init_refuses_more_than_64_vcpus_or_no_vmfunc() {
     assert!(w.intro.initialized && w.intro.deployed);
     // Already initialised.
     let mut w = World::new(config(Quirks::fixed())).unwrap();
-    assert_eq!(w.intro_init_checked(), Err(InitError::AlreadyInitialized));
+    assert_eq!(
+        w.engine().intro_init_checked(),
+        Err(InitError::AlreadyInitialized)
+    );
     // A fresh engine on VCPUs without VM functions.
-    w.intro = Introcore::new(&w.guest.config, Quirks::fixed(), 0);
+    w.intro = Introcore::new(&w.guest.config, 0);
     w.vcpus[0].vmfunc_enabled = false;
     assert!(matches!(
-        w.intro_init_checked(),
+        w.engine().intro_init_checked(),
         Err(InitError::NotNeeded(_))
     ));
     assert!(!w.intro.initialized);
@@ -46,12 +49,12 @@ fn b80_init_refuses_more_than_64_vcpus_or_no_vmfunc() {
     let v0 = w.vcpus[0].clone();
     w.vcpus.resize(65, v0);
     assert!(matches!(
-        w.intro_init_checked(),
+        w.engine().intro_init_checked(),
         Err(InitError::NotNeeded(_))
     ));
     assert!(!w.intro.initialized);
     w.vcpus.truncate(64);
-    assert_eq!(w.intro_init_checked(), Ok(()));
+    assert_eq!(w.engine().intro_init_checked(), Ok(()));
     assert!(w.intro.initialized);
 }
 
@@ -76,18 +79,18 @@ fn b81_init_refuses_when_a_gpa_hook_exists() {
     ];
     for kind in kinds {
         let mut w = World::new(config(Quirks::fixed())).unwrap();
-        w.intro = Introcore::new(&w.guest.config, Quirks::fixed(), 0);
+        w.intro = Introcore::new(&w.guest.config, 0);
         let g = Gfn(0x300);
         w.intro.hooks.set(&mut w.machine.ept, g, kind);
         assert_eq!(
-            w.intro_init_checked(),
+            w.engine().intro_init_checked(),
             Err(InitError::InvalidInternalState),
             "{kind:?}"
         );
         assert!(!w.intro.initialized);
         w.intro.hooks.remove(g, kind);
-        w.commit_hooks();
-        assert_eq!(w.intro_init_checked(), Ok(()), "{kind:?}");
+        w.engine().commit_hooks();
+        assert_eq!(w.engine().intro_init_checked(), Ok(()), "{kind:?}");
     }
 }
 
@@ -122,7 +125,7 @@ fn b82_protected_view_rw_everywhere() {
             RW_
         };
         assert_eq!(pf & RWX, want, "protected {gpa:?}");
-        let c = w.hook_counts(gpa);
+        let c = w.intro.hook_counts(gpa);
         if c == HookCounts::default() {
             let uf = view_flags(w, ViewId(1), gpa);
             assert_eq!(uf & RWX, RWX, "untrusted {gpa:?}");

@@ -181,8 +181,8 @@ fn i3_remapped_agent_page_stays_protected() {
 fn i3_raise_ept_vmcall_from_outside_the_agent_is_not_dispatched() {
     let mut f = i3_fx();
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     let page = f.w.ve_page(0).unwrap();
     let m = &mut f.w.machine.mem;
     m.write_u64(page.wrapping_add(0x08), 0x1AA);

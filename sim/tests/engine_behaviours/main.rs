@@ -50,14 +50,14 @@ fn fx_on(w: World) -> Fx {
 fn unloaded(q: Quirks) -> Fx {
     let mut f = fx(q);
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.write_entry(0, 1, OLD);
     f.write_entry(0, 2, OLD);
     assert_eq!(
         pt_outcomes(&f.w),
         [AgentOutcome::Raised, AgentOutcome::Raised]
     );
-    assert_eq!(f.w.unload_agent(), Ok(true));
+    assert_eq!(f.w.engine().unload_agent(), Ok(true));
     f
 }

@@ -17,16 +17,16 @@ fn q16_run(q: Quirks) -> (Fx, Gpa) {
     let mut f = fx(q);
     let e1 = f.e(1);
     f.write_entry(0, 1, OLD);
-    assert!(f.w.cache_contains(e1));
-    assert_eq!(f.w.remove_agent(), Ok(()));
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    assert!(f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
+    assert_eq!(f.w.engine().remove_agent(), Ok(()));
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     f.write_entry(0, 1, OLD ^ RW);
     (f, e1)
 }
 
 fn q16_after_unloader(f: &mut Fx, e1: Gpa) {
-    f.w.deploy_unloader();
+    f.w.engine().deploy_unloader();
     let (ve, ncb) = (f.w.counters.ve_total, f.w.intro.callbacks.len());
     f.write_entry(0, 1, OLD);
     assert_eq!(f.w.counters.ve_total, ve);
@@ -36,7 +36,7 @@ fn q16_after_unloader(f: &mut Fx, e1: Gpa) {
 #[test]
 fn q16_no_evict_while_unload_pending_hvmi() {
     let (mut f, e1) = q16_run(Quirks::hvmi());
-    assert!(f.w.cache_contains(e1));
+    assert!(f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
     assert_eq!(
         pt_outcomes(&f.w),
         [AgentOutcome::Raised, AgentOutcome::IgnoredCache]
@@ -48,7 +48,7 @@ fn q16_no_evict_while_unload_pending_hvmi() {
 #[test]
 fn q16_no_evict_while_unload_pending_fixed() {
     let (mut f, e1) = q16_run(Quirks::fixed());
-    assert!(!f.w.cache_contains(e1));
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e1));
     assert_eq!(
         pt_outcomes(&f.w),
         [AgentOutcome::Raised, AgentOutcome::Raised]
@@ -83,12 +83,12 @@ fn q24_run(q: Quirks) -> Fx {
             .unwrap()
             .page_base();
     let e2 = pt2.wrapping_add(8);
-    f.w.place_monitor(e2);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e2);
+    f.w.engine().commit_hooks();
     f.write_entry(0, 256, OLD);
     assert_eq!(f.w.counters.exits.get(&48), Some(&1));
     assert_eq!(f.w.counters.ve_total, 0);
-    f.w.complete_loader();
+    f.w.engine().complete_loader();
     f.w.machine
         .ept
         .view_mut(ViewId(1))
@@ -152,7 +152,7 @@ fn q27_run(q: Quirks) -> (World, Vec<AgentOutcome>, Gpa) {
 fn q27_user_pml4_hvmi() {
     let (w, o, e) = q27_run(Quirks::hvmi());
     assert_eq!(o, [AgentOutcome::Raised; 3]);
-    assert!(!w.cache_contains(e));
+    assert!(!w.intro.cache_contains(&w.machine, &w.guest, e));
 }
 
 #[test]
@@ -166,5 +166,5 @@ fn q27_user_pml4_fixed() {
             AgentOutcome::IgnoredCache
         ]
     );
-    assert!(w.cache_contains(e));
+    assert!(w.intro.cache_contains(&w.machine, &w.guest, e));
 }

@@ -31,7 +31,10 @@ fn b116_code_page_remap(q: Quirks) -> (Fx, Gpa, Gpa) {
     assert!(copy == image, "the page was copied");
     assert_eq!(protected_flags(&f.w, FREE_FRAME) & RWX, R_X);
     assert_eq!(protected_flags(&f.w, from) & RWX, RW_);
-    assert_eq!(f.w.hooked_translation(id), Some(FREE_FRAME));
+    assert_eq!(
+        f.w.intro.hooked_translation(&f.w.machine, id),
+        Some(FREE_FRAME)
+    );
     assert_agent_still_works(&mut f, 0);
     (f, from, FREE_FRAME)
 }
@@ -49,10 +52,10 @@ fn b116_agent_page_remap_copies_and_moves_protected_rights() {
 #[test]
 fn b116_agent_page_remap_copies_and_moves_rights() {
     let (f, from, to) = b116_code_page_remap(Quirks::fixed());
-    let c = f.w.hook_counts(to);
+    let c = f.w.intro.hook_counts(to);
     assert_eq!((c.read, c.write, c.execute), (1, 1, 1));
     assert_eq!(untrusted_flags(&f.w, to) & RWX, EptFlags::empty());
-    assert_eq!(f.w.hook_counts(from), HookCounts::default());
+    assert_eq!(f.w.intro.hook_counts(from), HookCounts::default());
     assert_eq!(untrusted_flags(&f.w, from) & RWX, RWX);
 }
 
@@ -107,8 +110,8 @@ fn b116_remapped_cache_page_is_found_again_through_its_gva() {
     assert!(slots(&f.w, agent_gpa(off), e2).contains(&e2.0));
     remap_agent_page(&mut f, 0, off, FREE_FRAME);
     assert!(slots(&f.w, FREE_FRAME, e2).contains(&e2.0), "copied");
-    f.w.place_monitor(e2);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e2);
+    f.w.engine().commit_hooks();
     assert!(!slots(&f.w, FREE_FRAME, e2).contains(&e2.0), "evicted");
     let (n, ncb) = (f.w.events.len(), f.w.intro.callbacks.len());
     f.write_entry(0, 2, OLD ^ RW);
@@ -188,8 +191,8 @@ fn b119_protected_view_violation_alerts() {
 fn b122_stats_from_the_information_pages() {
     let mut f = fx_with(config_n(Quirks::fixed(), 2));
     let e10 = f.e(10);
-    f.w.place_monitor(e10);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e10);
+    f.w.engine().commit_hooks();
     f.set(1, OLD);
     f.write_entry(0, 1, OLD | 0x200); // irrelevant (bit 9)
     f.write_entry(0, 2, OLD); // raised, caches entries 2..9
@@ -204,7 +207,7 @@ fn b122_stats_from_the_information_pages() {
             AgentOutcome::Raised
         ]
     );
-    let s = f.w.ve_stats();
+    let s = vesim::introcore::Introcore::ve_stats(&f.w.machine, &f.w.vcpus);
     assert_eq!(s.len(), 2);
     let got: Vec<[u64; 7]> = s
         .iter()
@@ -232,7 +235,14 @@ fn b122_stats_from_the_information_pages() {
     }
     let reported: u64 = s.iter().map(|c| c.total - c.ignored_total).sum();
     assert_eq!(reported, f.w.counters.raised);
-    assert_eq!(f.w.ve_stats(), s, "reading does not reset");
-    assert_eq!(f.w.unload_agent(), Ok(true));
-    assert!(f.w.ve_stats().is_empty(), "no agent, no statistics");
+    assert_eq!(
+        vesim::introcore::Introcore::ve_stats(&f.w.machine, &f.w.vcpus),
+        s,
+        "reading does not reset"
+    );
+    assert_eq!(f.w.engine().unload_agent(), Ok(true));
+    assert!(
+        vesim::introcore::Introcore::ve_stats(&f.w.machine, &f.w.vcpus).is_empty(),
+        "no agent, no statistics"
+    );
 }

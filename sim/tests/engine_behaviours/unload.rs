@@ -16,26 +16,30 @@ use vesim_model::{Gfn, Gpa};
 #[test]
 fn b95_remove_agent_needs_deployed_and_not_pending() {
     let mut f = fx(Quirks::fixed());
-    assert_eq!(f.w.remove_agent(), Ok(()));
+    assert_eq!(f.w.engine().remove_agent(), Ok(()));
     assert!(f.w.intro.pending_unload);
-    assert_eq!(f.w.remove_agent(), Err(UnloadError::NotNeeded), "pending");
+    assert_eq!(
+        f.w.engine().remove_agent(),
+        Err(UnloadError::NotNeeded),
+        "pending"
+    );
     // Until the unloader runs (B96) page tables stay convertible: a write still #VEs.
     f.write_entry(0, 256, OLD);
     assert_eq!(f.w.counters.ve_total, 1);
-    f.w.deploy_unloader();
-    assert!(f.w.deliver_for_unload());
-    f.w.complete_unloader();
+    f.w.engine().deploy_unloader();
+    assert!(f.w.engine().deliver_for_unload());
+    f.w.engine().complete_unloader();
     assert_eq!(
-        f.w.remove_agent(),
+        f.w.engine().remove_agent(),
         Err(UnloadError::NotNeeded),
         "not deployed"
     );
     assert!(!f.w.intro.pending_unload);
-    assert_eq!(f.w.unload_agent(), Err(UnloadError::NotNeeded));
+    assert_eq!(f.w.engine().unload_agent(), Err(UnloadError::NotNeeded));
     // Not initialised.
     let mut w = World::new(config(Quirks::fixed())).unwrap();
     w.intro.initialized = false;
-    assert_eq!(w.remove_agent(), Err(UnloadError::NotNeeded));
+    assert_eq!(w.engine().remove_agent(), Err(UnloadError::NotNeeded));
     assert!(!w.intro.pending_unload);
 }
 
@@ -45,10 +49,10 @@ fn b95_remove_agent_needs_deployed_and_not_pending() {
 fn b96_unloader_disables_ve_no_page_convertible() {
     let mut f = fx(Quirks::fixed());
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
-    assert_eq!(f.w.remove_agent(), Ok(()));
-    f.w.deploy_unloader();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
+    assert_eq!(f.w.engine().remove_agent(), Ok(()));
+    f.w.engine().deploy_unloader();
     let untrusted = f.w.intro.untrusted;
     for (g, e) in f.w.machine.ept.view(untrusted).unwrap().entries() {
         assert!(e.flags().contains(EptFlags::SUPPRESS_VE), "{g:?}");
@@ -90,16 +94,20 @@ fn deployed_state(w: &World) -> Deployed {
 fn b97_b140_unload_gate_refuses_while_a_rip_is_in_the_agent() {
     let mut f = fx_with(config_n(Quirks::fixed(), 2));
     let e1 = f.e(1);
-    f.w.place_monitor(e1);
-    f.w.commit_hooks();
+    f.w.engine().place_monitor(e1);
+    f.w.engine().commit_hooks();
     let before = deployed_state(&f.w);
     assert!(before.deployed && before.info.iter().all(Option::is_some));
     let at = f.prep_store(1, egla(1), OLD);
     deliver(&mut f.w, 1);
     assert_eq!(f.w.vcpus[1].rip, layout::OS_VE_HANDLER_GVA);
-    assert_eq!(f.w.unload_agent(), Ok(false), "RIP at the IDT[20] handler");
+    assert_eq!(
+        f.w.engine().unload_agent(),
+        Ok(false),
+        "RIP at the IDT[20] handler"
+    );
     to_step(&mut f.w, 1, rip::PT_DECODE);
-    assert_eq!(f.w.unload_agent(), Ok(false), "RIP in the agent");
+    assert_eq!(f.w.engine().unload_agent(), Ok(false), "RIP in the agent");
     assert!(f.w.intro.pending_unload);
     assert_eq!(deployed_state(&f.w), before, "nothing was unhooked");
     // The agent finishes its #VE; the raise is still dispatched.
@@ -107,7 +115,7 @@ fn b97_b140_unload_gate_refuses_while_a_rip_is_in_the_agent() {
     run_to(&mut f.w, 1, at + 3, 10);
     assert_eq!(callbacks(&f.w), [(e1, 0, OLD)]);
     assert_eq!(f.get(1), OLD);
-    assert_eq!(f.w.unload_agent(), Ok(true));
+    assert_eq!(f.w.engine().unload_agent(), Ok(true));
     assert!(!f.w.intro.deployed);
     assert!(f.w.vcpus.iter().all(|v| v.ve_info.is_none()));
 }
@@ -156,7 +164,11 @@ fn b98_unhook_destroys_the_untrusted_view_protection() {
     let f = unloaded(Quirks::fixed());
     for i in 0..AGENT_PAGES {
         let g = agent_gpa(i * 0x1000);
-        assert_eq!(f.w.hook_counts(g), HookCounts::default(), "agent page {i}");
+        assert_eq!(
+            f.w.intro.hook_counts(g),
+            HookCounts::default(),
+            "agent page {i}"
+        );
         assert_eq!(untrusted_flags(&f.w, g) & RWX, RWX, "agent page {i}");
     }
 }
@@ -166,15 +178,18 @@ fn b98_unhook_destroys_the_untrusted_view_protection() {
 #[test]
 fn b99_complete_unloader_resets_state() {
     let mut f = fx(Quirks::fixed());
-    assert_eq!(f.w.remove_agent(), Ok(()));
-    f.w.deploy_unloader();
-    assert!(f.w.deliver_for_unload());
-    assert!(f.w.redeploy_agent().is_err(), "unload still pending");
-    f.w.complete_unloader();
+    assert_eq!(f.w.engine().remove_agent(), Ok(()));
+    f.w.engine().deploy_unloader();
+    assert!(f.w.engine().deliver_for_unload());
+    assert!(
+        f.w.engine().redeploy_agent().is_err(),
+        "unload still pending"
+    );
+    f.w.engine().complete_unloader();
     assert!(!f.w.intro.deployed && !f.w.intro.pending_unload);
     let e5 = f.e(5);
-    f.w.update_cache(e5, false);
-    assert!(!f.w.cache_contains(e5));
-    assert!(f.w.redeploy_agent().is_ok());
+    f.w.engine().update_cache(e5, false);
+    assert!(!f.w.intro.cache_contains(&f.w.machine, &f.w.guest, e5));
+    assert!(f.w.engine().redeploy_agent().is_ok());
     assert!(f.w.intro.deployed);
 }

@@ -79,8 +79,8 @@ pub fn remap_agent_page(f: &mut Fx, cpu: usize, off: u64, to: Gpa) -> (u64, u64)
 pub fn assert_agent_still_works(f: &mut Fx, cpu: usize) {
     let e = f.e(20);
     if !f.w.intro.ptm.is_monitored(e) {
-        f.w.place_monitor(e);
-        f.w.commit_hooks();
+        f.w.engine().place_monitor(e);
+        f.w.engine().commit_hooks();
     }
     let (n, ncb) = (f.w.events.len(), f.w.intro.callbacks.len());
     let old = f.get(20);

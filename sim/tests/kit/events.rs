@@ -67,7 +67,7 @@ pub fn ves(w: &World) -> Vec<(u64, u64, u64)> {
                 gla,
                 gpa,
                 ..
-            } => Some((*qualification, *gla, *gpa)),
+            } => Some((*qualification, gla.0, gpa.0)),
             _ => None,
         })
         .collect()
@@ -87,7 +87,7 @@ pub fn alerts(w: &World) -> Vec<usize> {
     w.events
         .iter()
         .filter_map(|e| match e {
-            Event::Alert { cpu, .. } => Some(*cpu),
+            Event::Alert { cpu, .. } => Some(cpu.0),
             _ => None,
         })
         .collect()

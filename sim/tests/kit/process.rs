@@ -15,12 +15,12 @@ pub struct Proc {
 
 /// Creates a protected process in `w`, maps its page and hooks the translation.
 pub fn proc_in(w: &mut World) -> Proc {
-    let pid = w.create_process(true).unwrap();
+    let pid = w.mm().create_process(true).unwrap();
     let va = layout::USER_BASE;
     w.mm_map(0, pid, va, bits::RW).unwrap();
     let cr3 = w.guest.processes[pid as usize].cr3;
-    let id = w.hook_translation(cr3, va, Owner::Process(pid));
-    w.commit_hooks();
+    let id = w.engine().hook_translation(cr3, va, Owner::Process(pid));
+    w.engine().commit_hooks();
     Proc { pid, cr3, va, id }
 }
 
@@ -36,6 +36,6 @@ pub fn pml4_slot_va(k: u64) -> u64 {
 
 /// Writes PML4 entry `k` of process `pid` with the memory manager's MOV through its self-map.
 pub fn write_pml4e(w: &mut World, pid: u32, k: u64, value: u64) {
-    let gla = w.entry_gla(pml4_slot_va(k), 4);
+    let gla = w.guest.entry_gla(pml4_slot_va(k), 4);
     w.mm_exec(0, pid, mm_code::MOV, gla, value, 0).unwrap();
 }

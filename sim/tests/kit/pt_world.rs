@@ -133,18 +133,20 @@ impl PtWorld {
     /// on the PTE of each data page listed (`pages` index r * PAGES + i).
     pub fn monitor(&mut self, anchor1: bool, pages: &[u8]) {
         self.w
+            .engine()
             .place_monitor(self.tables[0].wrapping_add(ANCHOR_INDEX * 8));
         if anchor1 {
             self.w
+                .engine()
                 .place_monitor(self.tables[1].wrapping_add(ANCHOR_INDEX * 8));
         }
         for p in pages {
             let p = u64::from(*p) % (2 * PAGES);
             let page = REGIONS[(p / PAGES) as usize] + (p % PAGES) * 0x1000;
             let e = self.pte_gpa(page);
-            self.w.place_monitor(e);
+            self.w.engine().place_monitor(e);
         }
-        self.w.commit_hooks();
+        self.w.engine().commit_hooks();
     }
 
     /// Loads VCPU `cpu`'s program (RIP at its start).
@@ -179,7 +181,7 @@ impl PtWorld {
 
     pub fn in_agent(&self, cpu: usize) -> bool {
         let rip = self.w.vcpus[cpu].rip;
-        self.w.rip_in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA
+        vesim::layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA
     }
 
     pub fn quiescent(&self) -> bool {

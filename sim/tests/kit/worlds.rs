@@ -84,8 +84,8 @@ impl Fx {
             .map_new(&mut w.machine, DATA, PteFlags::WRITABLE)
             .unwrap();
         let pt = w.guest.entry_gpa(&w.machine, DATA, 1).unwrap().page_base();
-        w.place_monitor(pt.wrapping_add(256 * 8));
-        w.commit_hooks();
+        w.engine().place_monitor(pt.wrapping_add(256 * 8));
+        w.engine().commit_hooks();
         if rip == Rip::AtCode {
             for v in &mut w.vcpus {
                 v.rip = CODE;
