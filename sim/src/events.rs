@@ -71,8 +71,6 @@ pub struct Counters {
     pub emulated_by_introcore: u64,
     /// PT-write outcome: refused and not performed.
     pub rejected: u64,
-    /// Breaks (B27/B28).
-    pub breaks: u64,
     /// Page walks that set bits without a raise.
     pub page_walk_set: u64,
     /// Page walks that raised (the KPTI case).

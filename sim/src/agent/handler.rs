@@ -106,7 +106,8 @@ impl Agent<'_> {
                 AgentOutcome::Raised => c.raised += 1,
                 AgentOutcome::EmulatedByIntrocore => c.emulated_by_introcore += 1,
                 AgentOutcome::Rejected => c.rejected += 1,
-                AgentOutcome::Break => c.breaks += 1,
+                // A break has no counter of its own: its VMCALL is counted by RDX.
+                AgentOutcome::Break => {}
                 AgentOutcome::PageWalkSet => c.page_walk_set += 1,
                 AgentOutcome::PageWalkRaised => c.page_walk_raised += 1,
             }
