@@ -1,10 +1,10 @@
 //! vesim's benchmarks (criterion). `cargo bench -p vesim-benches` runs them all:
 //!
 //! - `pt_write`: per page-table-write form (MOV, LOCK CMPXCHG, LOCK XOR), `decode_floor` (the
-//!   bare iced-x86 decode of the instruction), `ve_event` (one filtered write end to end: walk,
-//!   #VE delivery, agent entry, decode, emulation, relevance and cache lookup, store, exit)
-//!   and `ept_exit_baseline` (the same write through the #VE-off exit path), in one group so
-//!   the ratios are read off one run.
+//!   model's decode of the instruction alone: iced-x86 and the copy into vesim's `Insn`),
+//!   `ve_event` (one filtered write end to end: walk, #VE delivery, agent entry, decode,
+//!   emulation, relevance and cache lookup, store, exit) and `ept_exit_baseline` (the same
+//!   write through the #VE-off exit path), in one group so the ratios are read off one run.
 //! - `page_walk`, `cache_lookup`: the walker and the cache probe alone.
 //! - `run_throughput`: `desktop-mix` and `paper-synthetic` end to end, in simulated steps
 //!   (elements) per second, with the trace hash computed (`trace_on`) or not (`trace_off`).

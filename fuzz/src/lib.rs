@@ -10,9 +10,10 @@
 
 use bddisasm::ffi;
 use std::mem::MaybeUninit;
-use vesim::agent::decoder::{AgentInstruction, DecodeVerdict};
+use vesim::agent::decoder::{
+    gpr_number, split_prefixes, AgentInstruction, DecodeVerdict, Form, Source,
+};
 use vesim::agent::RejectReason;
-use vesim_model::cpu::decode::{gpr_number, Form, Source};
 use vesim_model::vcpu::Gpr;
 
 /// How many bytes the agent fetches (bddisasm's `ND_MAX_INSTRUCTION_LENGTH`).
@@ -191,7 +192,7 @@ const NEW_IN_2X: &[ffi::ND_INS_SET] = &[
 /// The pinned decoder's view of `data` (see [`Pinned`]); each arm names the difference.
 pub fn pinned_exception(data: &[u8]) -> Pinned {
     let buf = agent_buffer(data);
-    let (prefixes, rest) = vesim_model::cpu::bddisasm::split_prefixes(&buf[..FETCH]);
+    let (prefixes, rest) = split_prefixes(&buf[..FETCH]);
     let decode_error = Pinned::Verdict(DecodeVerdict::Refused(RejectReason::DecodeError));
     // 2.x reads D5 as the REX2 prefix (APX); 1.x reads AAD, which is invalid in 64-bit mode.
     if rest.first() == Some(&0xD5) {
@@ -268,7 +269,7 @@ pub fn comparable(v: DecodeVerdict) -> DecodeVerdict {
 /// iced refuses (an EVEX.W the instruction does not allow, and other field checks bddisasm
 /// leaves out). Found by this target and by `decode_survey` (about 1 in 10^7 random inputs).
 pub fn known_gap(bytes: &[u8], vesim: &DecodeVerdict) -> Option<&'static str> {
-    let (_, rest) = vesim_model::cpu::bddisasm::split_prefixes(bytes);
+    let (_, rest) = split_prefixes(bytes);
     let refused = *vesim == DecodeVerdict::Refused(RejectReason::DecodeError);
     let bundled_decodes = decode(&agent_buffer(bytes)).is_some();
     (rest.first() == Some(&0x62) && refused && bundled_decodes)

@@ -5,9 +5,11 @@
 //! - [`memory`]: sparse guest-physical memory.
 //! - [`paging`]: 4-level entries, the page-table builder and the hardware walker.
 //! - [`ept`]: EPT views, rights, suppress-#VE and the violation qualification.
-//! - [`vcpu`]: the register file, control registers and per-VCPU VMX state.
+//! - [`vcpu`]: the register file, registers as instructions name them, control registers and
+//!   per-VCPU VMX state.
 //! - [`ve_info`]: the hardware bytes of the #VE information area.
-//! - [`cpu`]: the reference CPU (iced-x86 adapter, MMU, semantics, event delivery, VMFUNC).
+//! - [`cpu`]: the reference CPU (the iced-x86 adapter and its owned instruction type, MMU,
+//!   semantics, event delivery, VMFUNC).
 //! - [`exit`]: the outcomes of an access or an instruction, as values.
 //! - [`fastmap`]: the integer-keyed hash map behind memory and EPT lookups.
 //! - `reference` (feature `reference`): an independent translator, the walker's oracle.

@@ -1,6 +1,10 @@
 //! One virtual CPU: general registers, RIP, RFLAGS, control registers, the VMX controls vesim
 //! models per VCPU (EPTP index, #VE information address, #VE and VM-function enables) and the
 //! guest structures the agent relies on (IDTR, TSS.RSP0, the 0x50 segment descriptor).
+//!
+//! Also the registers as instructions name them: [`Register`] (a general-purpose register at
+//! an operand size, with the x86-64 read and write width rules) and [`Segment`] (with the
+//! segment bases of 64-bit mode).
 
 use crate::addr::{Gla, Gpa, ViewId};
 use bitflags::bitflags;
@@ -155,6 +159,56 @@ impl Gpr {
     }
 }
 
+/// A general-purpose register as an instruction names it: which register, how many of its
+/// bytes (8, 4, 2 or 1), and for a 1-byte register whether it is bits 15:8 (AH, CH, DH, BH).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Register {
+    /// The register.
+    pub gpr: Gpr,
+    /// Size in bytes.
+    pub size: u8,
+    /// AH, CH, DH or BH.
+    pub high: bool,
+}
+
+impl Register {
+    /// The value of the register in `gpr`, zero-extended.
+    pub fn read(self, gpr: &[u64; 16]) -> u64 {
+        let v = gpr[self.gpr as usize];
+        match (self.size, self.high) {
+            (1, true) => (v >> 8) & 0xFF,
+            (1, false) => v & 0xFF,
+            (2, _) => v & 0xFFFF,
+            (4, _) => v & 0xFFFF_FFFF,
+            _ => v,
+        }
+    }
+    /// Writes the register in `gpr` with the x86-64 width rules: 32-bit writes zero-extend,
+    /// 8- and 16-bit writes merge.
+    pub fn write(self, gpr: &mut [u64; 16], value: u64) {
+        let old = gpr[self.gpr as usize];
+        gpr[self.gpr as usize] = match (self.size, self.high) {
+            (1, true) => (old & !0xFF00) | ((value & 0xFF) << 8),
+            (1, false) => (old & !0xFF) | (value & 0xFF),
+            (2, _) => (old & !0xFFFF) | (value & 0xFFFF),
+            (4, _) => value & 0xFFFF_FFFF,
+            _ => value,
+        };
+    }
+}
+
+/// A segment register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Segment {
+    Es,
+    Cs,
+    Ss,
+    Ds,
+    Fs,
+    Gs,
+}
+
 /// A descriptor-table register (IDTR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct DescriptorTable {
@@ -288,6 +342,18 @@ impl Vcpu {
     pub fn set_reg(&mut self, r: Gpr, v: u64) {
         self.gpr[r as usize] = v;
     }
+    /// Reads a register as an instruction names it (zero-extended).
+    pub fn read_register(&self, r: Register) -> u64 {
+        r.read(&self.gpr)
+    }
+    /// The base of a segment in 64-bit mode: FS and GS have theirs, the others are 0.
+    pub fn segment_base(&self, s: Segment) -> u64 {
+        match s {
+            Segment::Fs => self.fs_base,
+            Segment::Gs => self.gs_base,
+            Segment::Es | Segment::Cs | Segment::Ss | Segment::Ds => 0,
+        }
+    }
     /// Whether the paging mode is 4-level IA-32e, the only one the model runs.
     pub fn paging_mode_supported(&self) -> bool {
         self.cr0.contains(Cr0::PG | Cr0::PE)
@@ -336,6 +402,38 @@ mod tests {
         for (seg, lsl) in table {
             assert_eq!(seg.lsl(), lsl, "{seg:?}");
         }
+    }
+
+    #[test]
+    fn register_widths_read_and_merge_as_x86_64_does() {
+        let reg = |gpr, size, high| Register { gpr, size, high };
+        let mut gpr = [0u64; 16];
+        gpr[Gpr::Rbx as usize] = 0x1122_3344_5566_7788;
+        assert_eq!(reg(Gpr::Rbx, 1, true).read(&gpr), 0x77);
+        assert_eq!(reg(Gpr::Rbx, 1, false).read(&gpr), 0x88);
+        assert_eq!(reg(Gpr::Rbx, 2, false).read(&gpr), 0x7788);
+        assert_eq!(reg(Gpr::Rbx, 4, false).read(&gpr), 0x5566_7788);
+        assert_eq!(reg(Gpr::Rbx, 8, false).read(&gpr), 0x1122_3344_5566_7788);
+        // 8- and 16-bit writes merge, 32-bit writes zero-extend, 64-bit writes replace.
+        let cases = [
+            (reg(Gpr::Rbx, 1, true), 0x1122_3344_5566_AB88),
+            (reg(Gpr::Rbx, 1, false), 0x1122_3344_5566_77AB),
+            (reg(Gpr::Rbx, 2, false), 0x1122_3344_5566_90AB),
+            (reg(Gpr::Rbx, 4, false), 0x5678_90AB),
+            (reg(Gpr::Rbx, 8, false), 0x1234_5678_90AB),
+        ];
+        for (r, after) in cases {
+            let mut g = gpr;
+            r.write(&mut g, 0x1234_5678_90AB);
+            assert_eq!(g[Gpr::Rbx as usize], after, "{r:?}");
+            assert_eq!(g.iter().filter(|v| **v != 0).count(), 1, "{r:?}");
+        }
+        let mut v = Vcpu::new_long_mode(0);
+        v.fs_base = 0xF5;
+        v.gs_base = 0x65;
+        assert_eq!(v.segment_base(Segment::Fs), 0xF5);
+        assert_eq!(v.segment_base(Segment::Gs), 0x65);
+        assert_eq!(v.segment_base(Segment::Ds), 0);
     }
 
     #[test]

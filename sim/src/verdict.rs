@@ -8,6 +8,7 @@
 //! 0xFFF)), which carries one introcore monitor on the entry 256 slots away so that it is
 //! write-protected and convertible, as the page of a monitored translation is.
 
+use crate::agent::decoder;
 use crate::agent::{AgentOutcome, RejectReason};
 use crate::layout;
 use crate::quirks::Profile;
@@ -247,11 +248,11 @@ pub fn run_observed(
         return Err(VerdictError::NotCanonical("--gla", gla));
     }
     let rmw = first.is_some_and(|(_, _, w)| w) && {
-        let a = decode::analyze(code, req.rip).ok();
+        let a = decoder::analyze(code, req.rip).ok();
         a.is_some_and(|a| {
             !matches!(
                 a.form,
-                decode::Form::Mov | decode::Form::Stos | decode::Form::Other
+                decoder::Form::Mov | decoder::Form::Stos | decoder::Form::Other
             )
         })
     };

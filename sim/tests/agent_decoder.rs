@@ -12,11 +12,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use vesim::agent::decoder::{decode_verdict, DecodeVerdict};
+use vesim::agent::decoder::{decode_verdict, DecodeVerdict, Form};
 use vesim::agent::{AgentOutcome, RejectReason};
 use vesim::quirks::Profile;
 use vesim::verdict::VerdictRequest;
-use vesim_model::cpu::decode::Form;
 use vesim_model::vcpu::Gpr;
 
 fn seed(name: &str) -> Vec<u8> {

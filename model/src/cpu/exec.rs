@@ -3,9 +3,8 @@
 //! registers, flags and value to store. Memory accesses and their faults happen before, in
 //! `step`; committing happens after.
 
-use super::decode::{gpr_of, is_memory_kind as is_memory, read_register, write_register};
-use crate::vcpu::{Rflags, Vcpu};
-use iced_x86::{Instruction, Mnemonic, OpKind};
+use super::decode::{AddressReg, Insn, Mnemonic, Operand};
+use crate::vcpu::{Gpr, Register, Rflags, Vcpu};
 
 /// What an instruction does, given its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +64,7 @@ pub fn logic_flags(f: &mut Rflags, r: u64, size: u32) {
 }
 
 struct Ops<'a> {
-    instr: &'a Instruction,
+    insn: &'a Insn,
     vcpu: &'a Vcpu,
     mem: u64,
     gpr: [u64; 16],
@@ -73,49 +72,34 @@ struct Ops<'a> {
 }
 
 impl Ops<'_> {
-    fn size(&self, op: u32) -> u32 {
-        match self.instr.op_kind(op) {
-            OpKind::Register => gpr_of(self.instr.op_register(op)).map_or(8, |(_, s, _)| s as u32),
-            k if is_memory(k) => (self.instr.memory_size().size() as u32).clamp(1, 8),
+    fn operand(&self, op: usize) -> Operand {
+        self.insn.operand(op).unwrap_or(Operand::Other)
+    }
+    fn size(&self, op: usize) -> u32 {
+        match self.operand(op) {
+            Operand::Register(r) => r.size as u32,
+            Operand::OtherRegister { .. } => 8,
+            Operand::Memory(m) => m.size.clamp(1, 8),
             // Immediates take the size of the destination.
             _ if op != 0 => self.size(0),
             _ => 8,
         }
     }
-    fn read(&self, op: u32) -> Result<u64, NotImplemented> {
-        match self.instr.op_kind(op) {
-            OpKind::Register => {
-                let reg = self.instr.op_register(op);
-                let (g, size, high) = gpr_of(reg).ok_or(NotImplemented)?;
-                let v = self.gpr[g as usize];
-                Ok(if high {
-                    (v >> 8) & 0xFF
-                } else {
-                    v & mask(size as u32)
-                })
-            }
-            k if is_memory(k) => Ok(self.mem & mask(self.size(op))),
-            OpKind::Immediate8
-            | OpKind::Immediate16
-            | OpKind::Immediate32
-            | OpKind::Immediate64
-            | OpKind::Immediate8to16
-            | OpKind::Immediate8to32
-            | OpKind::Immediate8to64
-            | OpKind::Immediate32to64 => Ok(self.instr.immediate(op) & mask(self.size(0))),
+    fn read(&self, op: usize) -> Result<u64, NotImplemented> {
+        match self.operand(op) {
+            Operand::Register(r) => Ok(r.read(&self.gpr)),
+            Operand::Memory(_) => Ok(self.mem & mask(self.size(op))),
+            Operand::Immediate { value, .. } => Ok(value & mask(self.size(0))),
             _ => Err(NotImplemented),
         }
     }
-    fn write(&mut self, op: u32, v: u64) -> Result<(), NotImplemented> {
-        match self.instr.op_kind(op) {
-            OpKind::Register => {
-                if write_register(&mut self.gpr, self.instr.op_register(op), v) {
-                    Ok(())
-                } else {
-                    Err(NotImplemented)
-                }
+    fn write(&mut self, op: usize, v: u64) -> Result<(), NotImplemented> {
+        match self.operand(op) {
+            Operand::Register(r) => {
+                r.write(&mut self.gpr, v);
+                Ok(())
             }
-            k if is_memory(k) => {
+            Operand::Memory(_) => {
                 self.store = Some(v & mask(self.size(op)));
                 Ok(())
             }
@@ -124,19 +108,19 @@ impl Ops<'_> {
     }
 }
 
-/// Executes `instr` on `vcpu`'s registers and flags with `mem` as the (little-endian, zero
+/// Executes `insn` on `vcpu`'s registers and flags with `mem` as the (little-endian, zero
 /// extended) value of its memory operand. For BT* with a register offset `mem` is the operand
 /// at the bit-string address. RIP is not changed here.
-pub fn execute(instr: &Instruction, vcpu: &Vcpu, mem: u64) -> Result<Effects, NotImplemented> {
+pub fn execute(insn: &Insn, vcpu: &Vcpu, mem: u64) -> Result<Effects, NotImplemented> {
     let mut ops = Ops {
-        instr,
+        insn,
         vcpu,
         mem,
         gpr: vcpu.gpr,
         store: None,
     };
     let mut f = vcpu.rflags;
-    match instr.mnemonic() {
+    match insn.mnemonic {
         Mnemonic::Nop | Mnemonic::Pause => {}
         Mnemonic::Mov => {
             let v = ops.read(1)?;
@@ -150,13 +134,15 @@ pub fn execute(instr: &Instruction, vcpu: &Vcpu, mem: u64) -> Result<Effects, No
         }
         Mnemonic::Cmpxchg => {
             let size = ops.size(0);
-            let acc_reg = match size {
-                1 => iced_x86::Register::AL,
-                2 => iced_x86::Register::AX,
-                4 => iced_x86::Register::EAX,
-                _ => iced_x86::Register::RAX,
+            let acc_reg = Register {
+                gpr: Gpr::Rax,
+                size: match size {
+                    1 | 2 | 4 => size as u8,
+                    _ => 8,
+                },
+                high: false,
             };
-            let acc = read_register(ops.vcpu, acc_reg).ok_or(NotImplemented)?;
+            let acc = ops.vcpu.read_register(acc_reg);
             let dest = ops.read(0)?;
             sub_flags(&mut f, acc, dest, size);
             if acc == dest {
@@ -165,7 +151,7 @@ pub fn execute(instr: &Instruction, vcpu: &Vcpu, mem: u64) -> Result<Effects, No
             } else {
                 // The destination is always written (with its old value on a mismatch).
                 ops.write(0, dest)?;
-                write_register(&mut ops.gpr, acc_reg, dest);
+                acc_reg.write(&mut ops.gpr, dest);
             }
         }
         m @ (Mnemonic::Or | Mnemonic::And | Mnemonic::Xor) => {
@@ -198,7 +184,7 @@ pub fn execute(instr: &Instruction, vcpu: &Vcpu, mem: u64) -> Result<Effects, No
             }
         }
         Mnemonic::Stosb | Mnemonic::Stosw | Mnemonic::Stosd | Mnemonic::Stosq => {
-            if instr.has_rep_prefix() || instr.has_repne_prefix() {
+            if insn.prefixes.rep || insn.prefixes.repne {
                 return Err(NotImplemented);
             }
             let size = ops.size(0);
@@ -210,7 +196,14 @@ pub fn execute(instr: &Instruction, vcpu: &Vcpu, mem: u64) -> Result<Effects, No
                 size as u64
             };
             let rdi = ops.gpr[7];
-            ops.gpr[7] = if instr.op0_kind() == OpKind::MemoryESEDI {
+            // The destination es:[edi] (under 0x67) moves EDI and zeroes the upper half.
+            let edi = Register {
+                gpr: Gpr::Rdi,
+                size: 4,
+                high: false,
+            };
+            ops.gpr[7] = if matches!(ops.operand(0), Operand::Memory(m) if m.base == Some(AddressReg::Gpr(edi)))
+            {
                 (rdi as u32).wrapping_add(step as u32) as u64
             } else {
                 rdi.wrapping_add(step)

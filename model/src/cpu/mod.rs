@@ -1,13 +1,13 @@
-//! The reference CPU: fetch and decode with iced-x86, perform every memory access through
-//! paging and EPT, execute the page-table-writing instruction set with exact architectural
-//! results, and end each step in exactly one [`Outcome`].
+//! The reference CPU: fetch and decode, perform every memory access through paging and EPT,
+//! execute the page-table-writing instruction set with exact architectural results, and end
+//! each step in exactly one [`Outcome`].
 //!
 //! - `mmu`: linear accesses (walk, A/D writes, EPT checks).
-//! - `decode`: the iced-x86 adapter.
+//! - `decode`: the iced-x86 adapter: the owned instruction type ([`decode::Insn`]), its memory
+//!   accesses and its text.
 //! - `exec`: the pure semantics of the supported instructions.
 //! - `delivery`: IDT event delivery (#VE, #PF).
 
-pub mod bddisasm;
 pub mod decode;
 pub mod delivery;
 pub mod exec;
@@ -19,8 +19,7 @@ use crate::exit::{EptViolation, ExitReason, Outcome};
 use crate::memory::GuestMemory;
 use crate::vcpu::{Cr0, Gpr, Rflags, Vcpu};
 use crate::ve_info::{VeInfo, REASON_EPT_VIOLATION, SEMAPHORE_BUSY};
-use decode::{Decoded, MAX_INSTRUCTION_LEN};
-use iced_x86::Mnemonic;
+use decode::{Decoded, Insn, MemoryUse, Mnemonic, Operand, MAX_INSTRUCTION_LEN};
 use mmu::{AccessKind, Fault, PhysSpan};
 
 pub use delivery::{VECTOR_PF, VECTOR_VE};
@@ -76,7 +75,7 @@ pub struct Step {
     pub outcome: Outcome,
     /// Length of the decoded instruction (0 if none was decoded).
     pub length: u8,
-    /// iced's mnemonic in lower case, if an instruction was decoded.
+    /// The decoder's mnemonic in lower case, if an instruction was decoded.
     pub mnemonic: Option<String>,
     /// The linear writes the instruction committed (empty unless executed).
     pub writes: Vec<LinearWrite>,
@@ -175,8 +174,9 @@ impl Machine {
     }
 
     /// Fetches the bytes of the instruction at RIP (only the bytes the decoder needs: the
-    /// second page is fetched only if the instruction crosses into it) and decodes it.
-    fn fetch(&mut self, vcpu: &mut Vcpu) -> Result<iced_x86::Instruction, Outcome> {
+    /// second page is fetched only if the instruction crosses into it) and decodes it, with
+    /// the memory it uses.
+    fn fetch(&mut self, vcpu: &mut Vcpu) -> Result<(Insn, Vec<MemoryUse>), Outcome> {
         let rip = Gla(vcpu.rip);
         let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
         let first = ((PAGE_SIZE - rip.page_offset()) as usize).min(MAX_INSTRUCTION_LEN);
@@ -185,23 +185,17 @@ impl Machine {
             .translate(vcpu, rip, AccessKind::Fetch, user)
             .map_err(|f| self.fault_outcome(vcpu, f, false))?;
         self.mem.read(g, &mut bytes[..first]);
-        match decode::decode(&bytes[..first], vcpu.rip) {
-            Decoded::Ok(i) => return Ok(i),
-            Decoded::Invalid => return Err(Outcome::InvalidOpcode),
-            Decoded::Incomplete if first == MAX_INSTRUCTION_LEN => {
-                return Err(Outcome::InvalidOpcode)
-            }
-            Decoded::Incomplete => {}
+        match decode::decode_with_memory(&bytes[..first], vcpu.rip) {
+            Ok(i) => return Ok(i),
+            Err(Decoded::Incomplete) if first != MAX_INSTRUCTION_LEN => {}
+            Err(_) => return Err(Outcome::InvalidOpcode),
         }
         let next = rip.wrapping_add(first as u64);
         let g2 = self
             .translate(vcpu, next, AccessKind::Fetch, user)
             .map_err(|f| self.fault_outcome(vcpu, f, false))?;
         self.mem.read(g2, &mut bytes[first..]);
-        match decode::decode(&bytes, vcpu.rip) {
-            Decoded::Ok(i) => Ok(i),
-            _ => Err(Outcome::InvalidOpcode),
-        }
+        decode::decode_with_memory(&bytes, vcpu.rip).map_err(|_| Outcome::InvalidOpcode)
     }
 
     /// Runs one instruction on `vcpu`.
@@ -218,65 +212,62 @@ impl Machine {
             };
             return step;
         }
-        let instr = match self.fetch(vcpu) {
+        let (insn, uses) = match self.fetch(vcpu) {
             Ok(i) => i,
             Err(o) => {
                 step.outcome = o;
                 return step;
             }
         };
-        step.length = instr.len() as u8;
-        step.mnemonic = Some(decode::mnemonic_name(&instr));
-        step.outcome = self.execute(vcpu, &instr, &mut step.writes);
+        step.length = insn.len as u8;
+        step.mnemonic = Some(insn.name().to_owned());
+        step.outcome = self.execute(vcpu, &insn, &uses, &mut step.writes);
         step
     }
 
     fn execute(
         &mut self,
         vcpu: &mut Vcpu,
-        instr: &iced_x86::Instruction,
+        insn: &Insn,
+        uses: &[MemoryUse],
         writes: &mut Vec<LinearWrite>,
     ) -> Outcome {
         let cpl0 = vcpu.cpl() == 0;
-        match instr.mnemonic() {
+        let unsupported = || Outcome::Unsupported {
+            mnemonic: insn.name().to_owned(),
+        };
+        match insn.mnemonic {
             Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2 => return Outcome::InvalidOpcode,
             Mnemonic::Vmcall => return Outcome::Vmcall,
-            Mnemonic::Vmfunc => return self.vmfunc(vcpu, instr.len() as u64),
+            Mnemonic::Vmfunc => return self.vmfunc(vcpu, insn.len as u64),
             Mnemonic::Cpuid => return Outcome::VmExit(ExitReason::Cpuid),
             Mnemonic::Hlt if cpl0 => return Outcome::VmExit(ExitReason::Hlt),
             Mnemonic::Rdmsr | Mnemonic::Wrmsr if cpl0 => {
-                return self.msr(
-                    vcpu,
-                    instr.mnemonic() == Mnemonic::Wrmsr,
-                    instr.len() as u64,
-                )
+                return self.msr(vcpu, insn.mnemonic == Mnemonic::Wrmsr, insn.len as u64)
             }
             Mnemonic::Hlt | Mnemonic::Rdmsr | Mnemonic::Wrmsr => {
                 return Outcome::GeneralProtection { error_code: 0 }
             }
             // JMP r64 (FF /4 with a register operand): RIP := the register; #GP(0) when the
             // target is not canonical (SDM Vol. 2A, JMP).
-            Mnemonic::Jmp
-                if instr.op0_kind() == iced_x86::OpKind::Register
-                    && instr.op0_register().is_gpr64() =>
-            {
-                let target = vcpu.gpr[instr.op0_register().number()];
-                if !Gla(target).is_canonical() {
-                    return Outcome::GeneralProtection { error_code: 0 };
+            Mnemonic::Jmp => {
+                if let Some(Operand::Register(r)) = insn.operand(0) {
+                    if r.size == 8 {
+                        let target = vcpu.reg(r.gpr);
+                        if !Gla(target).is_canonical() {
+                            return Outcome::GeneralProtection { error_code: 0 };
+                        }
+                        vcpu.rip = target;
+                        vcpu.rflags.remove(Rflags::RF);
+                        return Outcome::Executed;
+                    }
                 }
-                vcpu.rip = target;
-                vcpu.rflags.remove(Rflags::RF);
-                return Outcome::Executed;
             }
             _ => {}
         }
-        let planned = match decode::planned_accesses(instr, vcpu) {
+        let planned = match decode::planned_accesses(insn, uses, vcpu) {
             Ok(p) => p,
-            Err(_) => {
-                return Outcome::Unsupported {
-                    mnemonic: decode::mnemonic_name(instr),
-                }
-            }
+            Err(_) => return unsupported(),
         };
         let mut spans: Vec<PhysSpan> = Vec::with_capacity(planned.len());
         for p in &planned {
@@ -285,11 +276,9 @@ impl Machine {
                 Err(f) => return self.fault_outcome(vcpu, f, p.stack),
             }
         }
-        // The reference CPU's set has at most one memory operand, iced's first access.
+        // The reference CPU's set has at most one memory operand, the decoder's first access.
         if planned.len() > 1 {
-            return Outcome::Unsupported {
-                mnemonic: decode::mnemonic_name(instr),
-            };
+            return unsupported();
         }
         let mem_value = match (planned.first(), spans.first()) {
             (Some(p), Some(s)) if p.size <= 8 => {
@@ -297,17 +286,11 @@ impl Machine {
                 self.read_span(s, &mut b[..p.size as usize]);
                 u64::from_le_bytes(b)
             }
-            (Some(_), _) => {
-                return Outcome::Unsupported {
-                    mnemonic: decode::mnemonic_name(instr),
-                }
-            }
+            (Some(_), _) => return unsupported(),
             _ => 0,
         };
-        let Ok(fx) = exec::execute(instr, vcpu, mem_value) else {
-            return Outcome::Unsupported {
-                mnemonic: decode::mnemonic_name(instr),
-            };
+        let Ok(fx) = exec::execute(insn, vcpu, mem_value) else {
+            return unsupported();
         };
         if let (Some(value), Some(p), Some(s)) = (fx.store, planned.first(), spans.first()) {
             if p.kind.writes() {
@@ -320,7 +303,7 @@ impl Machine {
         }
         vcpu.gpr = fx.gpr;
         vcpu.rflags = (fx.rflags & !Rflags::RF) | Rflags::FIXED1;
-        vcpu.rip = instr.next_ip();
+        vcpu.rip = insn.next_ip;
         Outcome::Executed
     }
 

@@ -10,6 +10,7 @@
 //! - `pagewalk`: the self-map A/D emulation (B61–B69).
 //! - `cache`: the reader (B71).
 
+pub mod bddisasm;
 pub mod decoder;
 mod entry;
 mod handler;

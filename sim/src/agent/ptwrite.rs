@@ -2,12 +2,11 @@
 //! the order of VE-SEMANTICS section 2, take one of the 512 locks, read the old value, emulate,
 //! transplant the flags, test relevance and the cache, raise, store, advance RIP.
 
-use super::decoder::DecodeVerdict;
+use super::decoder::{Analysis, DecodeVerdict, Form, Source};
 use super::{rip, status, Agent, AgentOutcome, AgentStep, Resume};
 use crate::abi::{break_reason, call, RejectReason};
 use crate::events::Stop;
 use crate::layout::{self, veinfo};
-use vesim_model::cpu::decode::{Analysis, Form, Source};
 use vesim_model::cpu::exec::{logic_flags, sub_flags};
 use vesim_model::vcpu::{Gpr, Rflags};
 

@@ -7,37 +7,38 @@
 //! classes were found by the `decode_survey` example and the `agent_decode` fuzz target of
 //! `fuzz/` (README, "Fuzzing"), which compare this module against bddisasm itself.
 //!
-//! This module is part of the iced adapter (`decode`): iced types stay inside it.
+//! The rows work on the model's decoded instruction ([`Insn`]) and on the fetched bytes; the
+//! description in bddisasm's terms they correct is [`super::decoder::analyze`]'s.
 
-pub use super::decode::split_prefixes;
-use super::decode::{analyze_instruction, Analysis};
-use iced_x86::{CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+use super::decoder::{analyze_insn, gpr_number, split_prefixes, Analysis, Form, Source};
+use vesim_model::cpu::decode::{
+    self, AddressReg, DecodeOptions, Decoded, Extensions, Insn, Mnemonic, Operand,
+    MAX_INSTRUCTION_LEN,
+};
 
 /// bddisasm decodes MPX (`0F 1A`/`0F 1B` as BNDLDX, BNDMOV, BNDCL, ...) because the agent
 /// asks for every feature; iced needs the option, or it reads them as reserved NOPs.
-const AGENT_DECODER_OPTIONS: u32 = DecoderOptions::MPX;
+const AGENT_DECODER_OPTIONS: DecodeOptions = DecodeOptions { mpx: true };
 
 /// Instruction sets iced decodes that the pinned bddisasm (a 1.3x revision) has no table
 /// entries for: bddisasm added them in 2.x, so their encodings are invalid there and the agent
 /// answers DISASM_ERROR. (APX's REX2 prefix and USER_MSR, also 2.x, iced does not decode
 /// either.) The PREFETCHIT0/1 forms are handled apart: the same bytes are the hint NOP.
-const NOT_IN_PINNED_BDDISASM: &[CpuidFeature] = &[
-    CpuidFeature::AMX_FP16,
-    CpuidFeature::AMX_COMPLEX,
-    CpuidFeature::AVX_IFMA,
-    CpuidFeature::AVX_NE_CONVERT,
-    CpuidFeature::AVX_VNNI_INT8,
-    CpuidFeature::AVX_VNNI_INT16,
-    CpuidFeature::CMPCCXADD,
-    CpuidFeature::MSRLIST,
-    CpuidFeature::WRMSRNS,
-    CpuidFeature::RAO_INT,
-    CpuidFeature::RMPQUERY,
-    CpuidFeature::SHA512,
-    CpuidFeature::SM3,
-    CpuidFeature::SM4,
-    CpuidFeature::TSE,
-];
+const NOT_IN_PINNED_BDDISASM: Extensions = Extensions::AMX_FP16
+    .union(Extensions::AMX_COMPLEX)
+    .union(Extensions::AVX_IFMA)
+    .union(Extensions::AVX_NE_CONVERT)
+    .union(Extensions::AVX_VNNI_INT8)
+    .union(Extensions::AVX_VNNI_INT16)
+    .union(Extensions::CMPCCXADD)
+    .union(Extensions::MSRLIST)
+    .union(Extensions::WRMSRNS)
+    .union(Extensions::RAO_INT)
+    .union(Extensions::RMPQUERY)
+    .union(Extensions::SHA512)
+    .union(Extensions::SM3)
+    .union(Extensions::SM4)
+    .union(Extensions::TSE);
 
 /// Byte sequences iced rejects in 64-bit mode that bddisasm decodes (its tables list them
 /// for every mode, or iced does not know them), each as the opcode after the legacy and REX
@@ -104,36 +105,29 @@ const IMPLICIT_MEMORY_FIRST: &[(Mnemonic, u32)] = &[
 /// The agent decoder's analysis of `fetched` (the agent's 15 bytes) at `rip`: `None` where
 /// bddisasm returns an error status (DISASM_ERROR).
 pub fn agent_analyze(fetched: &[u8], rip: u64) -> Option<Analysis> {
-    let bytes = &fetched[..fetched.len().min(super::decode::MAX_INSTRUCTION_LEN)];
-    let mut d = Decoder::with_ip(64, bytes, rip, AGENT_DECODER_OPTIONS);
-    let instr = d.decode();
-    if instr.code() == iced_x86::Code::INVALID {
+    let bytes = &fetched[..fetched.len().min(MAX_INSTRUCTION_LEN)];
+    let Decoded::Ok(insn) = decode::decode_with(bytes, rip, AGENT_DECODER_OPTIONS) else {
         return decoded_where_iced_refuses(bytes);
-    }
-    if instr
-        .cpuid_features()
-        .iter()
-        .any(|f| NOT_IN_PINNED_BDDISASM.contains(f))
-    {
+    };
+    if insn.extensions.intersects(NOT_IN_PINNED_BDDISASM) {
         return None;
     }
     // bddisasm's VCVTSI2SH entries allow no embedded rounding (ND_STATUS_ER_SAE_NOT_SUPPORTED),
     // where iced and the SDM do.
-    if instr.mnemonic() == Mnemonic::Vcvtsi2sh
-        && instr.rounding_control() != iced_x86::RoundingControl::None
-    {
+    if insn.mnemonic == Mnemonic::Vcvtsi2sh && insn.embedded_rounding {
         return None;
     }
-    let mut a = analyze_instruction(&instr, bytes).ok()?;
-    adjust(&instr, bytes, &mut a);
+    let mut a = analyze_insn(&insn, bytes);
+    adjust(&insn, bytes, &mut a);
     // bddisasm's `Disp` is the displacement as encoded, sign-extended: for an EVEX disp8 it is
     // not multiplied by the compressed-displacement factor N (that is `CompDispSize`, which
     // the agent does not read), so B38 adds disp8, not disp8 × N.
-    let offsets = d.get_constant_offsets(&instr);
-    if instr.encoding() == iced_x86::EncodingKind::EVEX && offsets.displacement_size() == 1 {
-        if let Some(raw) = bytes.get(offsets.displacement_offset()) {
-            a.displacement = *raw as i8 as i64 as u64;
-        }
+    let disp8 = insn.operands().find_map(|o| match o {
+        Operand::Memory(m) => m.compressed_disp8,
+        _ => None,
+    });
+    if let Some(raw) = disp8 {
+        a.displacement = raw as i64 as u64;
     }
     Some(a)
 }
@@ -189,8 +183,8 @@ fn decoded_where_iced_refuses(bytes: &[u8]) -> Option<Analysis> {
                     Some(p1) => *p1 &= !mask,
                     None => return None,
                 }
-                if let Some(mut a) = reanalyze(&fixed)
-                    .filter(|a| a.length + locks <= super::decode::MAX_INSTRUCTION_LEN)
+                if let Some(mut a) =
+                    reanalyze(&fixed).filter(|a| a.length + locks <= MAX_INSTRUCTION_LEN)
                 {
                     a.length += locks;
                     a.has_seg = has_seg(prefixes);
@@ -270,7 +264,7 @@ fn knights_corner_vex(prefixes: &[u8], rest: &[u8]) -> Option<Analysis> {
             && (!k.masks || (p & 4 == 0 && !extends))
     })?;
     let (modrm_len, rip_relative) = modrm_extent(&rest[len..])?;
-    if prefixes.len() + len + modrm_len > super::decode::MAX_INSTRUCTION_LEN {
+    if prefixes.len() + len + modrm_len > MAX_INSTRUCTION_LEN {
         return None; // ND_STATUS_INSTRUCTION_TOO_LONG
     }
     let mut a = refusal(prefixes, len + modrm_len, row.memory, u32::from(row.memory));
@@ -301,12 +295,11 @@ fn modrm_extent(b: &[u8]) -> Option<(usize, bool)> {
 /// iced's analysis of `bytes` (with the rows above applied) after a field bddisasm does not
 /// check was cleared in them; `None` if iced still refuses them.
 fn reanalyze(bytes: &[u8]) -> Option<Analysis> {
-    let instr = Decoder::with_ip(64, bytes, 0, AGENT_DECODER_OPTIONS).decode();
-    if instr.code() == iced_x86::Code::INVALID {
+    let Decoded::Ok(insn) = decode::decode_with(bytes, 0, AGENT_DECODER_OPTIONS) else {
         return None;
-    }
-    let mut a = analyze_instruction(&instr, bytes).ok()?;
-    adjust(&instr, bytes, &mut a);
+    };
+    let mut a = analyze_insn(&insn, bytes);
+    adjust(&insn, bytes, &mut a);
     Some(a)
 }
 
@@ -315,15 +308,14 @@ fn reanalyze(bytes: &[u8]) -> Option<Analysis> {
 fn refusal(prefixes: &[u8], opcode_len: usize, op0_memory: bool, size: u32) -> Analysis {
     Analysis {
         length: prefixes.len() + opcode_len,
-        mnemonic: String::new(),
-        form: super::decode::Form::Other,
+        form: Form::Other,
         is_repeated: false,
         has_seg: has_seg(prefixes),
         rip_relative: false,
         stack_access: false,
         op0_memory,
         op0_size: size,
-        source: super::decode::Source::Other,
+        source: Source::Other,
         base: None,
         index: None,
         scale: 1,
@@ -333,24 +325,19 @@ fn refusal(prefixes: &[u8], opcode_len: usize, op0_memory: bool, size: u32) -> A
     }
 }
 
-fn has_relative_offset(instr: &Instruction) -> bool {
-    (0..instr.op_count()).any(|i| {
-        matches!(
-            instr.op_kind(i),
-            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
-        )
-    })
+fn has_relative_offset(insn: &Insn) -> bool {
+    insn.operands().any(|o| matches!(o, Operand::NearBranch(_)))
 }
 
 /// Applies the rows above to iced's analysis.
-fn adjust(instr: &Instruction, bytes: &[u8], a: &mut Analysis) {
+fn adjust(insn: &Insn, bytes: &[u8], a: &mut Analysis) {
     // bddisasm sets `IsRipRelative` for every relative-offset operand (`ND_OP_OFFS`: Jcc,
     // JMP rel, CALL rel, LOOPcc, JrCXZ, XBEGIN), not only for [rip+disp] memory operands.
-    if has_relative_offset(instr) {
+    if has_relative_offset(insn) {
         a.rip_relative = true;
     }
     a.has_seg = has_seg(split_prefixes(bytes).0);
-    let m = instr.mnemonic();
+    let m = insn.mnemonic;
     if a.op0_memory && X87_ST0_FIRST.contains(&m) {
         a.op0_memory = false;
         a.op0_size = 10;
@@ -362,21 +349,37 @@ fn adjust(instr: &Instruction, bytes: &[u8], a: &mut Analysis) {
     // A VSIB memory operand 0 (the scatters): bddisasm's size is that of all the elements
     // moved, and its index is the vector register (by number, with the vector's size), which
     // the agent's REG() reads as the general-purpose slot of that number.
-    if a.op0_memory && (instr.is_vsib32() || instr.is_vsib64()) {
-        let index = instr.memory_index();
-        let index_bytes = index.size() as u32;
-        let index_elem = if instr.is_vsib64() { 8 } else { 4 };
-        let elem = instr.memory_size().element_size().max(1) as u32;
-        let data_bytes = (1..instr.op_count())
-            .find(|i| instr.op_kind(*i) == OpKind::Register)
-            .map_or(index_bytes, |i| instr.op_register(i).size() as u32);
+    let vsib = insn.operands().find_map(|o| match o {
+        Operand::Memory(mem) => match mem.index {
+            Some(AddressReg::Vector {
+                number,
+                size,
+                element,
+            }) => Some((mem.element_size, number, size, element)),
+            _ => None,
+        },
+        _ => None,
+    });
+    if let Some((element_size, number, size, element)) = vsib.filter(|_| a.op0_memory) {
+        let index_bytes = u32::from(size);
+        let index_elem = u32::from(element);
+        let elem = element_size.max(1);
+        let data_bytes = insn
+            .operands()
+            .skip(1)
+            .find_map(|o| match o {
+                Operand::Register(r) => Some(u32::from(r.size)),
+                Operand::OtherRegister { size } => Some(u32::from(size)),
+                _ => None,
+            })
+            .unwrap_or(index_bytes);
         let count = (index_bytes / index_elem).min(data_bytes / elem);
         a.op0_size = count * elem;
-        a.index = super::decode::gpr_number(index.number(), index_bytes as u8);
+        a.index = gpr_number(usize::from(number), size);
     }
     // `0F 18 /6` and `/7`: the pinned bddisasm has no PREFETCHIT0/1 (bddisasm 2.x) and decodes
     // the hint-NOP space `NOP Ev`, whose operand 0 has the operand size (8 with REX.W).
-    if instr.cpuid_features().contains(&CpuidFeature::PREFETCHITI) {
+    if insn.extensions.contains(Extensions::PREFETCHITI) {
         a.op0_size = nop_ev_size(bytes);
     }
 }
