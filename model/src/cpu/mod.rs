@@ -13,7 +13,7 @@ pub mod delivery;
 pub mod exec;
 pub mod mmu;
 
-use crate::addr::{Gla, Gpa, ViewId, PAGE_SIZE};
+use crate::addr::{Gla, ViewId, PAGE_SIZE};
 use crate::ept::Ept;
 use crate::exit::{EptViolation, ExitReason, Outcome};
 use crate::memory::GuestMemory;
@@ -360,10 +360,5 @@ impl Machine {
         vcpu.rip = vcpu.rip.wrapping_add(len);
         vcpu.rflags.remove(Rflags::RF);
         Outcome::Executed
-    }
-
-    /// Reads a u64 at a guest-physical address (no EPT): a convenience for harnesses.
-    pub fn read_phys_u64(&self, gpa: Gpa) -> u64 {
-        self.mem.read_u64(gpa)
     }
 }
