@@ -11,7 +11,7 @@ use vesim::layout;
 use vesim::ops::GuestOp;
 use vesim::world::{CacheOp, World, WorldConfig};
 use vesim_model::paging::PteFlags;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 /// A world with one protected process whose page at [`layout::USER_BASE`] is mapped and
 /// hooked (its translation monitored), `vcpus` VCPUs, #VE on or off, and `extra` more kernel
@@ -31,11 +31,11 @@ pub fn pt_write_world(ve: bool, vcpus: usize, extra: u64) -> (World, u32) {
             .expect("the extra page maps");
     }
     let pid = w.mm().create_process(true).expect("the process starts");
-    w.mm_map(0, pid, layout::USER_BASE, bits::RW)
+    w.mm_map(VcpuId(0), pid, layout::USER_BASE, bits::RW)
         .expect("the page maps");
     vesim::ops::OpRunner::start_op(
         &mut w,
-        0,
+        VcpuId(0),
         GuestOp::Hook {
             pid,
             va: layout::USER_BASE,
@@ -50,7 +50,7 @@ pub fn pt_write_world(ve: bool, vcpus: usize, extra: u64) -> (World, u32) {
 /// bit. `flip` alternates the value.
 pub fn filtered_write(w: &mut World, pid: u32, form: u32, flip: bool) {
     let attrs = if flip { bits::PWT } else { 0 };
-    w.mm_set_caching(0, pid, layout::USER_BASE, attrs, form)
+    w.mm_set_caching(VcpuId(0), pid, layout::USER_BASE, attrs, form)
         .expect("the write completes");
     if w.events.len() > 1 << 16 {
         w.events.clear();

@@ -12,7 +12,7 @@ use crate::introcore::{call, ENOSYS, HC_RAX, HC_RDI};
 use crate::layout::{self, mm_code};
 use crate::world::World;
 use vesim_model::ept::EptFlags;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 /// What an attack tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,7 +147,7 @@ pub fn arm_probe(w: &World, probe: &mut Probe, m: &mut Micro) {
 /// applied to VCPU `cpu` here.
 pub fn plan_attack(
     w: &mut World,
-    cpu: usize,
+    cpu: VcpuId,
     pid: u32,
     attack: Attack,
     arg: u64,
@@ -218,7 +218,7 @@ pub fn plan_attack(
         }
         Attack::CpuIndex => {
             let idx = cpu_index_of(arg, w.vcpus.len());
-            let v = w.vcpus.get_mut(cpu).ok_or(MmError::State(0))?;
+            let v = w.vcpus.get_mut(cpu.0).ok_or(MmError::State(0))?;
             v.seg50 = crate::guest::seg50_for_cpu(idx);
             return Ok(None);
         }
@@ -227,11 +227,11 @@ pub fn plan_attack(
 
 /// What a finished attack achieved that it must not have (`None`: it was stopped, or
 /// there is no agent to protect: after an unload its pages are guest memory again).
-pub fn attack_breach(w: &World, cpu: usize, probe: Probe) -> Option<String> {
+pub fn attack_breach(w: &World, cpu: VcpuId, probe: Probe) -> Option<String> {
     if !w.intro.deployed || w.intro.agent_hooks.is_empty() {
         return None;
     }
-    let v = w.vcpus.get(cpu)?;
+    let v = w.vcpus.get(cpu.0)?;
     match probe {
         Probe::Read { value, .. } => (v.reg(vesim_model::vcpu::Gpr::Rax) == value)
             .then(|| format!("read the agent's {value:#x} from the untrusted view")),

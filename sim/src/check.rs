@@ -58,7 +58,7 @@ pub struct Violation {
     /// Step number (1-based) after which it failed.
     pub step: u64,
     /// The VCPU that took the step.
-    pub cpu: usize,
+    pub cpu: VcpuId,
     /// What was seen.
     pub detail: String,
 }
@@ -120,9 +120,9 @@ pub struct Checker {
 /// Cache statistics, monitor placements, agent-page moves, unload pending, deployed.
 type I7Epoch = (crate::introcore::cache::CacheStats, u64, usize, bool, bool);
 
-fn semaphore(w: &World, cpu: usize) -> u32 {
+fn semaphore(w: &World, cpu: VcpuId) -> u32 {
     w.vcpus
-        .get(cpu)
+        .get(cpu.0)
         .and_then(|v| v.ve_info)
         .map_or(0, |p| VeInfo::semaphore(&w.machine.mem, p))
 }
@@ -144,7 +144,7 @@ impl Checker {
             i7_epoch: None,
         };
         for (i, s) in c.cpus.iter_mut().enumerate() {
-            s.semaphore = semaphore(w, i);
+            s.semaphore = semaphore(w, VcpuId(i));
             s.page = w.vcpus.get(i).and_then(|v| v.ve_info);
         }
         c
@@ -156,7 +156,7 @@ impl Checker {
     }
 
     /// Snapshots what the next step of `cpu` is checked against.
-    pub fn before_step(&mut self, w: &World, cpu: usize) {
+    pub fn before_step(&mut self, w: &World, cpu: VcpuId) {
         // The values after the last checked step are the values now, unless a monitor came
         // or went since.
         let generation = w.intro.ptm.generation();
@@ -168,7 +168,7 @@ impl Checker {
             self.monitored_generation = Some(generation);
         }
         self.events_seen = w.events.total();
-        if let Some(v) = w.vcpus.get(cpu) {
+        if let Some(v) = w.vcpus.get(cpu.0) {
             self.rip_before = v.rip;
             self.regs_before = v.gpr;
             self.rflags_before = v.rflags.bits();
@@ -179,7 +179,7 @@ impl Checker {
     pub fn after_step(
         &mut self,
         w: &World,
-        cpu: usize,
+        cpu: VcpuId,
         result: &Result<(), Stop>,
     ) -> Vec<Violation> {
         self.step += 1;
@@ -196,10 +196,10 @@ impl Checker {
             out.push(fail(Invariant::I10, format!("agent_fault: {d}")));
         }
         let faulted = new_events.iter().any(|e| {
-            matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == VcpuId(cpu))
+            matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == cpu)
         });
         let in_agent = |rip: u64| crate::layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
-        if let Some(s) = self.cpus.get_mut(cpu) {
+        if let Some(s) = self.cpus.get_mut(cpu.0) {
             if faulted && !in_agent(self.rip_before) {
                 if s.fault_rip == self.rip_before {
                     s.faults_in_row += 1;
@@ -217,7 +217,7 @@ impl Checker {
                     ));
                 }
             } else if !in_agent(self.rip_before)
-                && w.vcpus.get(cpu).is_some_and(|v| v.rip != self.rip_before)
+                && w.vcpus.get(cpu.0).is_some_and(|v| v.rip != self.rip_before)
             {
                 s.faults_in_row = 0;
             }
@@ -240,10 +240,10 @@ impl Checker {
         // #VE while it is set; the agent returns to the view it came from.
         let delivered = new_events
             .iter()
-            .any(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == VcpuId(cpu)));
+            .any(|e| matches!(e, Event::Ve { cpu: c, .. } if *c == cpu));
         let now = semaphore(w, cpu);
-        let page = w.vcpus.get(cpu).and_then(|v| v.ve_info);
-        if let Some(s) = self.cpus.get_mut(cpu) {
+        let page = w.vcpus.get(cpu.0).and_then(|v| v.ve_info);
+        if let Some(s) = self.cpus.get_mut(cpu.0) {
             // A VCPU whose information page changed (an unload took it away, a redeploy gave a
             // fresh one) starts over from that page's semaphore.
             if page != s.page {
@@ -271,11 +271,11 @@ impl Checker {
             }
             if delivered {
                 // The view the VCPU was in when the #VE arrived (the step does not change it).
-                s.view_at_delivery = w.vcpus.get(cpu).map(|v| v.eptp_index);
+                s.view_at_delivery = w.vcpus.get(cpu.0).map(|v| v.eptp_index);
             }
             let returned = self.rip_before == layout::AGENT_GVA + agent_rip::STUB_RETURN;
             if returned {
-                if let (Some(view), Some(v)) = (s.view_at_delivery.take(), w.vcpus.get(cpu)) {
+                if let (Some(view), Some(v)) = (s.view_at_delivery.take(), w.vcpus.get(cpu.0)) {
                     if v.eptp_index != view {
                         out.push(fail(
                             Invariant::I4,
@@ -291,7 +291,7 @@ impl Checker {
         }
         // I2: the instruction behind a page-table-write #VE, once the agent returns from it
         // having completed it, left what the reference CPU leaves.
-        if let Some(s) = self.cpus.get_mut(cpu) {
+        if let Some(s) = self.cpus.get_mut(cpu.0) {
             for e in new_events {
                 match *e {
                     Event::Ve {
@@ -299,7 +299,7 @@ impl Checker {
                         qualification,
                         gla,
                         gpa,
-                    } if c == VcpuId(cpu) => {
+                    } if c == cpu => {
                         s.emulation = pt_write_emulation(
                             w,
                             cpu,
@@ -315,7 +315,7 @@ impl Checker {
                         old,
                         new,
                         ..
-                    } if c == VcpuId(cpu) => {
+                    } if c == cpu => {
                         if let Some(em) = s.emulation.as_mut() {
                             em.verdict = Some((outcome, old, new));
                         }
@@ -418,7 +418,7 @@ impl Checker {
 /// instruction started from.
 fn pt_write_emulation(
     w: &World,
-    cpu: usize,
+    cpu: VcpuId,
     before: (u64, [u64; 16], u64),
     qualification: u64,
     gla: u64,
@@ -430,7 +430,7 @@ fn pt_write_emulation(
         return None;
     }
     let (rip, regs, rflags) = before;
-    let cr3 = w.vcpus.get(cpu)?.cr3;
+    let cr3 = w.vcpus.get(cpu.0)?.cr3;
     // Up to 15 bytes, translated once per page they lie on.
     let mut bytes = vec![0u8; 15];
     let first = (0x1000 - (rip & 0xFFF)).min(15) as usize;
@@ -460,7 +460,7 @@ fn pt_write_emulation(
 
 /// I2 for a #VE the agent has returned from: `None` when it matches the reference CPU (or the
 /// instruction was not completed: refused, or never judged), else what differs.
-fn fidelity(w: &World, cpu: usize, em: &Emulation) -> Option<String> {
+fn fidelity(w: &World, cpu: VcpuId, em: &Emulation) -> Option<String> {
     use vesim_model::vcpu::{Gpr, Rflags};
     let (outcome, old, new) = em.verdict?;
     if !matches!(
@@ -492,7 +492,7 @@ fn fidelity(w: &World, cpu: usize, em: &Emulation) -> Option<String> {
     let v = match w.completed {
         Some(c) if c.cpu == cpu => c,
         _ => {
-            let v = w.vcpus.get(cpu)?;
+            let v = w.vcpus.get(cpu.0)?;
             crate::world::Completed {
                 cpu,
                 gpr: v.gpr,

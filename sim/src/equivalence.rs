@@ -12,7 +12,7 @@ use crate::layout;
 use crate::ops::OpRunner;
 use crate::world::World;
 use std::collections::BTreeSet;
-use vesim_model::{Gfn, Gpa};
+use vesim_model::{Gfn, Gpa, VcpuId};
 
 /// The accessed and dirty bits of a paging-structure entry.
 const AD: u64 = 0x60;
@@ -30,7 +30,7 @@ pub fn follow(w: &mut World, runner: &mut OpRunner, log: &[usize]) -> Result<(),
         let before = runner.log.len();
         while runner.log.len() == before {
             runner
-                .op_step(w, cpu)
+                .op_step(w, VcpuId(cpu))
                 .map_err(|s| format!("VCPU {cpu} stopped in the #VE-off run: {s}"))?;
             steps += 1;
             if steps > STEPS_PER_EVENT_MAX {
@@ -41,7 +41,7 @@ pub fn follow(w: &mut World, runner: &mut OpRunner, log: &[usize]) -> Result<(),
         }
         k += runner.log.len() - before;
     }
-    if runner.log.len() != log.len() || (0..w.vcpus.len()).any(|c| runner.busy(c)) {
+    if runner.log.len() != log.len() || (0..w.vcpus.len()).any(|c| runner.busy(VcpuId(c))) {
         return Err(format!(
             "the #VE-off run has {} guest-operation events where the #VE-on run had {}",
             runner.log.len(),

@@ -320,7 +320,7 @@ impl std::fmt::Display for Stop {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completed {
     /// The VCPU.
-    pub cpu: usize,
+    pub cpu: VcpuId,
     /// GPRs.
     pub gpr: [u64; 16],
     /// RIP.

@@ -26,6 +26,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use std::collections::BTreeMap;
 use vesim_model::ept::EptFlags;
 use vesim_model::vcpu::{Gpr, Rflags};
+use vesim_model::VcpuId;
 use vesim_model::{Gfn, Gpa, Outcome};
 
 /// A fresh world for `vcpus` VCPUs (1..=4) and KPTI on or off: built once per shape and
@@ -342,7 +343,7 @@ pub fn hypercall(data: &[u8]) {
     let mem_before = frames_outside_agent(&w);
     let vcpu_before = w.vcpus[0].clone();
     let callbacks = w.intro.callbacks.len();
-    w.engine().hypercall(0);
+    w.engine().hypercall(VcpuId(0));
     assert_eq!(agent_rights(&w), rights, "{case:?}: agent rights changed");
     let ours = rax == crate::introcore::HC_RAX && rdi == crate::introcore::HC_RDI && rsi == 0;
     let v = &w.vcpus[0];
@@ -472,8 +473,9 @@ fn page_walk_handler(case: &WalkCase) {
             let pid = w.mm().create_process(true).ok()?;
             for i in 0..8 {
                 let va = layout::USER_BASE + i * 0x1000;
-                w.mm_map(0, pid, va, bits::RW).ok()?;
-                crate::ops::OpRunner::start_op(&mut w, 0, GuestOp::Hook { pid, va }).ok()?;
+                w.mm_map(VcpuId(0), pid, va, bits::RW).ok()?;
+                crate::ops::OpRunner::start_op(&mut w, VcpuId(0), GuestOp::Hook { pid, va })
+                    .ok()?;
             }
             Some(w)
         })
@@ -498,7 +500,7 @@ fn page_walk_handler(case: &WalkCase) {
         before[usize::from(level - 1)] = v;
     }
     let write = case.access % 2 == 1;
-    if w.mm_touch(0, pid, va, write, case.gla).is_err() {
+    if w.mm_touch(VcpuId(0), pid, va, write, case.gla).is_err() {
         return;
     }
     for level in 1..=4u8 {

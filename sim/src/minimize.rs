@@ -13,6 +13,7 @@ use crate::check::Invariant;
 use crate::runner::{checked_run, failing_invariant, Setup};
 use crate::sched::Schedule;
 use crate::workload::Scenario;
+use vesim_model::VcpuId;
 
 /// The number of operations of a scenario.
 pub fn op_count(sc: &Scenario) -> usize {
@@ -99,9 +100,9 @@ fn shrink_ops(
 
 /// `sc` without VCPU `cpu`'s queue, the VCPUs after it renumbered, and `setup` with one VCPU
 /// fewer (its explicit schedule renumbered the same way).
-fn without_vcpu(setup: &Setup, sc: &Scenario, cpu: usize) -> Option<(Setup, Scenario)> {
+fn without_vcpu(setup: &Setup, sc: &Scenario, cpu: VcpuId) -> Option<(Setup, Scenario)> {
     let vcpus = *setup.params.get("vcpus")?;
-    if vcpus <= 1 || cpu as u64 >= vcpus {
+    if vcpus <= 1 || cpu.0 as u64 >= vcpus {
         return None;
     }
     let mut s = setup.clone();
@@ -109,13 +110,13 @@ fn without_vcpu(setup: &Setup, sc: &Scenario, cpu: usize) -> Option<(Setup, Scen
     if let Schedule::List(runs) = &setup.schedule {
         s.schedule = Schedule::List(coalesce(
             runs.iter()
-                .filter(|(c, _)| *c != cpu)
-                .map(|&(c, n)| (if c > cpu { c - 1 } else { c }, n)),
+                .filter(|(c, _)| *c != cpu.0)
+                .map(|&(c, n)| (if c > cpu.0 { c - 1 } else { c }, n)),
         ));
     }
     let mut out = sc.clone();
-    if cpu < out.queues.len() {
-        out.queues.remove(cpu);
+    if cpu.0 < out.queues.len() {
+        out.queues.remove(cpu.0);
     }
     Some((s, out))
 }
@@ -196,7 +197,7 @@ pub fn minimize_while(
     // VCPUs, highest first so that the numbers of those still to try stay valid.
     let vcpus = setup.params.get("vcpus").copied().unwrap_or(1) as usize;
     for cpu in (0..vcpus).rev() {
-        if let Some((s, smaller)) = without_vcpu(&setup, &sc, cpu) {
+        if let Some((s, smaller)) = without_vcpu(&setup, &sc, VcpuId(cpu)) {
             if still(&s, &smaller) {
                 (setup, sc) = (s, smaller);
             }

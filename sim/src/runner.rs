@@ -27,6 +27,7 @@ use crate::sched::{Schedule, Scheduler};
 use crate::workload::{build_world_quirks, Builtin, Scenario, STEPS_MAX};
 use crate::world::World;
 use std::collections::{BTreeMap, BTreeSet};
+use vesim_model::VcpuId;
 
 /// Everything a checked run needs besides the scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub enum Checked {
     /// A VCPU stopped in a way no invariant covers: not a pass.
     Stopped {
         /// The VCPU.
-        cpu: usize,
+        cpu: VcpuId,
         /// Why.
         stop: Stop,
     },
@@ -153,7 +154,10 @@ pub fn run_world(
         Err(RunFailure::Stopped(cpu, Stop::Harness(e))) => {
             Checked::Harness(format!("VCPU {cpu}: {e}"))
         }
-        Err(RunFailure::Stopped(cpu, stop)) => Checked::Stopped { cpu, stop },
+        Err(RunFailure::Stopped(cpu, stop)) => Checked::Stopped {
+            cpu: VcpuId(cpu),
+            stop,
+        },
     };
     if let (Checked::Passed, true, Some(off)) = (&checked, i6_applies(sc), off) {
         checked = match off() {
@@ -163,7 +167,7 @@ pub fn run_world(
                     Some(detail) => Checked::Failed(Violation {
                         invariant: Invariant::I6,
                         step: steps,
-                        cpu: 0,
+                        cpu: VcpuId(0),
                         detail,
                     }),
                     None => Checked::Passed,

@@ -443,14 +443,14 @@ pub fn run_observed(
             w.machine.mem.write_u64(g, u64::from(req.cs));
         }
     }
-    w.count_ve(0, violation.qualification.bits());
+    w.count_ve(VcpuId(0), violation.qualification.bits());
     w.events.push(Event::Ve {
         cpu: VcpuId(0),
         qualification: violation.qualification.bits(),
         gla: vesim_model::Gla(gla),
         gpa: vesim_model::Gpa(gpa),
     });
-    let stop = match w.run_agent(0, 100_000) {
+    let stop = match w.run_agent(VcpuId(0), 100_000) {
         Ok(_) => None,
         Err(Stop::AgentFault(d)) => Some(format!("agent_fault: {d}")),
         Err(Stop::Guest(o)) => Some(o.name().to_string()),

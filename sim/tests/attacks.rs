@@ -19,7 +19,7 @@ use vesim::sched::{Schedule, Scheduler};
 use vesim::world::{Event, Stop, World, WorldConfig};
 use vesim_model::ept::EptFlags;
 use vesim_model::vcpu::Gpr;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 const USER_VA: u64 = layout::USER_BASE;
 
@@ -214,7 +214,7 @@ fn remapped_agent_page_moves_with_its_protection_and_the_agent_keeps_working() {
         .entry(frame.gfn())
         .flags();
     assert!(!f.intersects(EptFlags::READ | EptFlags::WRITE), "{f:?}");
-    assert_eq!(w.ve_page(1), Some(frame), "B116 step 8");
+    assert_eq!(w.ve_page(VcpuId(1)), Some(frame), "B116 step 8");
     let mut runner = OpRunner::new(vec![Vec::new(), q1]);
     runner
         .run_checked(&mut w, &mut sched, &mut checker, 1_000_000)

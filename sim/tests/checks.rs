@@ -12,6 +12,7 @@ use vesim::quirks::Quirks;
 use vesim::sched::{Schedule, Scheduler};
 use vesim::world::{World, WorldConfig};
 use vesim_model::vcpu::Gpr;
+use vesim_model::VcpuId;
 
 fn world(q: Quirks, vcpus: usize) -> World {
     let mut c = WorldConfig {
@@ -194,9 +195,9 @@ fn q1_hvmi_break_loop_breaks_i10() {
             if w.vcpus[0].rip == code + 2 {
                 break;
             }
-            checker.before_step(&w, 0);
-            let r = w.step(0);
-            let v = checker.after_step(&w, 0, &r);
+            checker.before_step(&w, VcpuId(0));
+            let r = w.step(VcpuId(0));
+            let v = checker.after_step(&w, VcpuId(0), &r);
             if !v.is_empty() {
                 failed = Some(v);
                 break;
@@ -258,8 +259,8 @@ fn i4_and_i7_fail_when_the_semaphore_or_the_cache_is_forged() {
     w.engine().place_monitor(entry);
     w.engine().update_cache(entry, false);
     let mut checker = Checker::new(&w);
-    checker.before_step(&w, 0);
-    let v = checker.after_step(&w, 0, &Ok(()));
+    checker.before_step(&w, VcpuId(0));
+    let v = checker.after_step(&w, VcpuId(0), &Ok(()));
     assert!(v.iter().any(|x| x.invariant == Invariant::I7), "{v:?}");
 }
 

@@ -11,7 +11,7 @@ use vesim::world::{Event, World, WorldConfig};
 use vesim_model::paging::{self_map_entry_address, PteFlags};
 use vesim_model::vcpu::Gpr;
 use vesim_model::ve_info::VeInfo;
-use vesim_model::{Gla, Gpa};
+use vesim_model::{Gla, Gpa, VcpuId};
 
 const CODE: u64 = 0xFFFF_F800_0030_0000;
 const DATA: u64 = 0xFFFF_F800_0040_0000;
@@ -51,7 +51,7 @@ fn run_until(w: &mut World, rip: u64, steps_max: u64) {
         if w.vcpus[0].rip == rip {
             return;
         }
-        w.step(0).unwrap();
+        w.step(VcpuId(0)).unwrap();
     }
     panic!("VCPU did not reach {rip:#x}; at {:#x}", w.vcpus[0].rip);
 }

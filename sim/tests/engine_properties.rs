@@ -38,7 +38,7 @@ use vesim::quirks::{Profile, MONITORED_BITS_FIXED};
 use vesim::workload::{resolve_params, run_builtin, Builtin};
 use vesim::world::{Counters, Event, World, WorldConfig};
 use vesim_model::paging::PteFlags;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 /// Cases per property (fixed; the whole file stays well under 30 s in `cargo test`).
 const EQUIVALENCE_CASES: u32 = 128;
@@ -335,7 +335,7 @@ fn resolve_page(w: &World, pid: u32, va: u64, op: Op) -> Option<Action> {
 fn apply(w: &mut World, a: Action) -> Result<(), MmError> {
     match a {
         Action::Map { pid, va, flags } => {
-            w.mm_map(0, pid, va, flags)?;
+            w.mm_map(VcpuId(0), pid, va, flags)?;
             let p = &w.guest.processes[pid as usize];
             if p.protected {
                 let cr3 = p.cr3;
@@ -344,29 +344,29 @@ fn apply(w: &mut World, a: Action) -> Result<(), MmError> {
             }
             Ok(())
         }
-        Action::Unmap { pid, va } => w.mm_unmap(0, pid, va),
+        Action::Unmap { pid, va } => w.mm_unmap(VcpuId(0), pid, va),
         Action::Protect {
             pid,
             va,
             writable,
             executable,
-        } => w.mm_protect(0, pid, va, writable, executable),
+        } => w.mm_protect(VcpuId(0), pid, va, writable, executable),
         Action::Caching {
             pid,
             va,
             attrs,
             form,
-        } => w.mm_set_caching(0, pid, va, attrs, form),
-        Action::Trim { pid, va } => w.mm_trim(0, pid, va),
-        Action::SwapOut { pid, va } => w.mm_swap_out(0, pid, va),
-        Action::SwapIn { pid, va } => w.mm_swap_in(0, pid, va),
+        } => w.mm_set_caching(VcpuId(0), pid, va, attrs, form),
+        Action::Trim { pid, va } => w.mm_trim(VcpuId(0), pid, va),
+        Action::SwapOut { pid, va } => w.mm_swap_out(VcpuId(0), pid, va),
+        Action::SwapIn { pid, va } => w.mm_swap_in(VcpuId(0), pid, va),
         Action::Touch {
             pid,
             va,
             write,
             value,
-        } => w.mm_touch(0, pid, va, write, value),
-        Action::Exit { pid } => w.exit_process(0, pid),
+        } => w.mm_touch(VcpuId(0), pid, va, write, value),
+        Action::Exit { pid } => w.exit_process(VcpuId(0), pid),
     }
 }
 

@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use vesim_model::VcpuId;
 
 fn builtin(s: &str) -> Result<Builtin, String> {
     match Builtin::from_name(s) {
@@ -67,7 +68,7 @@ pub struct CheckArgs {
 struct Failure {
     invariant: String,
     step: u64,
-    cpu: usize,
+    cpu: VcpuId,
     detail: String,
 }
 
@@ -293,7 +294,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
                 }
                 if args.json && listed.len() < FAILURES_LISTED {
                     listed.push(json!({"scenario": b.name(), "seed": r.seed,
-                           "invariant": f.invariant, "step": f.step, "vcpu": f.cpu,
+                           "invariant": f.invariant, "step": f.step, "vcpu": f.cpu.0,
                            "detail": f.detail, "schedule": r.schedule().to_string(),
                            "replay": replay(b, r.seed)}));
                 }

@@ -43,7 +43,7 @@ fn check_line(c: &crate::runner::Checked) -> (String, serde_json::Value) {
         Checked::Failed(v) => (
             c.to_string(),
             serde_json::json!({"passed": false, "invariant": v.invariant.to_string(),
-                "step": v.step, "cpu": v.cpu, "detail": v.detail}),
+                "step": v.step, "cpu": v.cpu.0, "detail": v.detail}),
         ),
         Checked::Stopped { .. } => (
             format!("stops: {c}"),

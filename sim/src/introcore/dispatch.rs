@@ -6,7 +6,7 @@ use super::{emulate, Engine};
 use crate::abi::STATUS_NOT_SUPPORTED;
 use crate::layout::veinfo;
 use vesim_model::ept::EptQualification;
-use vesim_model::{Gla, Gpa, ViewId};
+use vesim_model::{Gla, Gpa, VcpuId, ViewId};
 
 impl Engine<'_> {
     /// RAISE_EPT: `IntDispatchVeAsEpt` (B104–B111), or the `fixed` Q1 emulation request.
@@ -16,8 +16,8 @@ impl Engine<'_> {
     /// page; `AccessSize` is always 8 here), and `PtEmuBuffer` (`Old`/`New` from the page's
     /// 0x210/0x218, handed to the callbacks as `old`/`new`). `Instruction` is decoded from the
     /// page's 0x260 only on the Q1 `fixed` path (`emulate_for_agent`).
-    pub(super) fn raise_ept(&mut self, cpu: usize, rbx: u64) -> u64 {
-        let Some(page) = self.vcpus.get(cpu).and_then(|v| v.ve_info) else {
+    pub(super) fn raise_ept(&mut self, cpu: VcpuId, rbx: u64) -> u64 {
+        let Some(page) = self.vcpus.get(cpu.0).and_then(|v| v.ve_info) else {
             // Q23: HVMI enters the debugger and then dereferences NULL; vesim refuses.
             return STATUS_NOT_SUPPORTED;
         };
@@ -52,8 +52,8 @@ impl Engine<'_> {
     /// B104: a raised page walk. Find the process by the current CR3; if it has a separate
     /// user CR3, set A (one CAS, no retry, D and lower levels untouched) in the user PML4 entry
     /// of the GLA when it is present.
-    pub(super) fn raise_page_walk(&mut self, cpu: usize, gla: Gla) {
-        let Some(cr3) = self.vcpus.get(cpu).map(|v| v.cr3 & !0xFFF) else {
+    pub(super) fn raise_page_walk(&mut self, cpu: VcpuId, gla: Gla) {
+        let Some(cr3) = self.vcpus.get(cpu.0).map(|v| v.cr3 & !0xFFF) else {
             return;
         };
         let Some(p) = self
@@ -75,8 +75,8 @@ impl Engine<'_> {
     }
 
     /// The saved guest state in the #VE page as a VCPU value (for emulation).
-    pub(super) fn saved_vcpu(&self, cpu: usize, page: Gpa) -> Option<vesim_model::vcpu::Vcpu> {
-        let mut v = self.vcpus.get(cpu)?.clone();
+    pub(super) fn saved_vcpu(&self, cpu: VcpuId, page: Gpa) -> Option<vesim_model::vcpu::Vcpu> {
+        let mut v = self.vcpus.get(cpu.0)?.clone();
         for (i, r) in v.gpr.iter_mut().enumerate() {
             *r = self.page_u64(page, veinfo::REGS + 8 * i as u64);
         }
@@ -89,7 +89,7 @@ impl Engine<'_> {
 
     /// Q1 `fixed`: introcore emulates the write the agent refused, runs the callbacks, writes
     /// the entry and the saved registers and RIP.
-    pub(super) fn emulate_for_agent(&mut self, cpu: usize, page: Gpa, gla: Gla, gpa: Gpa) -> u64 {
+    pub(super) fn emulate_for_agent(&mut self, cpu: VcpuId, page: Gpa, gla: Gla, gpa: Gpa) -> u64 {
         let Some(v) = self.saved_vcpu(cpu, page) else {
             return STATUS_NOT_SUPPORTED;
         };

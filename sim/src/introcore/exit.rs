@@ -12,7 +12,7 @@ impl Engine<'_> {
     /// An EPT-violation exit (the #VE-off path, and violations #VE could not take).
     pub fn handle_ept_violation(
         &mut self,
-        cpu: usize,
+        cpu: VcpuId,
         v: EptViolation,
         idt_vectoring: Option<u8>,
     ) -> Result<(), Stop> {
@@ -20,7 +20,7 @@ impl Engine<'_> {
             violation: v,
             idt_vectoring,
         };
-        let Some(vcpu) = self.vcpus.get(cpu).cloned() else {
+        let Some(vcpu) = self.vcpus.get(cpu.0).cloned() else {
             return Err(Stop::Guest(outcome));
         };
         if idt_vectoring.is_some() {
@@ -30,7 +30,7 @@ impl Engine<'_> {
         if vcpu.eptp_index == self.intro.protected {
             // B119: nothing but agent code may run in the protected view.
             self.events.push(Event::Alert {
-                cpu: VcpuId(cpu),
+                cpu,
                 detail: format!("access to {} in the protected view", v.gpa),
             });
             return Err(Stop::Guest(outcome));
@@ -49,7 +49,7 @@ impl Engine<'_> {
             let write = v.qualification.contains(EptQualification::WRITE);
             if fetch || write {
                 self.events.push(Event::Alert {
-                    cpu: VcpuId(cpu),
+                    cpu,
                     detail: format!(
                         "untrusted {} of agent page {}",
                         if fetch { "execute" } else { "write" },
@@ -71,7 +71,7 @@ impl Engine<'_> {
             if len == 0 {
                 return Err(Stop::Guest(outcome));
             }
-            if let Some(t) = self.vcpus.get_mut(cpu) {
+            if let Some(t) = self.vcpus.get_mut(cpu.0) {
                 t.rip = t.rip.wrapping_add(len as u64);
             }
             return Ok(());
@@ -90,7 +90,7 @@ impl Engine<'_> {
                 self.pt_write_callbacks(e.entry, e.old, e.new);
             }
             emulate::commit_stores(self.machine, &e);
-            if let Some(t) = self.vcpus.get_mut(cpu) {
+            if let Some(t) = self.vcpus.get_mut(cpu.0) {
                 t.gpr = e.gpr;
                 t.rflags = e.rflags;
                 t.rip = e.rip;
@@ -104,7 +104,7 @@ impl Engine<'_> {
     /// Resolves a page-walk exit: the hypervisor makes the A/D writes the walker attempted.
     pub(super) fn resolve_walk_exit(
         &mut self,
-        cpu: usize,
+        cpu: VcpuId,
         vcpu: &vesim_model::vcpu::Vcpu,
         v: EptViolation,
     ) -> Result<(), Stop> {

@@ -11,8 +11,8 @@ use vesim_model::VcpuId;
 
 impl Engine<'_> {
     /// The VMCALL exit (B102, B103). RIP is advanced by 3 and RAX receives the status.
-    pub fn hypercall(&mut self, cpu: usize) {
-        let Some(v) = self.vcpus.get(cpu) else {
+    pub fn hypercall(&mut self, cpu: VcpuId) {
+        let Some(v) = self.vcpus.get(cpu.0) else {
             return;
         };
         let (rax, rdi, rsi, rdx, rbx, rcx, rip) = (
@@ -25,7 +25,7 @@ impl Engine<'_> {
             v.rip,
         );
         self.events.push(Event::Vmcall {
-            cpu: VcpuId(cpu),
+            cpu,
             rip,
             rdx,
             rbx,
@@ -45,7 +45,7 @@ impl Engine<'_> {
             ENOSYS
         };
         self.commit_hooks();
-        if let Some(v) = self.vcpus.get_mut(cpu) {
+        if let Some(v) = self.vcpus.get_mut(cpu.0) {
             v.set_reg(Gpr::Rax, status);
             v.rip = v.rip.wrapping_add(3);
         }

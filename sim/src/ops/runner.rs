@@ -88,22 +88,22 @@ impl OpRunner {
         self.queues.iter().map(OpStream::remaining).sum()
     }
 
-    fn note(&mut self, cpu: usize) {
+    fn note(&mut self, cpu: VcpuId) {
         if self.record {
-            self.log.push(cpu);
+            self.log.push(cpu.0);
         }
     }
 
-    fn end(&mut self, cpu: usize, op: GuestOp, end: OpEnd) {
+    fn end(&mut self, cpu: VcpuId, op: GuestOp, end: OpEnd) {
         if self.record {
-            self.ended.push((cpu, op, end));
+            self.ended.push((cpu.0, op, end));
         }
     }
 
     /// Whether VCPU `cpu` has work left.
-    pub fn busy(&self, cpu: usize) -> bool {
-        self.active.get(cpu).is_some_and(Option::is_some)
-            || self.queues.get(cpu).is_some_and(|q| !q.is_empty())
+    pub fn busy(&self, cpu: VcpuId) -> bool {
+        self.active.get(cpu.0).is_some_and(Option::is_some)
+            || self.queues.get(cpu.0).is_some_and(|q| !q.is_empty())
     }
 
     /// The VCPUs with work left, ascending.
@@ -118,7 +118,7 @@ impl OpRunner {
         out.clear();
         out.extend((0..self.queues.len()).filter(|c| {
             *c < world.vcpus.len()
-                && self.busy(*c)
+                && self.busy(VcpuId(*c))
                 && world.stopped.get(*c).is_some_and(Option::is_none)
         }));
     }
@@ -131,7 +131,7 @@ impl OpRunner {
     /// which are applied here.
     pub fn start_op(
         w: &mut World,
-        cpu: usize,
+        cpu: VcpuId,
         op: GuestOp,
     ) -> Result<Option<(Plan, Option<Probe>)>, MmError> {
         if let GuestOp::Attack {
@@ -203,7 +203,7 @@ impl OpRunner {
 
     /// Loads the next instruction of `active` into VCPU `cpu` (RIP, CR3, RDI, RSI, RAX), so
     /// that the VCPU sits at it until it is scheduled. `false` when none is left.
-    fn load_micro(w: &mut World, cpu: usize, active: &mut Active) -> Result<bool, Stop> {
+    fn load_micro(w: &mut World, cpu: VcpuId, active: &mut Active) -> Result<bool, Stop> {
         let Some(m) = active.plan.micros.get(active.next).copied() else {
             return Ok(false);
         };
@@ -219,8 +219,8 @@ impl OpRunner {
         };
         let (off, bytes) = m.instr();
         let start = crate::layout::MM_CODE_GVA + off;
-        let Some(v) = w.vcpus.get_mut(cpu) else {
-            return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
+        let Some(v) = w.vcpus.get_mut(cpu.0) else {
+            return Err(Stop::Harness(HarnessError::NoVcpu(cpu.0)));
         };
         v.cr3 = cr3;
         v.rip = start;
@@ -238,14 +238,14 @@ impl OpRunner {
 
     /// Ends `cpu`'s operation in flight normally: the memory manager's bookkeeping, then an
     /// attack's probe.
-    fn finish_active(&mut self, w: &mut World, cpu: usize) {
-        if let Some(a) = self.active.get_mut(cpu).and_then(Option::take) {
+    fn finish_active(&mut self, w: &mut World, cpu: VcpuId) {
+        if let Some(a) = self.active.get_mut(cpu.0).and_then(Option::take) {
             w.mm().finish_plan(a.plan.pid, a.plan.finish);
             if let Some(what) = a
                 .probe
                 .and_then(|p| crate::attack::attack_breach(w, cpu, p))
             {
-                self.breaches.push((cpu, a.op, what));
+                self.breaches.push((cpu.0, a.op, what));
             }
             self.end(cpu, a.op, OpEnd::Done);
         }
@@ -260,13 +260,13 @@ impl OpRunner {
     /// Every call that starts an operation, completes one of its instructions or ends it
     /// abnormally appends `cpu` to [`OpRunner::log`]: the schedule of guest operations that I6
     /// replays in the #VE-off world.
-    pub fn op_step(&mut self, w: &mut World, cpu: usize) -> Result<(), Stop> {
-        if cpu >= w.vcpus.len() || cpu >= self.active.len() {
-            return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
+    pub fn op_step(&mut self, w: &mut World, cpu: VcpuId) -> Result<(), Stop> {
+        if cpu.0 >= w.vcpus.len() || cpu.0 >= self.active.len() {
+            return Err(Stop::Harness(HarnessError::NoVcpu(cpu.0)));
         }
         w.completed = None;
-        let Some(active) = self.active[cpu].as_mut() else {
-            let Some(op) = self.queues[cpu].next() else {
+        let Some(active) = self.active[cpu.0].as_mut() else {
+            let Some(op) = self.queues[cpu.0].next() else {
                 return Ok(());
             };
             self.started += 1;
@@ -274,7 +274,7 @@ impl OpRunner {
             if let GuestOp::Unload { delay } = op {
                 match w.engine().remove_agent() {
                     Ok(()) => {
-                        self.active[cpu] = Some(Active {
+                        self.active[cpu.0] = Some(Active {
                             op,
                             plan: Plan {
                                 pid: 0,
@@ -304,7 +304,7 @@ impl OpRunner {
                         armed: false,
                     };
                     let loaded = Self::load_micro(w, cpu, &mut a)?;
-                    self.active[cpu] = Some(a);
+                    self.active[cpu.0] = Some(a);
                     if !loaded {
                         self.finish_active(w, cpu);
                     }
@@ -343,7 +343,7 @@ impl OpRunner {
                 active.plan.micros.get(active.next.wrapping_sub(1)).copied(),
             ) {
                 crate::attack::arm_probe(w, p, &mut m);
-                if let Some(v) = w.vcpus.get_mut(cpu) {
+                if let Some(v) = w.vcpus.get_mut(cpu.0) {
                     v.set_reg(Gpr::Rax, m.rax);
                 }
             }
@@ -354,24 +354,26 @@ impl OpRunner {
             // blocked fetch (B118, B119), so the VCPU runs nothing more. With no agent
             // deployed the jump lands in what is now plain guest memory, and the guest crashes
             // there on its own.
-            let alerted = w.events.since(events_before).iter().any(
-                |e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == VcpuId(cpu)),
-            );
+            let alerted = w
+                .events
+                .since(events_before)
+                .iter()
+                .any(|e| matches!(e, crate::world::Event::Alert { cpu: c, .. } if *c == cpu));
             if alerted || !w.intro.deployed {
-                if let Some(a) = self.active[cpu].take_if(|a| a.probe == Some(Probe::MustStop)) {
+                if let Some(a) = self.active[cpu.0].take_if(|a| a.probe == Some(Probe::MustStop)) {
                     self.note(cpu);
                     self.end(cpu, a.op, OpEnd::Done);
-                    self.queues[cpu] = OpStream::List(VecDeque::new());
+                    self.queues[cpu.0] = OpStream::List(VecDeque::new());
                     return Ok(());
                 }
             }
             // A page fault is the guest OS's business (another VCPU unmapped or swapped the
             // page since the operation was planned): the operation ends without effect.
             if let Stop::Guest(vesim_model::Outcome::PageFault { .. }) = stop {
-                if let Some(s) = w.stopped.get_mut(cpu) {
+                if let Some(s) = w.stopped.get_mut(cpu.0) {
                     *s = None;
                 }
-                if let Some(a) = self.active[cpu].take() {
+                if let Some(a) = self.active[cpu.0].take() {
                     self.note(cpu);
                     self.end(cpu, a.op, OpEnd::Skipped("page fault".into()));
                 }
@@ -379,15 +381,15 @@ impl OpRunner {
             }
             return Err(stop);
         }
-        let rip = w.vcpus[cpu].rip;
-        let Some(mut a) = self.active[cpu].take() else {
+        let rip = w.vcpus[cpu.0].rip;
+        let Some(mut a) = self.active[cpu.0].take() else {
             return Ok(());
         };
         if a.end != Some(rip) {
-            self.active[cpu] = Some(a);
+            self.active[cpu.0] = Some(a);
             return Ok(());
         }
-        let v = &w.vcpus[cpu];
+        let v = &w.vcpus[cpu.0];
         w.completed = Some(crate::world::Completed {
             cpu,
             gpr: v.gpr,
@@ -396,7 +398,7 @@ impl OpRunner {
         });
         self.note(cpu);
         let loaded = Self::load_micro(w, cpu, &mut a)?;
-        self.active[cpu] = Some(a);
+        self.active[cpu.0] = Some(a);
         if !loaded {
             self.finish_active(w, cpu);
         }
@@ -419,7 +421,7 @@ impl OpRunner {
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);
             };
-            self.op_step(w, cpu).map_err(|s| (cpu, s))?;
+            self.op_step(w, VcpuId(cpu)).map_err(|s| (cpu, s))?;
             steps += 1;
         }
         Ok(steps)
@@ -442,16 +444,16 @@ impl OpRunner {
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);
             };
-            checker.before_step(w, cpu);
+            checker.before_step(w, VcpuId(cpu));
             let breaches = self.breaches.len();
-            let r = self.op_step(w, cpu);
+            let r = self.op_step(w, VcpuId(cpu));
             steps += 1;
-            let mut v = checker.after_step(w, cpu, &r);
+            let mut v = checker.after_step(w, VcpuId(cpu), &r);
             v.extend(self.breaches[breaches..].iter().map(|(cpu, op, what)| {
                 crate::check::Violation {
                     invariant: crate::check::Invariant::I3,
                     step: checker.steps(),
-                    cpu: *cpu,
+                    cpu: VcpuId(*cpu),
                     detail: format!("{op}: {what}"),
                 }
             }));

@@ -8,14 +8,14 @@ use crate::events::{HarnessError, Stop};
 use crate::guest::mm::{is_pt_write, Finish, MmError, Plan, MM_STEPS_MAX};
 use crate::layout;
 use vesim_model::vcpu::Gpr;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 impl World {
     /// Runs one memory-manager instruction on VCPU `cpu` in process `pid`'s address space
     /// with RDI, RSI and RAX as given, until RIP passes it.
     pub fn mm_exec(
         &mut self,
-        cpu: usize,
+        cpu: VcpuId,
         pid: u32,
         instr: (u64, &[u8]),
         rdi: u64,
@@ -31,8 +31,8 @@ impl World {
         {
             let v = self
                 .vcpus
-                .get_mut(cpu)
-                .ok_or(MmError::Stopped(Stop::Harness(HarnessError::NoVcpu(cpu))))?;
+                .get_mut(cpu.0)
+                .ok_or(MmError::Stopped(Stop::Harness(HarnessError::NoVcpu(cpu.0))))?;
             v.cr3 = cr3;
             v.rip = start;
             v.set_reg(Gpr::Rdi, rdi);
@@ -40,7 +40,7 @@ impl World {
             v.set_reg(Gpr::Rax, rax);
         }
         for _ in 0..MM_STEPS_MAX {
-            if self.vcpus[cpu].rip == end {
+            if self.vcpus[cpu.0].rip == end {
                 return Ok(());
             }
             self.step(cpu)?;
@@ -55,7 +55,7 @@ impl World {
     /// added for user addresses). Missing tables are allocated and linked top-down, each with a
     /// MOV through the self-map; under KPTI a new user-half PML4 entry is also written into the
     /// user PML4. Returns the frame.
-    pub fn mm_map(&mut self, cpu: usize, pid: u32, va: u64, flags: u64) -> Result<Gpa, MmError> {
+    pub fn mm_map(&mut self, cpu: VcpuId, pid: u32, va: u64, flags: u64) -> Result<Gpa, MmError> {
         let plan = self.mm().plan_map(pid, va, flags)?;
         let frame = match plan.finish {
             Finish::Mapped { frame, .. } => frame,
@@ -66,7 +66,7 @@ impl World {
     }
 
     /// Unmaps `va` (XCHG of the PTE with 0) and frees its frame.
-    pub fn mm_unmap(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+    pub fn mm_unmap(&mut self, cpu: VcpuId, pid: u32, va: u64) -> Result<(), MmError> {
         let plan = self.mm().plan_unmap(pid, va)?;
         self.run_plan(cpu, plan)
     }
@@ -75,7 +75,7 @@ impl World {
     /// XD when it differs).
     pub fn mm_protect(
         &mut self,
-        cpu: usize,
+        cpu: VcpuId,
         pid: u32,
         va: u64,
         writable: bool,
@@ -89,7 +89,7 @@ impl World {
     /// instruction form `form % 3`: MOV, LOCK CMPXCHG, or LOCK XOR.
     pub fn mm_set_caching(
         &mut self,
-        cpu: usize,
+        cpu: VcpuId,
         pid: u32,
         va: u64,
         attrs: u64,
@@ -100,21 +100,21 @@ impl World {
     }
 
     /// Clears the accessed bit of `va`'s PTE (working-set trim: LOCK BTR 5).
-    pub fn mm_trim(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+    pub fn mm_trim(&mut self, cpu: VcpuId, pid: u32, va: u64) -> Result<(), MmError> {
         let plan = self.mm().plan_trim(pid, va)?;
         self.run_plan(cpu, plan)
     }
 
     /// Swaps `va` out: its contents go to the pagefile, the PTE becomes a not-present swap
     /// entry (MOV), the frame is freed.
-    pub fn mm_swap_out(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+    pub fn mm_swap_out(&mut self, cpu: VcpuId, pid: u32, va: u64) -> Result<(), MmError> {
         let plan = self.mm().plan_swap_out(pid, va)?;
         self.run_plan(cpu, plan)
     }
 
     /// Swaps `va` back in: a new frame gets the pagefile contents and the PTE points at it
     /// (MOV), present and writable.
-    pub fn mm_swap_in(&mut self, cpu: usize, pid: u32, va: u64) -> Result<(), MmError> {
+    pub fn mm_swap_in(&mut self, cpu: VcpuId, pid: u32, va: u64) -> Result<(), MmError> {
         let plan = self.mm().plan_swap_in(pid, va)?;
         self.run_plan(cpu, plan)
     }
@@ -122,7 +122,7 @@ impl World {
     /// Touches `va` (a read, or a write of RAX), so the page walker sets A (and D).
     pub fn mm_touch(
         &mut self,
-        cpu: usize,
+        cpu: VcpuId,
         pid: u32,
         va: u64,
         write: bool,
@@ -133,7 +133,7 @@ impl World {
     }
 
     /// Runs a plan to completion on VCPU `cpu`, then does its bookkeeping.
-    pub fn run_plan(&mut self, cpu: usize, plan: Plan) -> Result<(), MmError> {
+    pub fn run_plan(&mut self, cpu: VcpuId, plan: Plan) -> Result<(), MmError> {
         for m in &plan.micros {
             self.mm_exec(cpu, plan.pid, m.instr(), m.rdi, m.rsi, m.rax)?;
         }
@@ -142,7 +142,7 @@ impl World {
     }
 
     /// Process exit: every page is unmapped; the process is marked exited.
-    pub fn exit_process(&mut self, cpu: usize, pid: u32) -> Result<(), MmError> {
+    pub fn exit_process(&mut self, cpu: VcpuId, pid: u32) -> Result<(), MmError> {
         let vas: Vec<u64> = self.guest.process(pid)?.pages.keys().copied().collect();
         let swapped: Vec<u64> = self.guest.process(pid)?.swapped.keys().copied().collect();
         for va in vas.into_iter().chain(swapped) {

@@ -126,37 +126,37 @@ impl World {
 
     /// Counts a delivered #VE by kind (VE-SEMANTICS section 3): the CPU only converts EPT
     /// violations (reason 48), so the kind follows qualification bit 8.
-    pub fn count_ve(&mut self, cpu: usize, qualification: u64) {
+    pub fn count_ve(&mut self, cpu: VcpuId, qualification: u64) {
         self.counters.ve_total += 1;
         if qualification & 0x100 == 0 {
             self.counters.ve_page_walk += 1;
         } else {
             self.counters.ve_pt_write += 1;
         }
-        if self.last_ve_walk.len() <= cpu {
-            self.last_ve_walk.resize(cpu + 1, None);
+        if self.last_ve_walk.len() <= cpu.0 {
+            self.last_ve_walk.resize(cpu.0 + 1, None);
         }
-        self.last_ve_walk[cpu] = Some(qualification & 0x100 == 0);
+        self.last_ve_walk[cpu.0] = Some(qualification & 0x100 == 0);
     }
 
     /// Records a VM exit.
-    pub fn count_exit(&mut self, cpu: usize, reason: ExitReason) {
+    pub fn count_exit(&mut self, cpu: VcpuId, reason: ExitReason) {
         self.counters.exit(reason.code());
         self.events.push(Event::VmExit {
-            cpu: VcpuId(cpu),
+            cpu,
             reason: reason.code(),
         });
     }
 
     /// Stops a VCPU.
-    pub fn stop(&mut self, cpu: usize, why: Stop) {
+    pub fn stop(&mut self, cpu: VcpuId, why: Stop) {
         if let Stop::AgentFault(d) = &why {
             self.events.push(Event::AgentFault {
-                cpu: VcpuId(cpu),
+                cpu,
                 detail: d.clone(),
             });
         }
-        if let Some(s) = self.stopped.get_mut(cpu) {
+        if let Some(s) = self.stopped.get_mut(cpu.0) {
             *s = Some(why);
         }
     }
@@ -164,12 +164,12 @@ impl World {
     /// Runs one hardware-visible step of VCPU `cpu`: an agent step when RIP is in the agent
     /// (or at the hooked OS handler), otherwise one guest instruction with its exits handled by
     /// the hypervisor.
-    pub fn step(&mut self, cpu: usize) -> Result<(), Stop> {
-        if let Some(Some(s)) = self.stopped.get(cpu) {
+    pub fn step(&mut self, cpu: VcpuId) -> Result<(), Stop> {
+        if let Some(Some(s)) = self.stopped.get(cpu.0) {
             return Err(s.clone());
         }
-        let Some(vcpu) = self.vcpus.get(cpu) else {
-            return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
+        let Some(vcpu) = self.vcpus.get(cpu.0) else {
+            return Err(Stop::Harness(HarnessError::NoVcpu(cpu.0)));
         };
         self.tsc += 1;
         let rip = vcpu.rip;
@@ -191,11 +191,11 @@ impl World {
         r
     }
 
-    fn guest_step(&mut self, cpu: usize) -> Result<(), Stop> {
+    fn guest_step(&mut self, cpu: VcpuId) -> Result<(), Stop> {
         let step = {
             let World { machine, vcpus, .. } = self;
-            let Some(v) = vcpus.get_mut(cpu) else {
-                return Err(Stop::Harness(HarnessError::NoVcpu(cpu)));
+            let Some(v) = vcpus.get_mut(cpu.0) else {
+                return Err(Stop::Harness(HarnessError::NoVcpu(cpu.0)));
             };
             machine.step(v)
         };
@@ -204,7 +204,7 @@ impl World {
             Outcome::VeDelivered(v) => {
                 self.count_ve(cpu, v.qualification.bits());
                 self.events.push(Event::Ve {
-                    cpu: VcpuId(cpu),
+                    cpu,
                     qualification: v.qualification.bits(),
                     gla: v.gla,
                     gpa: v.gpa,
@@ -222,7 +222,7 @@ impl World {
             }
             Outcome::VmExit(r @ (ExitReason::Rdmsr | ExitReason::Wrmsr)) => {
                 self.count_exit(cpu, r);
-                if let Some(v) = self.vcpus.get_mut(cpu) {
+                if let Some(v) = self.vcpus.get_mut(cpu.0) {
                     if r == ExitReason::Rdmsr {
                         v.set_reg(Gpr::Rax, 0);
                         v.set_reg(Gpr::Rdx, 0);
@@ -244,7 +244,7 @@ impl World {
     }
 
     /// A VMCALL exit (the guest's or the agent's, B102): counted, then handled by introcore.
-    fn vmcall_exit(&mut self, cpu: usize) {
+    fn vmcall_exit(&mut self, cpu: VcpuId) {
         self.count_exit(cpu, ExitReason::Vmcall);
         self.engine().hypercall(cpu);
     }
@@ -285,9 +285,9 @@ impl World {
     }
 
     /// The agent on VCPU `cpu`, for one step.
-    pub fn agent(&mut self, cpu: usize) -> Result<Agent<'_>, Stop> {
-        if self.last_ve_walk.len() <= cpu {
-            self.last_ve_walk.resize(cpu + 1, None);
+    pub fn agent(&mut self, cpu: VcpuId) -> Result<Agent<'_>, Stop> {
+        if self.last_ve_walk.len() <= cpu.0 {
+            self.last_ve_walk.resize(cpu.0 + 1, None);
         }
         let World {
             machine,
@@ -301,22 +301,22 @@ impl World {
             ..
         } = self;
         Ok(Agent {
-            id: VcpuId(cpu),
+            id: cpu,
             vcpu: vcpus
-                .get_mut(cpu)
-                .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu)))?,
+                .get_mut(cpu.0)
+                .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu.0)))?,
             machine,
             events,
             counters,
             cache_log,
-            ve_kind: &mut last_ve_walk[cpu],
+            ve_kind: &mut last_ve_walk[cpu.0],
             quirks: *quirks,
             tsc: *tsc,
         })
     }
 
     /// One agent step; a VMCALL it ends in takes the VMCALL exit before the step goes on.
-    fn agent_step(&mut self, cpu: usize) -> Result<(), Stop> {
+    fn agent_step(&mut self, cpu: VcpuId) -> Result<(), Stop> {
         if let AgentStep::Vmcall(then) = self.agent(cpu)?.step()? {
             self.vmcall_exit(cpu);
             self.agent(cpu)?.resume(then)?;
@@ -325,8 +325,8 @@ impl World {
     }
 
     /// The hypervisor's answer to CPUID: the model's table, RIP += 2.
-    pub fn emulate_cpuid(&mut self, cpu: usize) {
-        if let Some(v) = self.vcpus.get_mut(cpu) {
+    pub fn emulate_cpuid(&mut self, cpu: VcpuId) {
+        if let Some(v) = self.vcpus.get_mut(cpu.0) {
             let r = vesim_model::cpu::cpuid(v.reg(Gpr::Rax) as u32, v.reg(Gpr::Rcx) as u32);
             v.set_reg(Gpr::Rax, r[0].into());
             v.set_reg(Gpr::Rbx, r[1].into());
@@ -338,12 +338,12 @@ impl World {
 
     /// The hooked OS #VE handler: the B4 retpoline (CALL, LFENCE, two MOVs over the return
     /// address, RET) runs in the untrusted view and lands on the agent's main handler.
-    fn trampoline_step(&mut self, cpu: usize) -> Result<(), Stop> {
+    fn trampoline_step(&mut self, cpu: VcpuId) -> Result<(), Stop> {
         let target = layout::AGENT_GVA + crate::agent::STUB_ENTRY;
         let World { machine, vcpus, .. } = self;
         let v = vcpus
-            .get_mut(cpu)
-            .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu)))?;
+            .get_mut(cpu.0)
+            .ok_or(Stop::Harness(HarnessError::NoVcpu(cpu.0)))?;
         machine
             .translate(
                 v,
@@ -362,10 +362,10 @@ impl World {
 
     /// Runs VCPU `cpu` until its RIP is outside the agent and the hooked handler, at most
     /// `steps_max` steps. Returns the number of steps taken.
-    pub fn run_agent(&mut self, cpu: usize, steps_max: u64) -> Result<u64, Stop> {
+    pub fn run_agent(&mut self, cpu: VcpuId, steps_max: u64) -> Result<u64, Stop> {
         let mut n = 0;
         while n < steps_max {
-            let rip = self.vcpus.get(cpu).map(|v| v.rip).unwrap_or(0);
+            let rip = self.vcpus.get(cpu.0).map(|v| v.rip).unwrap_or(0);
             if !(layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA) {
                 return Ok(n);
             }
@@ -378,7 +378,7 @@ impl World {
     /// The GPA of VCPU `cpu`'s information page, if registered.
     ///
     /// This is HVMI's `_VCPU_STATE.VeInfoPage` (guests.h), by GPA.
-    pub fn ve_page(&self, cpu: usize) -> Option<Gpa> {
-        self.vcpus.get(cpu).and_then(|v| v.ve_info)
+    pub fn ve_page(&self, cpu: VcpuId) -> Option<Gpa> {
+        self.vcpus.get(cpu.0).and_then(|v| v.ve_info)
     }
 }

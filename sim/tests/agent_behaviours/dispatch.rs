@@ -7,6 +7,7 @@ use vesim::layout::veinfo;
 use vesim::quirks::Quirks;
 use vesim_model::ept::EptFlags;
 use vesim_model::vcpu::Gpr;
+use vesim_model::VcpuId;
 
 /// B102: hook removals are committed at the end of the VMCALL (step 6).
 #[test]
@@ -79,7 +80,7 @@ fn b103_hypercall_numbers() {
         v.set_reg(Gpr::Rsi, 0);
         v.set_reg(Gpr::Rdx, rdx);
         let before = w.machine.clone();
-        w.engine().hypercall(0);
+        w.engine().hypercall(VcpuId(0));
         assert_eq!(w.vcpus[0].rip, at + 3);
         assert_eq!(w.counters.vmcalls.get(&rdx), Some(&1));
         if rdx == RAISE_EPT {
@@ -103,9 +104,9 @@ fn b134_old_and_new_come_from_the_info_page() {
     to_step(&mut f.w, 0, rip::PT_RAISE);
     pg_set(&mut f.w, 0, veinfo::OLD_VALUE, 0x5000_0001);
     pg_set(&mut f.w, 0, veinfo::NEW_VALUE, 0x6000_0003);
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(callbacks(&f.w), [(e1, 0x5000_0001, 0x6000_0003)]);
-    f.w.run_agent(0, 100).unwrap();
+    f.w.run_agent(VcpuId(0), 100).unwrap();
     assert_eq!(f.get(1), 0x6000_0003);
 }
 
@@ -123,7 +124,7 @@ fn b105_dispatch_takes_the_gpa_from_the_page() {
     deliver(&mut f.w, 0);
     to_step(&mut f.w, 0, rip::PT_RAISE);
     pg_set(&mut f.w, 0, 0x18, e2.0);
-    f.w.run_agent(0, 100).unwrap();
+    f.w.run_agent(VcpuId(0), 100).unwrap();
     assert_eq!(callbacks(&f.w), [(e2, 0, OLD)]);
     assert_eq!((f.get(1), f.get(2)), (OLD, OLD));
 }

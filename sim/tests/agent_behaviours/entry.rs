@@ -6,7 +6,7 @@ use vesim::agent::rip;
 use vesim::layout::{self, veinfo};
 use vesim::quirks::Quirks;
 use vesim_model::vcpu::{Gpr, SegmentLimit};
-use vesim_model::{ExitReason, ViewId};
+use vesim_model::{ExitReason, VcpuId, ViewId};
 
 /// The interrupted kernel RSP of VCPU 0 (guest model: stack top - 0x100).
 const RSP0: u64 = 0xFFFF_F800_0100_3F00;
@@ -50,7 +50,7 @@ fn b8_vmfunc_to_protected_view_with_patched_index() {
     to_step(&mut f.w, 0, rip::STUB_ENTRY);
     let rsp = f.w.vcpus[0].gpr[4];
     assert_eq!(f.w.vcpus[0].eptp_index, ViewId(0), "untrusted before");
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     let v = &f.w.vcpus[0];
     assert_eq!(v.eptp_index, ViewId(7));
     assert_eq!(
@@ -81,7 +81,7 @@ fn b9_rflags_forced_to_2_and_stack_layout() {
         FIXED1,
         "DF and AC survive delivery"
     );
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(f.w.vcpus[0].rflags.bits(), 2);
     let orig = pg(&f.w, 0, veinfo::ORIGINAL_STACK);
     let slots: Vec<u64> = (0..9)
@@ -128,7 +128,7 @@ fn b10_cpu_index_from_lsl() {
     one_ve(&mut f.w, 1);
     let page1 = layout::AGENT_GPA.wrapping_add(layout::AGENT_VEINFO + 0x1000);
     let page0 = layout::AGENT_GPA.wrapping_add(layout::AGENT_VEINFO);
-    assert_eq!(f.w.ve_page(1), Some(page1));
+    assert_eq!(f.w.ve_page(VcpuId(1)), Some(page1));
     assert_eq!(mem(&f.w, page1.wrapping_add(veinfo::VE_TOTAL)), 1);
     assert_eq!(mem(&f.w, page0.wrapping_add(veinfo::VE_TOTAL)), 0);
     assert_eq!(mem(&f.w, page1.wrapping_add(veinfo::REGS + 24)), OLD, "RBX");
@@ -194,7 +194,7 @@ fn b13_original_and_protected_stack() {
     c.guest.vcpus = 2;
     let mut f = fx_with(c);
     // VCPU 1: AGENT_GVA + VESTACKS (0xFFFFF88000045000) + 0x4000 + 0x3FF0.
-    let page1 = f.w.ve_page(1).unwrap();
+    let page1 = f.w.ve_page(VcpuId(1)).unwrap();
     assert_eq!(
         mem(&f.w, page1.wrapping_add(veinfo::PROTECTED_STACK)),
         0xFFFF_F880_0004_CFF0
@@ -248,7 +248,7 @@ fn b17_restore_reloads_registers_from_the_page() {
     pg_set(w, 0, veinfo::CR3, 0xDEAD_0000);
     pg_set(w, 0, veinfo::DR7, 0x4FF);
     w.vcpus[0].gpr[12] = 0x5A5A; // what the C code left
-    w.step(0).unwrap();
+    w.step(VcpuId(0)).unwrap();
     let v = &w.vcpus[0];
     assert_eq!(v.gpr[4], pg(w, 0, veinfo::ORIGINAL_STACK));
     assert_eq!((v.gpr[5], v.gpr[12]), (0xB0B0, 0x1212));
@@ -274,7 +274,7 @@ fn b18_write_back_into_the_frame_except_ss() {
     pg_set(w, 0, veinfo::RFLAGS, FIXED1 | CF | PF | ZF | RF);
     pg_set(w, 0, veinfo::CS, 0x33);
     pg_set(w, 0, veinfo::SS, 0x2B);
-    w.run_agent(0, 1000).unwrap();
+    w.run_agent(VcpuId(0), 1000).unwrap();
     let v = &w.vcpus[0];
     assert_eq!(
         [
@@ -320,10 +320,10 @@ fn b19_semaphore_cleared_before_vmfunc_back() {
     to_step(&mut f.w, 0, rip::STUB_EXIT);
     assert_eq!(f.w.machine.mem.read_u32(page.wrapping_add(4)), 0xFFFF_FFFF);
     assert_eq!(f.w.vcpus[0].eptp_index, ViewId(1));
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(f.w.machine.mem.read_u32(page.wrapping_add(4)), 0);
     assert_eq!(f.w.vcpus[0].eptp_index, ViewId(2));
-    f.w.run_agent(0, 100).unwrap();
+    f.w.run_agent(VcpuId(0), 100).unwrap();
     assert_eq!(f.w.vcpus[0].rip, CODE + 3);
     // Re-armed: the next convertible violation is a #VE again.
     f.mov_entry(0, 2, OLD);
@@ -349,7 +349,7 @@ fn b20_return_path_by_cs_and_gs_base() {
         let other = if gs == KGS { UGS } else { KGS };
         f.w.vcpus[0].gs_base = gs;
         f.w.vcpus[0].kernel_gs_base = other;
-        f.w.run_agent(0, 1000).unwrap();
+        f.w.run_agent(VcpuId(0), 1000).unwrap();
         let v = &f.w.vcpus[0];
         assert_eq!(u64::from(v.cs), cs);
         let expect = if swapped { (other, gs) } else { (gs, other) };

@@ -6,6 +6,7 @@ use vesim::agent::{rip, AgentOutcome, RejectReason};
 use vesim::layout::{self, veinfo};
 use vesim::quirks::{Profile, Quirks};
 use vesim_model::vcpu::Gpr;
+use vesim_model::VcpuId;
 
 /// B26: on entry `Raised` is cleared and `VeTotal` incremented.
 #[test]
@@ -31,7 +32,7 @@ fn b27_unknown_exit_reason_breaks() {
         to_step(&mut f.w, 0, rip::H_ENTRY);
         let page = page_of(&f.w, 0);
         f.w.machine.mem.write_u32(page, 0x37);
-        f.w.run_agent(0, 1000).unwrap();
+        f.w.run_agent(VcpuId(0), 1000).unwrap();
         assert_eq!(vmcalls(&f.w), [(BREAK, BREAK_UNKNOWN_EXIT, 0)]);
         assert_eq!(outcomes(&f.w), [(AgentOutcome::Break, None)]);
         assert_eq!(f.w.vcpus[0].rip, CODE);
@@ -111,7 +112,7 @@ fn b31_break_does_not_advance_rip() {
     to_step(&mut f.w, 0, rip::H_ENTRY);
     let page = page_of(&f.w, 0);
     f.w.machine.mem.write_u32(page, 0x37);
-    f.w.run_agent(0, 1000).unwrap();
+    f.w.run_agent(VcpuId(0), 1000).unwrap();
     assert_eq!(f.w.vcpus[0].rip, CODE);
     one_ve(&mut f.w, 0);
     assert_eq!(

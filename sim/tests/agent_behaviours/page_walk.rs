@@ -8,7 +8,7 @@ use vesim::quirks::Quirks;
 use vesim::world::World;
 use vesim_model::paging::{self_map_entry_address, PageSize, PteFlags};
 use vesim_model::vcpu::{Cr0, Gpr};
-use vesim_model::{Gla, Gpa};
+use vesim_model::{Gla, Gpa, VcpuId};
 
 /// B61, written out: S<<39 | ... | index<<3, OR 0xFFFF000000000000.
 fn b61_formula(level: u8, gla: u64) -> u64 {
@@ -180,12 +180,12 @@ fn b65_set_bits_under_the_entry_lock() {
     raise_only(&mut f.w, 0, QUAL_WALK, DATA, e0);
     to_step(&mut f.w, 0, rip::PW_LEAF);
     for _ in 0..3 {
-        f.w.step(0).unwrap();
+        f.w.step(VcpuId(0)).unwrap();
         assert_eq!(f.w.vcpus[0].rip, agent_at(rip::PW_LEAF));
         assert_eq!(f.get(0), pte);
     }
     set_lock(&mut f.w, 0x1F0, false);
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(f.get(0), pte | A);
     assert_eq!(locks(&f.w), [0; 8]);
 }

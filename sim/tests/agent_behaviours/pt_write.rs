@@ -9,7 +9,7 @@ use vesim::quirks::{Profile, Quirks};
 use vesim::world::World;
 use vesim_model::paging::{self_map_entry_address, PteFlags};
 use vesim_model::vcpu::Gpr;
-use vesim_model::{Gla, Gpa};
+use vesim_model::{Gla, Gpa, VcpuId};
 
 /// B34: bytes that do not decode are DISASM_ERROR.
 #[test]
@@ -282,7 +282,7 @@ fn b40_rejection_changes_nothing() {
     while vesim::layout::in_agent(f.w.vcpus[0].rip) || f.w.vcpus[0].rip == layout::OS_VE_HANDLER_GVA
     {
         assert_eq!(locks(&f.w), [0; 8], "no lock at any step");
-        f.w.step(0).unwrap();
+        f.w.step(VcpuId(0)).unwrap();
     }
     assert_eq!(f.get(1), OLD);
     assert_eq!(f.w.vcpus[0].rip, CODE);
@@ -332,7 +332,7 @@ fn b41_lock_index_selfmap() {
         let mut want = [0u64; 8];
         want[0x100 / 64] = 1 << (0x100 % 64);
         assert_eq!(locks(&f.w), want, "level {level}: lock 0x100 only");
-        f.w.run_agent(0, 1000).unwrap();
+        f.w.run_agent(VcpuId(0), 1000).unwrap();
         assert_eq!(locks(&f.w), [0; 8]);
         assert_eq!(mem(&f.w, entry), old | 0x200);
     }
@@ -370,7 +370,7 @@ fn b42_lock_held_across_the_raise() {
     {
         let off = f.w.vcpus[0].rip.wrapping_sub(layout::AGENT_GVA);
         seen.insert(off, lock_held(&f.w, 0x1F0));
-        f.w.step(0).unwrap();
+        f.w.step(VcpuId(0)).unwrap();
     }
     let want = [
         (rip::PT_DECODE, false),
@@ -393,11 +393,11 @@ fn b42_lock_held_across_the_raise() {
     deliver(&mut f.w, 0);
     to_step(&mut f.w, 0, rip::PT_LOCK);
     for _ in 0..3 {
-        f.w.step(0).unwrap();
+        f.w.step(VcpuId(0)).unwrap();
         assert_eq!(f.w.vcpus[0].rip, agent_at(rip::PT_LOCK));
     }
     set_lock(&mut f.w, 0x1F0, false);
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(f.w.vcpus[0].rip, agent_at(rip::PT_READ_OLD));
 }
 
@@ -721,7 +721,7 @@ fn b54_instruction_bytes_copied_before_raise() {
     let mut got = [0u8; 16];
     f.w.machine.mem.read(at, &mut got);
     assert_eq!(got, [0; 16]);
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(vmcalls(&f.w), [(RAISE_EPT, 0, 0)]);
     f.w.machine.mem.read(at, &mut got);
     let mut expected = bytes;
@@ -748,7 +748,7 @@ fn b55_store_after_raise() {
     assert_eq!(vmcalls(&f.w), [(RAISE_EPT, 0, 0)], "the raise came first");
     f.set(1, 0xDEAD_0000);
     pg_set(&mut f.w, 0, veinfo::NEW_VALUE, OLD ^ RW);
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(f.get(1), OLD ^ RW);
 }
 

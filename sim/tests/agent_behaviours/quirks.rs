@@ -59,7 +59,7 @@ fn q1_break_loop_fixed() {
         lock_held(&f.w, 0x1F0),
         "the request is made under the B41 lock"
     );
-    f.w.run_agent(0, 1000).unwrap();
+    f.w.run_agent(VcpuId(0), 1000).unwrap();
     run_to(&mut f.w, 0, CODE + 2, 5);
     // SDM: MOV r/m32 stores the low 32 bits only.
     let new = 0x0000_0000_0123_5063;
@@ -261,7 +261,7 @@ fn q6_run(q: Quirks) -> (u64, u64) {
     assert_eq!(vmcalls(&f.w), [(RAISE_EPT, 0, 0)]);
     let during = pg(&f.w, 0, veinfo::RIP);
     pg_set(&mut f.w, 0, veinfo::RIP, CODE + 0x40);
-    f.w.run_agent(0, 100).unwrap();
+    f.w.run_agent(VcpuId(0), 100).unwrap();
     (during, f.w.vcpus[0].rip)
 }
 
@@ -532,7 +532,7 @@ fn q18_run(q: Quirks) -> World {
     to_step(&mut f.w, 0, rip::H_ENTRY);
     let page = page_of(&f.w, 0);
     f.w.machine.mem.write_u32(page, 0x37);
-    f.w.run_agent(0, 1000).unwrap();
+    f.w.run_agent(VcpuId(0), 1000).unwrap();
     f.w
 }
 
@@ -747,13 +747,13 @@ fn unclassified_ve_is_recounted_from_its_own_vcpus_kind() {
     deliver(&mut f.w, 1);
     let e0 = f.e(0);
     raise_only(&mut f.w, 0, QUAL_WALK, DATA, e0);
-    f.w.run_agent(1, 10_000).unwrap();
+    f.w.run_agent(VcpuId(1), 10_000).unwrap();
     let c = &f.w.counters;
     assert_eq!(
         (c.ve_total, c.ve_page_walk, c.ve_pt_write, c.ve_unknown),
         (2, 1, 0, 1)
     );
-    f.w.run_agent(0, 10_000).unwrap();
+    f.w.run_agent(VcpuId(0), 10_000).unwrap();
     assert_eq!(f.w.counters.page_walk_set, 1);
 }
 

@@ -5,6 +5,7 @@ use crate::CACHE_CASES;
 use proptest::prelude::*;
 use vesim::introcore::ptm::MonitorId;
 use vesim::quirks::Quirks;
+use vesim_model::VcpuId;
 
 /// One step of a cache scenario.
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +83,7 @@ proptest! {
                         if pw.done(0) {
                             break;
                         }
-                        let r = pw.w.step(0);
+                        let r = pw.w.step(VcpuId(0));
                         prop_assert!(r.is_ok(), "op {}: stopped: {:?}", n, r);
                         let bad = pw.w.intro.cached_monitored_entries(&pw.w.machine, &pw.w.guest);
                         prop_assert!(bad.is_empty(), "op {} {:?}: cached monitored entries {:?}", n, op, bad);

@@ -7,6 +7,7 @@ use vesim::agent::rip as agent_rip;
 use vesim::layout;
 use vesim::world::{Event, World};
 use vesim_model::ve_info::VeInfo;
+use vesim_model::VcpuId;
 
 /// I4 bookkeeping of one VCPU.
 #[derive(Clone, Copy, Debug, Default)]
@@ -18,7 +19,7 @@ struct Protocol {
 }
 
 fn semaphore(w: &World, cpu: usize) -> u32 {
-    w.ve_page(cpu)
+    w.ve_page(VcpuId(cpu))
         .map_or(0, |page| VeInfo::semaphore(&w.machine.mem, page))
 }
 
@@ -41,7 +42,7 @@ proptest! {
             let rip_before = pw.w.vcpus[cpu].rip;
             let view_before = pw.w.vcpus[cpu].eptp_index;
             let events_before = pw.w.events.len();
-            let r = pw.w.step(cpu);
+            let r = pw.w.step(VcpuId(cpu));
             prop_assert!(r.is_ok(), "step {}: VCPU {} stopped: {:?}", step, cpu, r);
             let ves = pw.w.events[events_before..]
                 .iter()

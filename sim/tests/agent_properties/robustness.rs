@@ -7,6 +7,7 @@ use vesim::layout::{self, veinfo};
 use vesim::quirks::Profile;
 use vesim::world::World;
 use vesim_model::vcpu::{Gpr, Rflags, SegmentLimit};
+use vesim_model::VcpuId;
 
 /// Offsets of the information page's fields: the hardware part, the saved registers, the
 /// rest of section C, and vesim's locals of the C handler.
@@ -240,7 +241,7 @@ proptest! {
             }
             let cpu = live[usize::from(c.schedule[step % c.schedule.len()]) % live.len()];
             // Runs or stops with a value; a panic fails the property.
-            let _ = pw.w.step(cpu);
+            let _ = pw.w.step(VcpuId(cpu));
         }
     }
 }

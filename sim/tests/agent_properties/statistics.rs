@@ -7,6 +7,7 @@ use proptest::test_runner::TestCaseError;
 use vesim::layout::veinfo;
 use vesim::quirks::{Profile, Quirks};
 use vesim::world::World;
+use vesim_model::VcpuId;
 
 /// The identities of VE-SEMANTICS section 3 that fail: (harness, agent).
 fn identity_failures(w: &World) -> (Vec<String>, Vec<String>) {
@@ -57,7 +58,7 @@ fn identity_failures(w: &World) -> (Vec<String>, Vec<String>) {
         veinfo::VE_IGNORED_IRRELEVANT,
     ];
     for cpu in 0..w.vcpus.len() {
-        if let Some(page) = w.ve_page(cpu) {
+        if let Some(page) = w.ve_page(VcpuId(cpu)) {
             for (k, off) in offs.iter().enumerate() {
                 sum[k] += w.machine.mem.read_u64(page.wrapping_add(*off));
             }
@@ -110,7 +111,7 @@ fn run_scenario(
         let Some(cpu) = pw.pick(sc.schedule[step % sc.schedule.len()]) else {
             break;
         };
-        let r = pw.w.step(cpu);
+        let r = pw.w.step(VcpuId(cpu));
         prop_assert!(r.is_ok(), "step {}: VCPU {} stopped: {:?}", step, cpu, r);
         if pw.quiescent() {
             at_rest(&pw.w)?;
@@ -186,7 +187,7 @@ fn i5_every_delivered_ve_is_counted_in_a_kind() {
         if pw.done(0) {
             break;
         }
-        pw.w.step(0).unwrap();
+        pw.w.step(VcpuId(0)).unwrap();
     }
     assert!(pw.done(0));
     assert_eq!(pw.w.counters.ve_total, 1);

@@ -6,7 +6,7 @@ use vesim::guest::mm::bits;
 use vesim::layout;
 use vesim::quirks::Quirks;
 use vesim_model::vcpu::Gpr;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 /// B104: a raised page walk (the KPTI case: every A/D already set in the kernel CR3, user GLA)
 /// sets A, with one CAS, in the user PML4 entry of the GLA; D and the other levels are left
@@ -19,7 +19,7 @@ fn b104_raised_page_walk_sets_a_in_user_pml4() {
         let mut f = fx_with(c);
         let pid = f.w.mm().create_process(true).unwrap();
         let va = layout::USER_BASE;
-        f.w.mm_map(0, pid, va, bits::RW).unwrap();
+        f.w.mm_map(VcpuId(0), pid, va, bits::RW).unwrap();
         let p = f.w.guest.processes[pid as usize].clone();
         let user = p.user_cr3.expect("KPTI gives a user CR3");
         assert_ne!(user, p.cr3);

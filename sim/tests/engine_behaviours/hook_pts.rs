@@ -11,7 +11,7 @@ use vesim::world::World;
 use vesim_model::ept::EptFlags;
 use vesim_model::paging::{PageSize, PteFlags};
 use vesim_model::vcpu::Gpr;
-use vesim_model::{Gla, Gpa};
+use vesim_model::{Gla, Gpa, VcpuId};
 
 /// A frame of the process-table window far above anything the few processes here allocate.
 const SPARE_TABLE: Gpa = Gpa(0x027F_0000);
@@ -76,10 +76,10 @@ fn b133_irrelevant_change_runs_no_swap_callback() {
     let p = proc_in(&mut w);
     let (leaf, pte) = w.guest.entry_value(&w.machine, p.pid, p.va, 1).unwrap();
     for form in 0..3 {
-        w.mm_set_caching(0, p.pid, p.va, PWT, form).unwrap();
-        w.mm_set_caching(0, p.pid, p.va, 0, form).unwrap();
+        w.mm_set_caching(VcpuId(0), p.pid, p.va, PWT, form).unwrap();
+        w.mm_set_caching(VcpuId(0), p.pid, p.va, 0, form).unwrap();
     }
-    w.mm_trim(0, p.pid, p.va).unwrap();
+    w.mm_trim(VcpuId(0), p.pid, p.va).unwrap();
     assert_eq!(mem(&w, pte) & !(A | D), leaf & !(A | D));
     assert!(swaps_of(&w, p.id).is_empty());
     // Introcore's own filter: a raise whose page says (cur, cur | PWT), equal under the bits.
@@ -95,26 +95,26 @@ fn b133_irrelevant_change_runs_no_swap_callback() {
         v.set_reg(Gpr::Rsi, cur ^ RW);
     }
     to_step(&mut w, 0, rip::PT_RAISE);
-    let page = w.ve_page(0).unwrap();
+    let page = w.ve_page(VcpuId(0)).unwrap();
     assert_eq!(mem(&w, page.wrapping_add(veinfo::OLD_VALUE)), cur);
     w.machine
         .mem
         .write_u64(page.wrapping_add(veinfo::NEW_VALUE), cur | PWT);
-    w.run_agent(0, 10_000).unwrap();
+    w.run_agent(VcpuId(0), 10_000).unwrap();
     assert_eq!(callbacks(&w)[ncb..], [(pte, cur, cur | PWT)]);
     assert_eq!(mem(&w, pte), cur | PWT);
     assert!(swaps_of(&w, p.id).is_empty());
     // A relevant change runs it (RW cleared by LOCK AND).
-    w.mm_protect(0, p.pid, p.va, false, true).unwrap();
+    w.mm_protect(VcpuId(0), p.pid, p.va, false, true).unwrap();
     assert_eq!(mem(&w, pte), (cur | PWT) & !RW);
     let s = swaps_of(&w, p.id);
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].1, (cur | PWT) & !RW);
     // Not present to not present.
-    w.mm_swap_out(0, p.pid, p.va).unwrap();
+    w.mm_swap_out(VcpuId(0), p.pid, p.va).unwrap();
     let n = swaps_of(&w, p.id).len();
     assert_eq!(swaps_of(&w, p.id)[n - 1].1, 0, "swapped out");
-    w.mm_unmap(0, p.pid, p.va).unwrap();
+    w.mm_unmap(VcpuId(0), p.pid, p.va).unwrap();
     assert_eq!(mem(&w, pte), 0);
     assert_eq!(
         swaps_of(&w, p.id).len(),
@@ -145,7 +145,8 @@ fn b135_upper_level_change_rehooks_lower_levels() {
     w.machine.mem.write_u64(new_pte, new_leaf);
     let new_pde = (old_pde & !PFN) | SPARE_TABLE.0;
     let gla = w.guest.entry_gla(p.va, 2);
-    w.mm_exec(0, p.pid, mm_code::MOV, gla, new_pde, 0).unwrap();
+    w.mm_exec(VcpuId(0), p.pid, mm_code::MOV, gla, new_pde, 0)
+        .unwrap();
     assert_eq!(mem(&w, pde) & !(A | D), new_pde & !(A | D));
     assert_eq!(
         w.intro.swaps.last().copied(),
@@ -174,7 +175,7 @@ fn b135_upper_level_change_rehooks_lower_levels() {
     assert!(!fl.contains(EptFlags::WRITE) && !fl.contains(EptFlags::SUPPRESS_VE));
     // The new leaf is what the hook watches now.
     let gla = w.guest.entry_gla(p.va, 1);
-    w.mm_exec(0, p.pid, mm_code::MOV, gla, new_leaf ^ RW, 0)
+    w.mm_exec(VcpuId(0), p.pid, mm_code::MOV, gla, new_leaf ^ RW, 0)
         .unwrap();
     assert_eq!(mem(&w, new_pte), new_leaf ^ RW);
     assert_eq!(
@@ -193,13 +194,15 @@ fn b136_parent_invalidated_gives_swap_with_new_zero() {
     let (old_pde, pde) = w.guest.entry_value(&w.machine, p.pid, p.va, 2).unwrap();
     let (leaf, pte) = w.guest.entry_value(&w.machine, p.pid, p.va, 1).unwrap();
     let gla = w.guest.entry_gla(p.va, 2);
-    w.mm_exec(0, p.pid, mm_code::MOV, gla, 0, 0).unwrap();
+    w.mm_exec(VcpuId(0), p.pid, mm_code::MOV, gla, 0, 0)
+        .unwrap();
     assert_eq!(swaps_of(&w, p.id), [(leaf, 0)]);
     let h = &w.intro.pts.hooks[&p.id];
     assert_eq!(h.levels.last().map(|l| (l.level, l.entry)), Some((2, pde)));
     assert!(!w.intro.ptm.is_monitored(pte));
     // Back.
-    w.mm_exec(0, p.pid, mm_code::MOV, gla, old_pde, 0).unwrap();
+    w.mm_exec(VcpuId(0), p.pid, mm_code::MOV, gla, old_pde, 0)
+        .unwrap();
     assert_eq!(swaps_of(&w, p.id), [(leaf, 0), (0, leaf)]);
     assert!(w.intro.ptm.is_monitored(pte));
     // The same leaf under another table.
@@ -207,8 +210,15 @@ fn b136_parent_invalidated_gives_swap_with_new_zero() {
     w.machine.mem.read(pte.page_base(), &mut table);
     w.machine.mem.write(SPARE_TABLE, &table);
     let cur = mem(&w, pde);
-    w.mm_exec(0, p.pid, mm_code::MOV, gla, (cur & !PFN) | SPARE_TABLE.0, 0)
-        .unwrap();
+    w.mm_exec(
+        VcpuId(0),
+        p.pid,
+        mm_code::MOV,
+        gla,
+        (cur & !PFN) | SPARE_TABLE.0,
+        0,
+    )
+    .unwrap();
     assert_eq!(swaps_of(&w, p.id), [(leaf, 0), (0, leaf), (leaf, leaf)]);
 }
 
@@ -241,7 +251,7 @@ fn b137_hook_stops_at_non_present_or_large_page() {
     assert_eq!(w.intro.pts.hooks[&id2].leaf_value(), 0);
     assert!(w.intro.ptm.is_monitored(pde2));
     // The guest maps it: the PDE write hooks the new table, the PTE write runs the callback.
-    w.mm_map(0, p.pid, va2, bits::RW).unwrap();
+    w.mm_map(VcpuId(0), p.pid, va2, bits::RW).unwrap();
     let (leaf2, pte2) = w.guest.entry_value(&w.machine, p.pid, va2, 1).unwrap();
     assert_eq!(
         entries(&w, id2),

@@ -7,6 +7,7 @@ use vesim::layout::{self, veinfo};
 use vesim::quirks::Quirks;
 use vesim::world::{Event, World};
 use vesim_model::vcpu::Gpr;
+use vesim_model::VcpuId;
 
 /// What must not change when an attack fails: the agent's bytes, the callbacks and swaps
 /// introcore ran, the agent verdicts.
@@ -49,7 +50,7 @@ fn i3_untrusted_read_of_agent_is_blocked() {
             (Gpr::Rbx, 0x77),
         ],
     );
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert_blocked(&f.w, &r, at);
     assert_eq!(f.w.vcpus[0].reg(Gpr::Rbx), 0x77);
     assert_nothing_reached(&f.w, &b);
@@ -65,7 +66,7 @@ fn i3_untrusted_write_of_agent_alerts() {
         &MOV_STORE,
         &[(Gpr::Rax, agent_at(layout::AGENT_DATA + 8)), (Gpr::Rbx, 0)],
     );
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert_blocked(&f.w, &r, at);
     assert_eq!(alerts(&f.w), [0]);
     assert_nothing_reached(&f.w, &b);
@@ -81,7 +82,7 @@ fn i3_untrusted_execute_of_agent_alerts() {
     let b = before(&f.w);
     let target = agent_at(rip::PT_DECODE);
     f.w.vcpus[0].rip = target;
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert!(r.is_err() || f.w.vcpus[0].rip == target);
     assert_eq!(alerts(&f.w), [0]);
     assert!(
@@ -111,8 +112,8 @@ fn i3_vmfunc_into_protected_view_from_guest_code_alerts() {
             (Gpr::Rbx, 0),
         ],
     );
-    f.w.step(0).unwrap();
-    let r = f.w.step(0);
+    f.w.step(VcpuId(0)).unwrap();
+    let r = f.w.step(VcpuId(0));
     assert!(r.is_err() || f.w.vcpus[0].rip == at + 3);
     assert_eq!(alerts(&f.w), [0]);
     assert_nothing_reached(&f.w, &b);
@@ -132,7 +133,7 @@ fn i3_guest_write_to_information_page_alerts() {
             (Gpr::Rbx, 0xFFFF_FFFF_0000_0030),
         ],
     );
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert_blocked(&f.w, &r, at);
     assert_eq!(alerts(&f.w), [0]);
     assert_nothing_reached(&f.w, &b);
@@ -165,7 +166,7 @@ fn i3_remapped_agent_page_stays_protected() {
     f.set(0, pte | A | D);
     let b = before(&f.w);
     let at = f.prep(0, &MOV_STORE, &[(Gpr::Rax, DATA + 8), (Gpr::Rbx, 0)]);
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert_blocked(&f.w, &r, at);
     assert_eq!(alerts(&f.w), [0]);
     let mut after = [0u8; 4096];
@@ -183,7 +184,7 @@ fn i3_raise_ept_vmcall_from_outside_the_agent_is_not_dispatched() {
     let e1 = f.e(1);
     f.w.engine().place_monitor(e1);
     f.w.engine().commit_hooks();
-    let page = f.w.ve_page(0).unwrap();
+    let page = f.w.ve_page(VcpuId(0)).unwrap();
     let m = &mut f.w.machine.mem;
     m.write_u64(page.wrapping_add(0x08), 0x1AA);
     m.write_u64(page.wrapping_add(0x10), egla(1));
@@ -201,7 +202,7 @@ fn i3_raise_ept_vmcall_from_outside_the_agent_is_not_dispatched() {
             (Gpr::Rdx, RAISE_EPT),
         ],
     );
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert!(r.is_ok() || f.w.vcpus[0].rip == at);
     assert_nothing_reached(&f.w, &b);
     assert_eq!(f.get(1), 0, "the entry was not written");

@@ -9,7 +9,7 @@ use vesim::quirks::Quirks;
 use vesim::world::World;
 use vesim_model::ept::EptFlags;
 use vesim_model::vcpu::Gpr;
-use vesim_model::Gpa;
+use vesim_model::{Gpa, VcpuId};
 
 /// The B116 remap of the agent's .text page, in the protected view: the page is copied, the
 /// new frame gets R-X and the old one RW-; the agent keeps running from the new frame.
@@ -65,9 +65,9 @@ fn b116_agent_page_remap_copies_and_moves_rights() {
 fn b116_moved_information_page_is_registered_again() {
     let mut f = fx_with(config_n(Quirks::fixed(), 2));
     let page1 = agent_gpa(layout::AGENT_VEINFO + 0x1000);
-    assert_eq!(f.w.ve_page(1), Some(page1));
+    assert_eq!(f.w.ve_page(VcpuId(1)), Some(page1));
     remap_agent_page(&mut f, 0, layout::AGENT_VEINFO + 0x1000, FREE_FRAME);
-    assert_eq!(f.w.ve_page(1), Some(FREE_FRAME));
+    assert_eq!(f.w.ve_page(VcpuId(1)), Some(FREE_FRAME));
     assert_eq!(
         mem(&f.w, FREE_FRAME.wrapping_add(veinfo::SELF)),
         agent_at(layout::AGENT_VEINFO + 0x1000)
@@ -80,7 +80,7 @@ fn b116_moved_information_page_is_registered_again() {
     // VCPU 0 moves its own page.
     let page0 = agent_gpa(layout::AGENT_VEINFO);
     remap_agent_page(&mut f, 0, layout::AGENT_VEINFO, FREE_FRAME2);
-    assert_eq!(f.w.ve_page(0), Some(FREE_FRAME2));
+    assert_eq!(f.w.ve_page(VcpuId(0)), Some(FREE_FRAME2));
     // Its two #VEs so far (both remaps) were counted before the copy.
     assert_eq!(mem(&f.w, FREE_FRAME2.wrapping_add(veinfo::VE_TOTAL)), 2);
     assert_eq!(f.w.machine.mem.read_u32(FREE_FRAME2.wrapping_add(4)), 0);
@@ -135,7 +135,7 @@ fn b118_untrusted_read_of_agent_blocked_without_alert() {
     let mut f = fx(Quirks::fixed());
     let target = agent_at(layout::AGENT_DATA + 8);
     let at = f.prep(0, &MOV_LOAD, &[(Gpr::Rax, target), (Gpr::Rbx, 0x77)]);
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert_blocked(&f.w, &r, at);
     assert_eq!(f.w.vcpus[0].reg(Gpr::Rbx), 0x77, "nothing was read");
     assert_eq!(f.w.counters.exits.get(&48), Some(&1));
@@ -149,7 +149,7 @@ fn b118_untrusted_write_of_agent_alerts() {
     let target = agent_at(layout::AGENT_DATA + 8);
     let before = agent_image(&f.w);
     let at = f.prep(0, &MOV_STORE, &[(Gpr::Rax, target), (Gpr::Rbx, 0)]);
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert_blocked(&f.w, &r, at);
     assert_eq!(f.w.counters.exits.get(&48), Some(&1));
     assert_eq!(alerts(&f.w), [0]);
@@ -174,10 +174,10 @@ fn b119_protected_view_violation_alerts() {
             (Gpr::Rbx, 0x1234),
         ],
     );
-    f.w.step(0).unwrap();
+    f.w.step(VcpuId(0)).unwrap();
     assert_eq!(f.w.vcpus[0].eptp_index, protected);
     assert_eq!(f.w.vcpus[0].rip, at + 3);
-    let r = f.w.step(0);
+    let r = f.w.step(VcpuId(0));
     assert!(r.is_err() || f.w.vcpus[0].rip == at + 3, "blocked");
     assert_eq!(f.w.counters.exits.get(&48), Some(&1));
     assert_eq!(alerts(&f.w), [0]);

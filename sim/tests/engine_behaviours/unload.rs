@@ -10,7 +10,7 @@ use vesim::layout;
 use vesim::quirks::Quirks;
 use vesim::world::World;
 use vesim_model::ept::EptFlags;
-use vesim_model::{Gfn, Gpa};
+use vesim_model::{Gfn, Gpa, VcpuId};
 
 /// B95: an unload needs VE initialised and the agent deployed, and not already pending.
 #[test]
@@ -111,7 +111,7 @@ fn b97_b140_unload_gate_refuses_while_a_rip_is_in_the_agent() {
     assert!(f.w.intro.pending_unload);
     assert_eq!(deployed_state(&f.w), before, "nothing was unhooked");
     // The agent finishes its #VE; the raise is still dispatched.
-    f.w.run_agent(1, 10_000).unwrap();
+    f.w.run_agent(VcpuId(1), 10_000).unwrap();
     run_to(&mut f.w, 1, at + 3, 10);
     assert_eq!(callbacks(&f.w), [(e1, 0, OLD)]);
     assert_eq!(f.get(1), OLD);

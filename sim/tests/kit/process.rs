@@ -4,6 +4,7 @@ use vesim::guest::mm::bits;
 use vesim::introcore::pts::{Owner, TranslationId};
 use vesim::layout::{self, mm_code};
 use vesim::world::World;
+use vesim_model::VcpuId;
 
 /// A protected process with one user page at `USER_BASE` whose translation introcore hooks.
 pub struct Proc {
@@ -17,7 +18,7 @@ pub struct Proc {
 pub fn proc_in(w: &mut World) -> Proc {
     let pid = w.mm().create_process(true).unwrap();
     let va = layout::USER_BASE;
-    w.mm_map(0, pid, va, bits::RW).unwrap();
+    w.mm_map(VcpuId(0), pid, va, bits::RW).unwrap();
     let cr3 = w.guest.processes[pid as usize].cr3;
     let id = w.engine().hook_translation(cr3, va, Owner::Process(pid));
     w.engine().commit_hooks();
@@ -37,5 +38,6 @@ pub fn pml4_slot_va(k: u64) -> u64 {
 /// Writes PML4 entry `k` of process `pid` with the memory manager's MOV through its self-map.
 pub fn write_pml4e(w: &mut World, pid: u32, k: u64, value: u64) {
     let gla = w.guest.entry_gla(pml4_slot_va(k), 4);
-    w.mm_exec(0, pid, mm_code::MOV, gla, value, 0).unwrap();
+    w.mm_exec(VcpuId(0), pid, mm_code::MOV, gla, value, 0)
+        .unwrap();
 }

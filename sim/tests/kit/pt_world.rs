@@ -9,7 +9,7 @@ use vesim::layout;
 use vesim::quirks::{Profile, Quirks};
 use vesim::world::{World, WorldConfig};
 use vesim_model::paging::{self_map_entry_address, PteFlags};
-use vesim_model::{Gla, Gpa, MachineConfig};
+use vesim_model::{Gla, Gpa, MachineConfig, VcpuId};
 
 /// VCPU i's code page.
 pub const CODE_GVA: u64 = 0xFFFF_F800_0030_0000;
@@ -199,7 +199,7 @@ impl PtWorld {
                 return;
             }
             for c in inside {
-                let _ = self.w.step(c);
+                let _ = self.w.step(VcpuId(c));
             }
         }
     }

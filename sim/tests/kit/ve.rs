@@ -3,7 +3,7 @@
 use vesim::layout::{self, veinfo};
 use vesim::world::World;
 use vesim_model::ept::EptQualification;
-use vesim_model::{EptViolation, Gla, Gpa, Outcome};
+use vesim_model::{EptViolation, Gla, Gpa, Outcome, VcpuId};
 
 /// The guest-linear address of agent offset `off`.
 pub fn agent_at(off: u64) -> u64 {
@@ -22,7 +22,7 @@ pub fn deliver(w: &mut World, cpu: usize) {
         if w.counters.ve_total > n {
             return;
         }
-        w.step(cpu).unwrap();
+        w.step(VcpuId(cpu)).unwrap();
     }
     panic!("no #VE on VCPU {cpu}; RIP {:#x}", w.vcpus[cpu].rip);
 }
@@ -30,7 +30,7 @@ pub fn deliver(w: &mut World, cpu: usize) {
 /// Delivers one #VE and runs the agent until it returns.
 pub fn one_ve(w: &mut World, cpu: usize) {
     deliver(w, cpu);
-    w.run_agent(cpu, 10_000).unwrap();
+    w.run_agent(VcpuId(cpu), 10_000).unwrap();
 }
 
 /// Steps VCPU `cpu` until its RIP is the agent step at `off`.
@@ -39,7 +39,7 @@ pub fn to_step(w: &mut World, cpu: usize, off: u64) {
         if w.vcpus[cpu].rip == agent_at(off) {
             return;
         }
-        w.step(cpu).unwrap();
+        w.step(VcpuId(cpu)).unwrap();
     }
     panic!("agent step {off:#x} not reached");
 }
@@ -50,7 +50,7 @@ pub fn run_to(w: &mut World, cpu: usize, rip: u64, steps_max: u64) {
         if w.vcpus[cpu].rip == rip {
             return;
         }
-        w.step(cpu).unwrap();
+        w.step(VcpuId(cpu)).unwrap();
     }
     panic!("RIP {rip:#x} not reached; at {:#x}", w.vcpus[cpu].rip);
 }
@@ -69,18 +69,19 @@ pub fn raise_only(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: 
         machine.ept_violation(&mut vcpus[cpu], v)
     };
     assert!(matches!(o, Outcome::VeDelivered(_)), "{o:?}");
-    w.count_ve(cpu, qualification);
+    w.count_ve(VcpuId(cpu), qualification);
 }
 
 /// Raises an EPT violation as `raise_only` does, then runs the agent until it returns.
 pub fn inject(w: &mut World, cpu: usize, qualification: u64, gla: u64, gpa: Gpa) {
     raise_only(w, cpu, qualification, gla, gpa);
-    w.run_agent(cpu, 10_000).unwrap();
+    w.run_agent(VcpuId(cpu), 10_000).unwrap();
 }
 
 /// VCPU `cpu`'s information page.
 pub fn page_of(w: &World, cpu: usize) -> Gpa {
-    w.ve_page(cpu).expect("the VCPU has an information page")
+    w.ve_page(VcpuId(cpu))
+        .expect("the VCPU has an information page")
 }
 
 /// The qword at `off` of VCPU `cpu`'s information page.
