@@ -166,11 +166,24 @@ impl EptEntry {
 }
 
 /// One EPT view: a leaf entry per guest frame.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// After [`EptView::mark`] every change of an entry is logged, and [`EptView::rewind`] undoes
+/// them in reverse, in time proportional to the changes. Equality is the entries only.
+#[derive(Clone, Debug, Default)]
 pub struct EptView {
     entries: FastMap<Gfn, EptEntry>,
     default: EptEntry,
+    /// While marked: each changed frame with its entry before the change (`None`: none).
+    undo: Option<Vec<(Gfn, Option<EptEntry>)>>,
 }
+
+impl PartialEq for EptView {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries && self.default == other.default
+    }
+}
+
+impl Eq for EptView {}
 
 impl EptView {
     /// A view in which every frame uses `default` until set.
@@ -178,6 +191,7 @@ impl EptView {
         EptView {
             entries: FastMap::default(),
             default,
+            undo: None,
         }
     }
     /// The entry hardware would use for `gfn`.
@@ -186,7 +200,31 @@ impl EptView {
     }
     /// Sets the raw entry of `gfn`.
     pub fn set_entry(&mut self, gfn: Gfn, entry: EptEntry) {
-        self.entries.insert(gfn, entry);
+        let old = self.entries.insert(gfn, entry);
+        if let Some(log) = &mut self.undo {
+            log.push((gfn, old));
+        }
+    }
+    /// Marks the current entries as what [`EptView::rewind`] returns to.
+    pub fn mark(&mut self) {
+        match &mut self.undo {
+            Some(log) => log.clear(),
+            None => self.undo = Some(Vec::new()),
+        }
+    }
+    /// Undoes every change since the last mark (nothing without one); the mark stays.
+    pub fn rewind(&mut self) {
+        let Some(log) = &mut self.undo else { return };
+        while let Some((gfn, old)) = log.pop() {
+            match old {
+                Some(e) => self.entries.insert(gfn, e),
+                None => self.entries.remove(&gfn),
+            };
+        }
+    }
+    /// Entries changed since the last mark (with repeats).
+    pub fn changes_since_mark(&self) -> usize {
+        self.undo.as_ref().map_or(0, Vec::len)
     }
     /// Sets the flags of `gfn` (identity address).
     pub fn set(&mut self, gfn: Gfn, flags: EptFlags) {
@@ -225,11 +263,17 @@ impl EptView {
 }
 
 /// The EPTP list: up to 512 views. A missing index is an invalid list entry (VMFUNC exits).
+///
+/// [`Ept::mark`] and [`Ept::rewind`] snapshot the list and every view the same way
+/// [`EptView`] does: a rewind undoes the entries changed and the views installed since.
 #[derive(Clone, Debug, Default)]
 pub struct Ept {
     views: Vec<Option<EptView>>,
     /// Bumped by every mutable access (for the MMU's translation cache).
     generation: u64,
+    /// While marked: the list's length at the mark, and each list entry installed since with
+    /// the view it held at the mark.
+    undo: Option<(usize, Vec<(usize, Option<EptView>)>)>,
 }
 
 impl PartialEq for Ept {
@@ -255,8 +299,60 @@ impl Ept {
         if self.views.len() <= i {
             self.views.resize_with(i + 1, || None);
         }
-        self.views[i] = Some(view);
+        let old = self.views[i].replace(view);
+        if let Some((_, log)) = &mut self.undo {
+            // What the index held at the mark: the replaced view as it was then.
+            let old = old.map(|mut v| {
+                v.rewind();
+                v
+            });
+            log.push((i, old));
+        }
+        if self.undo.is_some() {
+            if let Some(v) = &mut self.views[i] {
+                v.mark();
+            }
+        }
         Ok(())
+    }
+    /// Marks the list and every view as what [`Ept::rewind`] returns to.
+    pub fn mark(&mut self) {
+        let mut log = self.undo.take().map(|(_, l)| l).unwrap_or_default();
+        log.clear();
+        self.undo = Some((self.views.len(), log));
+        for v in self.views.iter_mut().flatten() {
+            v.mark();
+        }
+    }
+    /// Returns the list and its views to the last mark (nothing without one), in time
+    /// proportional to the changes since; the mark stays.
+    pub fn rewind(&mut self) {
+        let Some((len, log)) = &mut self.undo else {
+            return;
+        };
+        self.generation += 1;
+        for v in self.views.iter_mut().flatten() {
+            v.rewind();
+        }
+        while let Some((i, old)) = log.pop() {
+            if let Some(slot) = self.views.get_mut(i) {
+                *slot = old;
+                if let Some(v) = slot {
+                    v.mark();
+                }
+            }
+        }
+        self.views.truncate(*len);
+    }
+    /// EPT changes since the last mark: entries changed plus views installed.
+    pub fn changes_since_mark(&self) -> usize {
+        self.undo.as_ref().map_or(0, |(_, log)| log.len())
+            + self
+                .views
+                .iter()
+                .flatten()
+                .map(EptView::changes_since_mark)
+                .sum::<usize>()
     }
     /// The view at `id`, if the list entry is valid.
     pub fn view(&self, id: ViewId) -> Option<&EptView> {
@@ -408,5 +504,45 @@ mod tests {
         );
         assert!(ept.is_valid(ViewId(511)));
         assert!(!ept.is_valid(ViewId(0)));
+    }
+    /// A rewind undoes changed entries, installed and replaced views and a longer list, and
+    /// equals a copy taken at the mark, round after round.
+    #[test]
+    fn rewind_returns_the_list_and_its_views_to_the_mark() {
+        let mut ept = Ept::new();
+        let mut v = EptView::new(EptEntry(0b111));
+        v.set(Gfn(5), EptFlags::READ);
+        ept.insert(ViewId(0), v).unwrap();
+        ept.insert(ViewId(2), EptView::new(EptEntry(0b001)))
+            .unwrap();
+        ept.mark();
+        let at_mark = ept.clone();
+        for round in 0..3 {
+            let v0 = ept.view_mut(ViewId(0)).unwrap();
+            v0.set(Gfn(5), EptFlags::READ | EptFlags::WRITE);
+            v0.set(Gfn(6), EptFlags::empty());
+            v0.set_suppress_ve(Gfn(6), true);
+            ept.view_mut(ViewId(2)).unwrap().set(Gfn(9), EptFlags::READ);
+            ept.insert(ViewId(2), EptView::new(EptEntry(0))).unwrap();
+            ept.view_mut(ViewId(2)).unwrap().set(Gfn(1), EptFlags::READ);
+            ept.insert(ViewId(40), EptView::default()).unwrap();
+            assert_eq!(ept.changes_since_mark(), 2 + 3 + 1);
+            assert_ne!(ept, at_mark);
+            let g = ept.generation();
+            ept.rewind();
+            assert_ne!(ept.generation(), g);
+            assert_eq!(ept, at_mark, "round {round}");
+            assert_eq!(ept.view_ids().count(), 2);
+            assert_eq!(ept.changes_since_mark(), 0);
+            assert_eq!(
+                ept.check(ViewId(2), Gpa(0x9000), EptAccess::Read),
+                EptCheck::Allowed
+            );
+            assert_eq!(
+                ept.view(ViewId(0)).unwrap().entry(Gfn(6)),
+                EptEntry(0b111),
+                "the default again"
+            );
+        }
     }
 }

@@ -15,12 +15,53 @@ pub type Frame = [u8; PAGE_SIZE as usize];
 ///
 /// It also keeps a write generation for the MMU's translation cache: frames can be watched
 /// (the paging-structure frames a cached translation read), and any write to a watched frame
-/// bumps the generation, which drops every cached translation. Equality is the contents only.
+/// bumps the generation, which drops every cached translation.
+///
+/// Snapshot and rewind: after [`GuestMemory::mark`], the first write to each frame saves its
+/// contents (or notes that the frame did not exist), and [`GuestMemory::rewind`] puts back
+/// exactly those frames. A rewind costs one 4 KiB copy per frame dirtied since the mark,
+/// whatever the size of memory; the saved copies are kept for reuse, so a steady
+/// mark-run-rewind loop allocates nothing. Equality is the contents only.
 #[derive(Clone, Default)]
 pub struct GuestMemory {
-    frames: FastMap<u64, Box<Frame>>,
+    frames: FastMap<u64, Slot>,
     watched: FastMap<u64, ()>,
     generation: u64,
+    undo: Undo,
+}
+
+/// A frame and the epoch in which it was last saved for a rewind.
+#[derive(Clone)]
+struct Slot {
+    frame: Box<Frame>,
+    epoch: u64,
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.frame == other.frame
+    }
+}
+
+/// What a rewind puts back: per frame dirtied since the mark, its contents then (`None`: the
+/// frame did not exist).
+#[derive(Clone, Default)]
+struct Undo {
+    marked: bool,
+    /// Marks taken so far.
+    marks: u64,
+    /// A frame whose slot carries another epoch has not been saved since the mark.
+    epoch: u64,
+    saved: Vec<(u64, Option<Box<Frame>>)>,
+    spare: Vec<Box<Frame>>,
+}
+
+impl Undo {
+    fn frame(&mut self) -> Box<Frame> {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| Box::new([0u8; PAGE_SIZE as usize]))
+    }
 }
 
 impl PartialEq for GuestMemory {
@@ -53,12 +94,12 @@ impl GuestMemory {
         let mut keys: Vec<u64> = self.frames.keys().copied().collect();
         keys.sort_unstable();
         keys.into_iter()
-            .filter_map(move |k| self.frames.get(&k).map(|v| (Gfn(k), &**v)))
+            .filter_map(move |k| self.frames.get(&k).map(|v| (Gfn(k), &*v.frame)))
     }
 
     /// The frame `gfn`, if it was ever written.
     pub fn frame(&self, gfn: Gfn) -> Option<&Frame> {
-        self.frames.get(&gfn.0).map(|f| &**f)
+        self.frames.get(&gfn.0).map(|s| &*s.frame)
     }
 
     /// Bumps [`GuestMemory::generation`] on the next write to frame `gfn`.
@@ -71,14 +112,80 @@ impl GuestMemory {
         self.generation
     }
 
+    /// Marks the current contents as what [`GuestMemory::rewind`] returns to (forgetting any
+    /// earlier mark).
+    pub fn mark(&mut self) {
+        let u = &mut self.undo;
+        u.marked = true;
+        u.marks += 1;
+        u.epoch += 1;
+        for (_, saved) in u.saved.drain(..) {
+            u.spare.extend(saved);
+        }
+    }
+
+    /// Puts back the contents at the last [`GuestMemory::mark`] (nothing without a mark), in
+    /// time proportional to the frames written since; the mark stays. Every translation
+    /// cached on this memory is dropped.
+    pub fn rewind(&mut self) {
+        let u = &mut self.undo;
+        if !u.marked {
+            return;
+        }
+        for (gfn, saved) in u.saved.drain(..) {
+            match saved {
+                Some(old) => {
+                    if let Some(slot) = self.frames.get_mut(&gfn) {
+                        slot.frame.copy_from_slice(&old[..]);
+                    }
+                    u.spare.push(old);
+                }
+                None => {
+                    if let Some(slot) = self.frames.remove(&gfn) {
+                        u.spare.push(slot.frame);
+                    }
+                }
+            }
+        }
+        u.epoch += 1;
+        self.generation += 1;
+        self.watched.clear();
+    }
+
+    /// How many marks were taken (a snapshot knows which mark it belongs to).
+    pub fn marks(&self) -> u64 {
+        self.undo.marks
+    }
+
+    /// Frames written since the last mark (what a rewind would copy back).
+    pub fn dirtied_since_mark(&self) -> usize {
+        self.undo.saved.len()
+    }
+
     fn frame_mut(&mut self, gfn: Gfn) -> &mut Frame {
         if !self.watched.is_empty() && self.watched.contains_key(&gfn.0) {
             self.generation += 1;
             self.watched.clear();
         }
-        self.frames
-            .entry(gfn.0)
-            .or_insert_with(|| Box::new([0u8; PAGE_SIZE as usize]))
+        let u = &mut self.undo;
+        let slot = self.frames.entry(gfn.0).or_insert_with(|| {
+            let mut frame = u.frame();
+            frame.fill(0);
+            if u.marked {
+                u.saved.push((gfn.0, None));
+            }
+            Slot {
+                frame,
+                epoch: u.epoch,
+            }
+        });
+        if u.marked && slot.epoch != u.epoch {
+            let mut copy = u.frame();
+            copy.copy_from_slice(&slot.frame[..]);
+            u.saved.push((gfn.0, Some(copy)));
+            slot.epoch = u.epoch;
+        }
+        &mut slot.frame
     }
 
     /// Reads `buf.len()` bytes starting at `gpa` (may cross frames; wraps at 2^64).
@@ -89,7 +196,7 @@ impl GuestMemory {
             let off = addr.page_offset() as usize;
             let n = (PAGE_SIZE as usize - off).min(buf.len() - done);
             match self.frames.get(&addr.gfn().0) {
-                Some(frame) => buf[done..done + n].copy_from_slice(&frame[off..off + n]),
+                Some(slot) => buf[done..done + n].copy_from_slice(&slot.frame[off..off + n]),
                 None => buf[done..done + n].fill(0),
             }
             done += n;
@@ -115,9 +222,9 @@ impl GuestMemory {
         let off = gpa.page_offset() as usize;
         if off <= PAGE_SIZE as usize - 8 {
             return match self.frames.get(&gpa.gfn().0) {
-                Some(frame) => {
+                Some(slot) => {
                     let mut b = [0u8; 8];
-                    b.copy_from_slice(&frame[off..off + 8]);
+                    b.copy_from_slice(&slot.frame[off..off + 8]);
                     u64::from_le_bytes(b)
                 }
                 None => 0,
@@ -186,5 +293,72 @@ mod tests {
         let mut b = [0u8; 1];
         mem.read(Gpa(0), &mut b);
         assert_eq!(b[0], 0xBB);
+    }
+    /// A rewind returns exactly the marked contents (compared with a copy taken at the mark),
+    /// removes frames created since, and copies back only the frames written since.
+    #[test]
+    fn rewind_returns_to_the_mark_and_touches_only_dirtied_frames() {
+        let mut mem = GuestMemory::new();
+        for i in 0..64u64 {
+            mem.write_u64(Gpa(i * 0x1000 + 8), i + 1);
+        }
+        mem.mark();
+        let at_mark = mem.clone();
+        for round in 0..3u64 {
+            mem.write_u64(Gpa(0x3008), 0xDEAD + round);
+            mem.write_u64(Gpa(0x3010), 7);
+            mem.write(Gpa(0x7FFC), &[1, 2, 3, 4, 5, 6, 7, 8]);
+            mem.write_u64(Gpa(0x100_0000), 1);
+            assert_eq!(mem.dirtied_since_mark(), 4, "frames 3, 7, 8 and a new one");
+            assert_ne!(mem, at_mark);
+            mem.rewind();
+            assert_eq!(mem, at_mark, "round {round}");
+            assert_eq!(mem.frame_count(), 64);
+            assert_eq!(mem.frame(Gfn(0x1000)), None);
+            assert_eq!(mem.dirtied_since_mark(), 0);
+        }
+    }
+
+    #[test]
+    fn rewind_without_a_mark_is_a_no_op_and_a_rewind_drops_cached_translations() {
+        let mut mem = GuestMemory::new();
+        mem.write_u64(Gpa(0), 5);
+        mem.rewind();
+        assert_eq!(mem.read_u64(Gpa(0)), 5);
+        mem.mark();
+        mem.watch(Gfn(0));
+        let g = mem.generation();
+        mem.rewind();
+        assert_ne!(mem.generation(), g, "cached translations are dropped");
+    }
+    proptest::proptest! {
+        /// Any writes before and after a mark, over several rounds: each rewind gives memory
+        /// equal to a copy taken at the mark, and the dirtied count is the distinct frames
+        /// written since.
+        #[test]
+        fn rewind_equals_the_copy_taken_at_the_mark(
+            before in proptest::collection::vec((0u64..0x20_000, 0u64..u64::MAX), 0..40),
+            rounds in proptest::collection::vec(
+                proptest::collection::vec((0u64..0x20_000, 0u64..u64::MAX), 0..40), 1..4),
+        ) {
+            let mut mem = GuestMemory::new();
+            for (a, v) in before {
+                mem.write_u64(Gpa(a), v);
+            }
+            mem.mark();
+            let at_mark = mem.clone();
+            for writes in rounds {
+                let mut frames = std::collections::BTreeSet::new();
+                for (a, v) in writes {
+                    mem.write_u64(Gpa(a), v);
+                    frames.insert(a >> 12);
+                    frames.insert((a + 7) >> 12);
+                }
+                proptest::prop_assert_eq!(mem.dirtied_since_mark(), frames.len());
+                mem.rewind();
+                proptest::prop_assert_eq!(&mem, &at_mark);
+                proptest::prop_assert_eq!(mem.frame_count(), at_mark.frame_count());
+            }
+        }
     }
 }

@@ -435,7 +435,7 @@ pub enum PagingError {
 }
 
 /// Builds 4-level page tables in guest memory.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageTableBuilder {
     pml4: Gpa,
     alloc: FrameAllocator,

@@ -475,11 +475,27 @@ fn header(
 pub fn run_built_progress(
     b: Builtin,
     params: &BTreeMap<&'static str, u64>,
-    mut w: World,
+    w: World,
     seed: u64,
     schedule: &crate::sched::Schedule,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<RunResult, RunError> {
+    match run_in_world(b, params, w, seed, schedule, bar)? {
+        (_, Some((cpu, s)), _) => Err(RunError::Stopped(cpu, s.to_string())),
+        (r, None, _) => Ok(r),
+    }
+}
+
+/// [`run_built_progress`], giving back the world as the run left it (to reset and run again)
+/// and the VCPU stop that ended it, if one did.
+pub fn run_in_world(
+    b: Builtin,
+    params: &BTreeMap<&'static str, u64>,
+    mut w: World,
+    seed: u64,
+    schedule: &crate::sched::Schedule,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(RunResult, StopAt, World), RunError> {
     let streams = generate_streams(b, params, seed);
     let hdr = header(b, params, &w, seed, schedule, streams.processes.clone());
     let msg = bar.map(|b| b.message());
@@ -493,16 +509,14 @@ pub fn run_built_progress(
     w.events.keep(false);
     w.events.hash_from(crate::trace::run_hasher(&prefix, w.ve));
     let (w, stop) = run_streams(w, streams, schedule, STEPS_MAX, bar, false)?;
-    if let Some((cpu, s)) = stop {
-        return Err(RunError::Stopped(cpu, s.to_string()));
-    }
-    Ok(RunResult {
+    let r = RunResult {
         counters: w.counters.clone(),
         cache: w.intro.cache.stats,
         swaps: w.intro.swaps.len() as u64,
         trace_hash: w.events.hash().unwrap_or_default(),
         steps: w.tsc,
-    })
+    };
+    Ok((r, stop, w))
 }
 
 /// Runs one run of a trace's header: the world its header names with #VE `ve`, the
@@ -606,7 +620,8 @@ pub fn run_scenario_until(
     Ok(w)
 }
 
-type StopAt = Option<(usize, crate::world::Stop)>;
+/// The VCPU stop that ended a run, if one did.
+pub type StopAt = Option<(usize, crate::world::Stop)>;
 
 /// Steps between progress updates.
 const PROGRESS_CHUNK: u64 = 1 << 16;

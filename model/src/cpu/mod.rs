@@ -51,6 +51,23 @@ pub struct Machine {
     pub(crate) tlb: mmu::Tlb,
 }
 
+impl Machine {
+    /// Marks memory and the EPTP list as what [`Machine::rewind`] returns to (the snapshot of a
+    /// reset; see [`GuestMemory::mark`] and [`Ept::mark`]).
+    pub fn mark(&mut self) {
+        self.mem.mark();
+        self.ept.mark();
+    }
+
+    /// Returns memory and the EPTP list to the last mark, in time proportional to the frames
+    /// and entries changed since. Both bump their generations, so no cached translation
+    /// survives.
+    pub fn rewind(&mut self) {
+        self.mem.rewind();
+        self.ept.rewind();
+    }
+}
+
 impl PartialEq for Machine {
     fn eq(&self, other: &Self) -> bool {
         (&self.mem, &self.ept, &self.config) == (&other.mem, &other.ept, &other.config)

@@ -58,7 +58,7 @@ pub const fn cpu_index_of_lsl(l: u32) -> u64 {
 }
 
 /// The guest: its paging structures and where things are.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guest {
     /// The configuration it was built from.
     pub config: GuestConfig,

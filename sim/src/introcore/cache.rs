@@ -21,7 +21,7 @@ pub struct CacheStats {
 }
 
 /// The cache writer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheWriter {
     /// `gVeCachePages[line].Indexes[bucket]`: the per-bucket fill counters.
     indexes: [[u8; BUCKETS as usize]; LINES as usize],

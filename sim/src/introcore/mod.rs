@@ -40,7 +40,7 @@ use vesim_model::vcpu::Vcpu;
 use vesim_model::{Gfn, Gpa, Machine, ViewId};
 
 /// The engine's state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Introcore {
     /// GPA hooks on the untrusted view.
     pub hooks: GpaHooks,

@@ -6,6 +6,8 @@
 
 use crate::agent::{Agent, AgentStep};
 mod drive;
+mod snapshot;
+pub use snapshot::{Snapshot, SnapshotError};
 
 pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, HarnessError, Stop};
 use crate::guest::mm::Mm;

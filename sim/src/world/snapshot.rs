@@ -1,0 +1,114 @@
+//! Snapshot and reset: a world taken back to an earlier state in time proportional to what
+//! changed since, not to its size.
+//!
+//! [`World::snapshot`] marks the machine (guest memory and the EPTP list log what they
+//! overwrite from then on: [`vesim_model::memory::GuestMemory::mark`],
+//! [`vesim_model::ept::Ept::mark`]) and copies the rest of the world: the VCPUs, the guest's
+//! and introcore's bookkeeping, the counters and the event log. [`World::reset`] rewinds the
+//! machine (one 4 KiB copy per frame dirtied and one entry per EPT change) and copies the rest
+//! back. The rest is small beside memory: its size is the VCPUs, processes, hooks and
+//! monitored tables, not the guest's frames. The translation cache starts empty after a reset
+//! (it never changes a result). A snapshot belongs to the last mark of its world: a reset with
+//! any other is refused.
+
+use super::World;
+
+/// A world as [`World::snapshot`] found it, less memory and EPT (which the world's machine
+/// keeps as a mark).
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Every field but the machine, whose place holds an empty one.
+    rest: World,
+    /// The machine's mark this snapshot goes with.
+    mark: u64,
+}
+
+/// A reset that cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The world was marked again since (or the snapshot is another world's).
+    #[error("the snapshot is not the world's last one (mark {snapshot}, world at mark {world})")]
+    Stale {
+        /// The snapshot's mark.
+        snapshot: u64,
+        /// The world's last mark.
+        world: u64,
+    },
+}
+
+impl World {
+    /// Takes the snapshot [`World::reset`] returns to. Any earlier snapshot of this world can
+    /// no longer be reset to.
+    pub fn snapshot(&mut self) -> Snapshot {
+        self.machine.mark();
+        let machine = std::mem::take(&mut self.machine);
+        let rest = self.clone();
+        self.machine = machine;
+        Snapshot {
+            rest,
+            mark: self.machine.mem.marks(),
+        }
+    }
+
+    /// Returns the world to `snapshot`, in time proportional to the guest frames and EPT
+    /// entries changed since (plus a copy of the small rest). The snapshot stays valid.
+    pub fn reset(&mut self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        let world = self.machine.mem.marks();
+        if world != snapshot.mark {
+            return Err(SnapshotError::Stale {
+                snapshot: snapshot.mark,
+                world,
+            });
+        }
+        let mut machine = std::mem::take(&mut self.machine);
+        machine.rewind();
+        self.clone_from(&snapshot.rest);
+        self.machine = machine;
+        Ok(())
+    }
+
+    /// The fields in which two worlds differ, by name (empty: equal in every field: memory,
+    /// EPT, machine options, VCPUs, stop states, guest, introcore, quirks, counters, events,
+    /// clock, #VE switch, the per-VCPU #VE kinds, the cache log and the completed-instruction
+    /// record).
+    pub fn differences(&self, other: &World) -> Vec<&'static str> {
+        // Every field by name, so that a new field cannot be left out of the comparison.
+        let World {
+            machine,
+            vcpus,
+            stopped,
+            guest,
+            intro,
+            quirks,
+            counters,
+            events,
+            tsc,
+            ve,
+            last_ve_walk,
+            cache_log,
+            completed,
+        } = self;
+        let mut d = Vec::new();
+        let mut field = |name, same: bool| {
+            if !same {
+                d.push(name);
+            }
+        };
+        field("memory", machine.mem == other.machine.mem);
+        field("ept", machine.ept == other.machine.ept);
+        field("machine config", machine.config == other.machine.config);
+        field("vcpus", *vcpus == other.vcpus);
+        field("stopped", *stopped == other.stopped);
+        field("guest", *guest == other.guest);
+        field("introcore", *intro == other.intro);
+        field("quirks", *quirks == other.quirks);
+        field("counters", *counters == other.counters);
+        field("events", *events == other.events);
+        field("tsc", *tsc == other.tsc);
+        field("ve", *ve == other.ve);
+        field("last #VE kinds", *last_ve_walk == other.last_ve_walk);
+        field("cache log", *cache_log == other.cache_log);
+        field("completed", *completed == other.completed);
+        d
+    }
+}
