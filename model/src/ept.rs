@@ -273,8 +273,11 @@ pub struct Ept {
     generation: u64,
     /// While marked: the list's length at the mark, and each list entry installed since with
     /// the view it held at the mark.
-    undo: Option<(usize, Vec<(usize, Option<EptView>)>)>,
+    undo: Option<(usize, Vec<ListChange>)>,
 }
+
+/// A list entry installed since the mark, with the view it held at the mark.
+type ListChange = (usize, Option<EptView>);
 
 impl PartialEq for Ept {
     fn eq(&self, other: &Self) -> bool {
