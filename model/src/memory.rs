@@ -152,6 +152,15 @@ impl GuestMemory {
         self.watched.clear();
     }
 
+    /// Each frame written since the last mark, in the order first written, with its contents
+    /// at the mark (`None`: it did not exist then).
+    pub fn dirtied(&self) -> impl Iterator<Item = (Gfn, Option<&Frame>)> + '_ {
+        self.undo
+            .saved
+            .iter()
+            .map(|(g, old)| (Gfn(*g), old.as_deref()))
+    }
+
     /// How many marks were taken (a snapshot knows which mark it belongs to).
     pub fn marks(&self) -> u64 {
         self.undo.marks

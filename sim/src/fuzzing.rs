@@ -21,33 +21,45 @@ use crate::ops::GuestOp;
 use crate::quirks::{Profile, Quirks, MONITORED_BITS_FIXED};
 use crate::scenario_case::le;
 use crate::verdict::{self, VerdictRequest};
-use crate::world::{World, WorldConfig};
+use crate::world::{Reusable, World, WorldConfig};
 use arbitrary::{Arbitrary, Unstructured};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use vesim_model::ept::EptFlags;
 use vesim_model::vcpu::{Gpr, Rflags};
 use vesim_model::VcpuId;
 use vesim_model::{Gfn, Gpa, Outcome};
 
-/// A fresh world for `vcpus` VCPUs (1..=4) and KPTI on or off: built once per shape and
-/// cloned (building one deploys the agent, which costs more than most cases).
-fn fresh_world(vcpus: usize, kpti: bool) -> Option<World> {
-    static BASES: std::sync::OnceLock<Vec<Option<World>>> = std::sync::OnceLock::new();
-    let bases = BASES.get_or_init(|| {
-        (0..8)
-            .map(|i| {
-                let mut c = WorldConfig {
-                    quirks: Quirks::fixed(),
-                    ..WorldConfig::default()
-                };
-                c.guest.vcpus = i / 2 + 1;
-                c.guest.kpti = i % 2 == 1;
-                World::new(c).ok()
-            })
-            .collect()
-    });
+thread_local! {
+    /// Per shape (`vcpus` 1..=4 × KPTI off/on), this thread's base world: built on first use
+    /// (building one deploys the agent, which costs more than most cases) and reset to its
+    /// snapshot before each later case, in time proportional to what the case before changed.
+    static BASES: RefCell<[Option<Option<Reusable>>; 8]> = RefCell::new(Default::default());
+}
+
+/// Runs `case` on a fresh world for `vcpus` VCPUs (clamped to 1..=4) with KPTI on or off
+/// (`None`: the world cannot be built or reset). The world is marked at its snapshot, so
+/// [`vesim_model::memory::GuestMemory::dirtied`] lists every frame the case wrote.
+fn with_world<R>(vcpus: usize, kpti: bool, case: impl FnOnce(&mut World) -> R) -> Option<R> {
     let i = (vcpus.clamp(1, 4) - 1) * 2 + usize::from(kpti);
-    bases.get(i)?.clone()
+    BASES.with(|cell| {
+        let mut bases = cell.try_borrow_mut().ok()?;
+        let built = || {
+            let mut c = WorldConfig {
+                quirks: Quirks::fixed(),
+                ..WorldConfig::default()
+            };
+            c.guest.vcpus = vcpus.clamp(1, 4);
+            c.guest.kpti = kpti;
+            World::new(c).ok().map(Reusable::new)
+        };
+        bases
+            .get_mut(i)?
+            .get_or_insert_with(built)
+            .as_mut()?
+            .run(case)
+            .ok()
+    })
 }
 
 // =============================================================================================
@@ -126,14 +138,19 @@ impl AgentCase {
     }
 }
 
-/// A copy of every frame outside the agent image.
-fn frames_outside_agent(w: &World) -> BTreeMap<Gfn, Vec<u8>> {
+/// Whether `g` is outside the agent image.
+fn outside_agent(g: Gfn) -> bool {
     let agent = layout::AGENT_GPA.gfn().0..layout::AGENT_GPA.gfn().0 + layout::AGENT_SIZE / 0x1000;
-    w.machine
-        .mem
-        .frames()
-        .filter(|(g, _)| !agent.contains(&g.0))
-        .map(|(g, f)| (g, f.to_vec()))
+    !agent.contains(&g.0)
+}
+
+/// A copy of every frame outside the agent image that was written since the world's mark
+/// (`None`: the frame does not exist).
+fn dirtied_outside_agent(w: &World) -> BTreeMap<Gfn, Option<Vec<u8>>> {
+    let mem = &w.machine.mem;
+    mem.dirtied()
+        .filter(|(g, _)| outside_agent(*g))
+        .map(|(g, _)| (g, mem.frame(g).map(|f| f.to_vec())))
         .collect()
 }
 
@@ -151,29 +168,42 @@ pub fn agent_instruction(data: &[u8]) {
         return;
     };
     let req = case.request();
-    let mut before = BTreeMap::new();
-    let mut rsp = 0;
-    let Ok((v, w)) = verdict::run_observed(&req, |w| {
-        before = frames_outside_agent(w);
-        rsp = w.vcpus[0].gpr[4];
-    }) else {
+    // The frames the request's set-up wrote, as the write found them; every other frame is
+    // as the base world's snapshot holds it (`GuestMemory::dirtied`), so only frames written
+    // since the mark can differ.
+    let observed = verdict::run_observed(
+        &req,
+        |w| (dirtied_outside_agent(w), w.vcpus[0].gpr[4]),
+        |(before, rsp), v, w| {
+            let mem = &w.machine.mem;
+            let frame = |f: Option<&[u8]>| f.map(<[u8]>::to_vec).unwrap_or_else(|| vec![0; 4096]);
+            let changed: Vec<(Gfn, Vec<u8>, Vec<u8>)> = mem
+                .dirtied()
+                .filter(|(g, _)| outside_agent(*g))
+                .map(|(g, at_mark)| {
+                    let was = match before.get(&g) {
+                        Some(f) => frame(f.as_deref()),
+                        None => frame(at_mark.map(|f| &f[..])),
+                    };
+                    (g, was, frame(mem.frame(g).map(|f| &f[..])))
+                })
+                .collect();
+            // The qwords below RSP (RSP need not be aligned: the window is in whole qwords).
+            let stack = (rsp & !7).wrapping_sub(0x100);
+            let stack_gpas: Vec<Gpa> = (0..0x100u64)
+                .step_by(8)
+                .filter_map(|o| w.guest.phys(&w.machine, stack.wrapping_add(o)))
+                .collect();
+            let entry = Gpa(v.gpa & !7);
+            let callback = w.intro.callbacks.iter().any(|c| c.entry == entry);
+            (changed, stack_gpas, callback)
+        },
+    );
+    let Ok((v, (changed, stack_gpas, callback))) = observed else {
         return;
     };
     // Writes outside the agent's pages.
-    let entry = Gpa(v.gpa & !7);
-    // The qwords below RSP (RSP need not be aligned: the window is in whole qwords).
-    let stack = (rsp & !7).wrapping_sub(0x100)..rsp;
-    let stack_gpas: Vec<Gpa> = (0..0x100u64)
-        .step_by(8)
-        .filter_map(|o| w.guest.phys(&w.machine, stack.start + o))
-        .collect();
-    let after = frames_outside_agent(&w);
-    let zero = vec![0u8; 4096];
-    for g in before.keys().chain(after.keys()) {
-        let (a, b) = (
-            before.get(g).unwrap_or(&zero),
-            after.get(g).unwrap_or(&zero),
-        );
+    for (g, a, b) in &changed {
         if a == b {
             continue;
         }
@@ -235,11 +265,9 @@ pub fn agent_instruction(data: &[u8]) {
     let relevant = (req.old ^ v.entry) & MONITORED_BITS_FIXED != 0 && (req.old | v.entry) & 1 != 0;
     if req.monitored && !req.cached && relevant {
         assert!(
-            w.intro.callbacks.iter().any(|c| c.entry == entry),
+            callback,
             "{case:?}: I1: {:#x} -> {:#x} of a monitored entry without a callback ({:?})",
-            req.old,
-            v.entry,
-            v.outcome
+            req.old, v.entry, v.outcome
         );
     }
 }
@@ -312,9 +340,10 @@ pub fn hypercall(data: &[u8]) {
     let Ok(case) = HypercallCase::arbitrary(&mut Unstructured::new(data)) else {
         return;
     };
-    let Some(mut w) = fresh_world(1, false) else {
-        return;
-    };
+    with_world(1, false, |w| hypercall_in(w, &case));
+}
+
+fn hypercall_in(w: &mut World, case: &HypercallCase) {
     let Some(page) = w.vcpus[0].ve_info else {
         return;
     };
@@ -339,21 +368,33 @@ pub fn hypercall(data: &[u8]) {
         v.set_reg(Gpr::Rbx, case.rbx);
         v.set_reg(Gpr::Rcx, case.rcx);
     }
-    let rights = agent_rights(&w);
-    let mem_before = frames_outside_agent(&w);
+    let rights = agent_rights(w);
+    // Only frames written since the snapshot can differ from it: the set-up wrote the
+    // information page (inside the agent), so outside the agent nothing is dirty yet.
+    let mem_before = dirtied_outside_agent(w);
     let vcpu_before = w.vcpus[0].clone();
     let callbacks = w.intro.callbacks.len();
     w.engine().hypercall(VcpuId(0));
-    assert_eq!(agent_rights(&w), rights, "{case:?}: agent rights changed");
+    assert_eq!(agent_rights(w), rights, "{case:?}: agent rights changed");
     let ours = rax == crate::introcore::HC_RAX && rdi == crate::introcore::HC_RDI && rsi == 0;
     let v = &w.vcpus[0];
     if !ours || !crate::layout::in_agent(rip) {
         assert_eq!(v.reg(Gpr::Rax), crate::introcore::ENOSYS, "{case:?}");
         assert_eq!(w.intro.callbacks.len(), callbacks, "{case:?}");
-        assert!(
-            frames_outside_agent(&w) == mem_before,
-            "{case:?}: memory changed"
-        );
+        let mem_after = dirtied_outside_agent(w);
+        let unchanged = mem_after.iter().all(|(g, now)| match mem_before.get(g) {
+            Some(was) => was == now,
+            None => {
+                let at_mark = w
+                    .machine
+                    .mem
+                    .dirtied()
+                    .find(|(d, _)| d == g)
+                    .and_then(|x| x.1);
+                at_mark.map(|f| f.to_vec()) == *now
+            }
+        });
+        assert!(unchanged, "{case:?}: memory changed");
         let mut expect = vcpu_before;
         expect.set_reg(Gpr::Rax, crate::introcore::ENOSYS);
         expect.rip = rip.wrapping_add(3);
@@ -462,11 +503,12 @@ pub fn page_walk(data: &[u8]) {
 /// entries lack A (or D) is a page-walk #VE, and when the touch completes every level has A,
 /// the leaf has D exactly when the touch wrote, and no other bit of any entry changed.
 fn page_walk_handler(case: &WalkCase) {
-    // One world per KPTI setting, built once: a protected process with eight pages mapped
-    // and their translations hooked.
-    static BASES: std::sync::OnceLock<[Option<World>; 2]> = std::sync::OnceLock::new();
-    let bases = BASES.get_or_init(|| {
-        [false, true].map(|kpti| {
+    let kpti = case.mode & 0x40 != 0;
+    WALK_BASES.with(|cell| {
+        let Ok(mut bases) = cell.try_borrow_mut() else {
+            return;
+        };
+        let built = || {
             let mut c = WorldConfig::default();
             c.guest.kpti = kpti;
             let mut w = World::new(c).ok()?;
@@ -477,12 +519,23 @@ fn page_walk_handler(case: &WalkCase) {
                 crate::ops::OpRunner::start_op(&mut w, VcpuId(0), GuestOp::Hook { pid, va })
                     .ok()?;
             }
-            Some(w)
-        })
+            Some(Reusable::new(w))
+        };
+        let slot = &mut bases[usize::from(kpti)];
+        if let Some(base) = slot.get_or_insert_with(built) {
+            // A stale snapshot cannot happen: nothing here takes one.
+            let _ = base.run(|w| walk_handler_in(w, case));
+        }
     });
-    let Some(mut w) = bases[usize::from(case.mode & 0x40 != 0)].clone() else {
-        return;
-    };
+}
+
+thread_local! {
+    /// Per KPTI setting, this thread's page-walk world: a protected process with eight pages
+    /// mapped and their translations hooked, reset to its snapshot before each case.
+    static WALK_BASES: RefCell<[Option<Option<Reusable>>; 2]> = const { RefCell::new([None, None]) };
+}
+
+fn walk_handler_in(w: &mut World, case: &WalkCase) {
     let pid = 0;
     let va = layout::USER_BASE + (case.gla & 0x7) * 0x1000;
     // Clear A and D on the levels `ept` picks (bit i: level i + 1).
@@ -539,20 +592,18 @@ pub fn scenario(data: &[u8]) {
         return;
     };
     let (vcpus, protected, kpti, schedule, queues) = case.build();
-    let Some(mut w) = fresh_world(vcpus, kpti) else {
-        return;
-    };
-    for p in &protected {
-        if w.mm().create_process(*p).is_err() {
-            return;
+    let checked = with_world(vcpus, kpti, |w| {
+        for p in &protected {
+            w.mm().create_process(*p).ok()?;
         }
-    }
-    let sc = crate::workload::Scenario {
-        processes: Vec::new(),
-        queues,
-    };
-    match crate::runner::run_world(w, &sc, &schedule, SCENARIO_STEPS_MAX, None).checked {
-        crate::runner::Checked::Passed => {}
-        c => panic!("{case:?}: {c}"),
+        let sc = crate::workload::Scenario {
+            processes: Vec::new(),
+            queues,
+        };
+        Some(crate::runner::run_world(w, &sc, &schedule, SCENARIO_STEPS_MAX, None).checked)
+    });
+    match checked.flatten() {
+        None | Some(crate::runner::Checked::Passed) => {}
+        Some(c) => panic!("{case:?}: {c}"),
     }
 }

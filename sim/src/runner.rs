@@ -129,7 +129,7 @@ pub struct Run {
 /// ends passes as far as it went). When the run passes and I6 applies, `off` (if given) builds
 /// the #VE-off world of the same setup and the two are compared.
 pub fn run_world(
-    mut w: World,
+    w: &mut World,
     sc: &Scenario,
     schedule: &Schedule,
     steps_max: u64,
@@ -139,8 +139,8 @@ pub fn run_world(
     queues.resize(w.vcpus.len(), Vec::new());
     let mut runner = OpRunner::new(queues);
     let mut sched = Scheduler::new(schedule.clone(), w.vcpus.len()).recording();
-    let mut checker = Checker::new(&w);
-    let ran = runner.run_checked(&mut w, &mut sched, &mut checker, steps_max);
+    let mut checker = Checker::new(w);
+    let ran = runner.run_checked(w, &mut sched, &mut checker, steps_max);
     let steps = match &ran {
         Ok(n) => (*n).max(checker.steps()),
         Err(_) => checker.steps(),
@@ -163,7 +163,7 @@ pub fn run_world(
         checked = match off() {
             Err(e) => Checked::Harness(e),
             Ok(mut off) => {
-                match crate::equivalence::compare(&w, &mut off, sc.queues.clone(), &runner.log) {
+                match crate::equivalence::compare(w, &mut off, sc.queues.clone(), &runner.log) {
                     Some(detail) => Checked::Failed(Violation {
                         invariant: Invariant::I6,
                         step: steps,
@@ -185,8 +185,8 @@ pub fn run_world(
 /// Builds the world of `setup` and runs `sc` in it ([`run_world`]).
 pub fn run(setup: &Setup, sc: &Scenario) -> Run {
     match world(setup, sc, true) {
-        Ok(w) => run_world(
-            w,
+        Ok(mut w) => run_world(
+            &mut w,
             sc,
             &setup.schedule,
             STEPS_MAX,

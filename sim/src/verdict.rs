@@ -12,7 +12,7 @@ use crate::agent::decoder;
 use crate::agent::{AgentOutcome, RejectReason};
 use crate::layout;
 use crate::quirks::Profile;
-use crate::world::{Event, Stop, World, WorldConfig};
+use crate::world::{Event, Reusable, Stop, World, WorldConfig};
 use std::collections::BTreeMap;
 use vesim_model::cpu::decode::{self, Decoded, MAX_INSTRUCTION_LEN};
 use vesim_model::ept::EptQualification;
@@ -183,35 +183,74 @@ fn overlaps(a: u64, alen: u64, b: u64, blen: u64) -> bool {
     a < b + u128::from(blen) && b < a + u128::from(alen)
 }
 
-/// The world every verdict starts from: one VCPU, the agent deployed, in `profile`. It is
-/// built once per profile and cloned (deploying the agent costs more than the #VE).
+/// The world every verdict starts from: one VCPU, the agent deployed, in `profile`.
 fn base_world(profile: Profile) -> Result<World, VerdictError> {
-    static BASES: std::sync::OnceLock<[Result<World, String>; 2]> = std::sync::OnceLock::new();
-    let bases = BASES.get_or_init(|| {
-        [Profile::Fixed, Profile::Hvmi].map(|p| {
-            World::new(WorldConfig {
-                quirks: p.quirks(),
-                ..WorldConfig::default()
-            })
-            .map_err(|e| e.to_string())
-        })
-    });
-    let i = usize::from(profile == Profile::Hvmi);
-    bases[i].clone().map_err(VerdictError::World)
+    World::new(WorldConfig {
+        quirks: profile.quirks(),
+        ..WorldConfig::default()
+    })
+    .map_err(|e| VerdictError::World(e.to_string()))
+}
+
+thread_local! {
+    /// Per profile (index 1: `hvmi`), the base world of this thread's verdicts: built on first
+    /// use (deploying the agent costs more than a #VE) and reset to its snapshot between
+    /// verdicts, in time proportional to what the previous one changed.
+    static BASES: std::cell::RefCell<[Option<Result<Reusable, String>>; 2]> =
+        const { std::cell::RefCell::new([None, None]) };
+}
+
+/// Runs `case` on the base world of `profile` as it was built.
+fn with_base<R>(
+    profile: Profile,
+    case: impl FnOnce(&mut World) -> Result<R, VerdictError>,
+) -> Result<R, VerdictError> {
+    let stale = |e: crate::world::SnapshotError| VerdictError::World(e.to_string());
+    BASES.with(|cell| {
+        let Ok(mut bases) = cell.try_borrow_mut() else {
+            // A verdict inside a verdict (from a caller's closure): a world of its own.
+            return Reusable::new(base_world(profile)?)
+                .run(case)
+                .map_err(stale)?;
+        };
+        let slot = &mut bases[usize::from(profile == Profile::Hvmi)];
+        let built = || match base_world(profile) {
+            Ok(w) => Ok(Reusable::new(w)),
+            Err(VerdictError::World(e)) => Err(e),
+            Err(e) => Err(e.to_string()),
+        };
+        match slot.get_or_insert_with(built) {
+            Ok(base) => base.run(case).map_err(stale)?,
+            Err(e) => Err(VerdictError::World(e.clone())),
+        }
+    })
 }
 
 /// Builds the world, synthesizes the #VE and runs the agent until it returns.
 pub fn run(req: &VerdictRequest) -> Result<Verdict, VerdictError> {
-    run_observed(req, |_| {}).map(|(v, _)| v)
+    run_observed(req, |_| (), |(), _, _| ()).map(|(v, ())| v)
 }
 
 /// [`run`], calling `before` with the world as the write found it (the entry, the code and
-/// the stack in place, just before the #VE is delivered), and returning the world after the
-/// agent returned, for oracles that compare the two.
-pub fn run_observed(
+/// the stack in place, just before the #VE is delivered) and `after` with what `before`
+/// returned, the verdict and the world after the agent returned, for oracles that compare the
+/// two. The world is marked at
+/// the base world's snapshot, so [`vesim_model::memory::GuestMemory::dirtied`] lists every
+/// frame the request and the agent wrote.
+pub fn run_observed<B, R>(
     req: &VerdictRequest,
-    before: impl FnOnce(&World),
-) -> Result<(Verdict, World), VerdictError> {
+    before: impl FnOnce(&World) -> B,
+    after: impl FnOnce(B, &Verdict, &World) -> R,
+) -> Result<(Verdict, R), VerdictError> {
+    with_base(req.profile, |w| observe(w, req, before, after))
+}
+
+fn observe<B, R>(
+    w: &mut World,
+    req: &VerdictRequest,
+    before: impl FnOnce(&World) -> B,
+    after: impl FnOnce(B, &Verdict, &World) -> R,
+) -> Result<(Verdict, R), VerdictError> {
     if req.bytes.is_empty() {
         return Err(VerdictError::NoBytes);
     }
@@ -325,7 +364,6 @@ pub fn run_observed(
             return Err(VerdictError::Reserved(what, a));
         }
     }
-    let mut w = base_world(req.profile)?;
     let err = |e: crate::guest::GuestError| VerdictError::World(e.to_string());
     let kernel_rw = PteFlags::WRITABLE;
     // Code pages and the stack pages (RSP's page and the one below), unless the guest has them.
@@ -414,7 +452,7 @@ pub fn run_observed(
         gla: Gla(gla),
         convertible: true,
     };
-    before(&w);
+    let seen = before(w);
     if let Some(area) = w.vcpus[0].ve_info {
         VeInfo {
             reason: REASON_EPT_VIOLATION,
@@ -427,7 +465,7 @@ pub fn run_observed(
         .write(&mut w.machine.mem, area);
     }
     let delivered = {
-        let World { machine, vcpus, .. } = &mut w;
+        let World { machine, vcpus, .. } = &mut *w;
         machine.deliver_exception(&mut vcpus[0], vesim_model::cpu::VECTOR_VE, None)
     };
     if let Err(o) = delivered {
@@ -490,7 +528,8 @@ pub fn run_observed(
             _ => {}
         }
     }
-    Ok((verdict, w))
+    let r = after(seen, &verdict, w);
+    Ok((verdict, r))
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ fn the_fetch_reads_15_bytes_and_faults_only_where_they_fault() {
         for offset in [0xFF0u64, 0xFF1, 0xFF2] {
             for next in [false, true] {
                 let req = request(profile, offset, next);
-                let (v, w) = run_observed(&req, |_| {}).expect("the request is valid");
+                let (v, w) =
+                    run_observed(&req, |_| (), |(), _, w| w.clone()).expect("the request is valid");
                 // Bytes RIP..RIP+14 are fetched; byte 14 is on the next page from 0xFF2 on.
                 let last_fetched = offset + 14;
                 let faults = last_fetched >= 0x1000 && !next;

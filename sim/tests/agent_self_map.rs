@@ -71,7 +71,7 @@ fn each_level_writes_the_entry_the_address_names() {
     ];
     for (va, level) in cases {
         let gla = self_map(va, level);
-        let (v, w) = run_observed(&mov(gla), |_| {}).unwrap();
+        let (v, w) = run_observed(&mov(gla), |_| (), |(), _, w| w.clone()).unwrap();
         let what = format!("level {level} of {va:#x} at {gla:#x}");
         assert_eq!(v.stop, None, "{what}");
         assert_eq!(v.names, Some((level as u8, va)), "{what}");

@@ -7,7 +7,7 @@
 use crate::agent::{Agent, AgentStep};
 mod drive;
 mod snapshot;
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{Reusable, Snapshot, SnapshotError};
 
 pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, HarnessError, Stop};
 use crate::guest::mm::Mm;

@@ -36,6 +36,39 @@ pub enum SnapshotError {
     },
 }
 
+/// A world used for case after case: each [`Reusable::run`] starts from the state the world
+/// had when it was made, reset in time proportional to what the previous case changed.
+#[derive(Debug)]
+pub struct Reusable {
+    world: World,
+    snapshot: Snapshot,
+    used: bool,
+}
+
+impl Reusable {
+    /// Snapshots `world` as the state every run starts from.
+    pub fn new(mut world: World) -> Reusable {
+        let snapshot = world.snapshot();
+        Reusable {
+            world,
+            snapshot,
+            used: false,
+        }
+    }
+
+    /// Resets the world if a run used it, then runs `case` on it. During the run the world is
+    /// marked at the snapshot, so `case` can read what it dirtied
+    /// ([`vesim_model::memory::GuestMemory::dirtied`]); it must not take a snapshot itself
+    /// (the next reset is then refused).
+    pub fn run<R>(&mut self, case: impl FnOnce(&mut World) -> R) -> Result<R, SnapshotError> {
+        if self.used {
+            self.world.reset(&self.snapshot)?;
+        }
+        self.used = true;
+        Ok(case(&mut self.world))
+    }
+}
+
 impl World {
     /// Takes the snapshot [`World::reset`] returns to. Any earlier snapshot of this world can
     /// no longer be reset to.
