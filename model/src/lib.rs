@@ -65,6 +65,7 @@ pub mod memory;
 pub mod paging;
 #[cfg(feature = "reference")]
 pub mod reference;
+pub mod tracked;
 pub mod vcpu;
 pub mod ve_info;
 

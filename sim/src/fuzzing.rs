@@ -176,56 +176,61 @@ pub fn agent_instruction(data: &[u8]) {
         |w| (dirtied_outside_agent(w), w.vcpus[0].gpr[4]),
         |(before, rsp), v, w| {
             let mem = &w.machine.mem;
-            let frame = |f: Option<&[u8]>| f.map(<[u8]>::to_vec).unwrap_or_else(|| vec![0; 4096]);
-            let changed: Vec<(Gfn, Vec<u8>, Vec<u8>)> = mem
-                .dirtied()
-                .filter(|(g, _)| outside_agent(*g))
-                .map(|(g, at_mark)| {
-                    let was = match before.get(&g) {
-                        Some(f) => frame(f.as_deref()),
-                        None => frame(at_mark.map(|f| &f[..])),
-                    };
-                    (g, was, frame(mem.frame(g).map(|f| &f[..])))
-                })
-                .collect();
-            // The qwords below RSP (RSP need not be aligned: the window is in whole qwords).
-            let stack = (rsp & !7).wrapping_sub(0x100);
-            let stack_gpas: Vec<Gpa> = (0..0x100u64)
-                .step_by(8)
-                .filter_map(|o| w.guest.phys(&w.machine, stack.wrapping_add(o)))
-                .collect();
+            let zero = [0u8; 4096];
+            // The qwords below RSP (RSP need not be aligned: the window is in whole qwords),
+            // found only when some qword changed.
+            let mut stack_gpas: Option<Vec<Gpa>> = None;
+            let mut wrong = None;
+            for (g, at_mark) in mem.dirtied().filter(|(g, _)| outside_agent(*g)) {
+                let was: &[u8] = match before.get(&g) {
+                    Some(f) => f.as_deref().unwrap_or(&zero),
+                    None => at_mark.map_or(&zero[..], |f| &f[..]),
+                };
+                let now: &[u8] = mem.frame(g).map_or(&zero[..], |f| &f[..]);
+                if was == now {
+                    continue;
+                }
+                let mask = if is_table_frame(g) {
+                    !0x60u64
+                } else {
+                    u64::MAX
+                };
+                let qwords = was.chunks_exact(8).zip(now.chunks_exact(8));
+                for (q, (x, y)) in qwords.enumerate() {
+                    let x = u64::from_le_bytes(x.try_into().unwrap_or([0; 8]));
+                    let y = u64::from_le_bytes(y.try_into().unwrap_or([0; 8]));
+                    if (x ^ y) & mask == 0 {
+                        continue;
+                    }
+                    let at = g.gpa().wrapping_add(q as u64 * 8);
+                    // The instruction's own 8 bytes (which a misaligned write spreads over
+                    // two qwords), and the interrupted stack.
+                    if at.0 == v.gpa & !7 || at.0 == v.gpa.wrapping_add(7) & !7 {
+                        continue;
+                    }
+                    let stack = stack_gpas.get_or_insert_with(|| {
+                        let base = (rsp & !7).wrapping_sub(0x100);
+                        (0..0x100u64)
+                            .step_by(8)
+                            .filter_map(|o| w.guest.phys(&w.machine, base.wrapping_add(o)))
+                            .collect()
+                    });
+                    if !stack.contains(&at) {
+                        wrong.get_or_insert((at, x, y));
+                    }
+                }
+            }
             let entry = Gpa(v.gpa & !7);
             let callback = w.intro.callbacks.iter().any(|c| c.entry == entry);
-            (changed, stack_gpas, callback)
+            (wrong, callback)
         },
     );
-    let Ok((v, (changed, stack_gpas, callback))) = observed else {
+    let Ok((v, (wrong, callback))) = observed else {
         return;
     };
     // Writes outside the agent's pages.
-    for (g, a, b) in &changed {
-        if a == b {
-            continue;
-        }
-        for q in 0..512u64 {
-            let at = g.gpa().wrapping_add(q * 8);
-            let o = (q * 8) as usize;
-            let x = u64::from_le_bytes(a[o..o + 8].try_into().unwrap_or([0; 8]));
-            let y = u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
-            let mask = if is_table_frame(*g) {
-                !0x60u64
-            } else {
-                u64::MAX
-            };
-            // The instruction's own 8 bytes (which a misaligned write spreads over two
-            // qwords), and the interrupted stack.
-            let written = at.0 == v.gpa & !7 || at.0 == v.gpa.wrapping_add(7) & !7;
-            let allowed = written || stack_gpas.contains(&at);
-            assert!(
-                allowed || (x ^ y) & mask == 0,
-                "{case:?}: {at} changed {x:#x} -> {y:#x} outside the agent's pages"
-            );
-        }
+    if let Some((at, x, y)) = wrong {
+        panic!("{case:?}: {at} changed {x:#x} -> {y:#x} outside the agent's pages");
     }
     if v.stop.is_some() {
         return;

@@ -10,6 +10,7 @@ pub mod mm;
 use crate::layout;
 use vesim_model::ept::{EptEntry, EptFlags, EptView};
 use vesim_model::paging::{FrameAllocator, PageSize, PageTableBuilder, PagingError, PteFlags};
+use vesim_model::tracked::Tracked;
 use vesim_model::vcpu::{DescriptorTable, SegmentLimit, Vcpu};
 use vesim_model::{Gla, Gpa, Machine, ViewId};
 
@@ -57,6 +58,9 @@ pub const fn cpu_index_of_lsl(l: u32) -> u64 {
     (((l & 0x3FF) as u64) << 6) | ((l >> 14) as u64)
 }
 
+/// Swapped-out page contents, by (pid, linear address).
+pub(crate) type Pagefile = std::collections::BTreeMap<(u32, u64), Box<[u8; 4096]>>;
+
 /// The guest: its paging structures and where things are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guest {
@@ -65,7 +69,7 @@ pub struct Guest {
     /// Kernel CR3 (the System CR3).
     pub cr3: u64,
     /// The page-table builder (owns the table window).
-    pub tables: PageTableBuilder,
+    pub tables: Tracked<PageTableBuilder>,
     /// Next free data frame.
     next_data: Gpa,
     /// Frames for process paging structures.
@@ -73,11 +77,46 @@ pub struct Guest {
     /// Frames processes map.
     pub(crate) pages: FrameAllocator,
     /// Frames given back by the memory manager, reused first (lowest first).
-    pub(crate) free_pages: std::collections::BTreeSet<Gpa>,
+    pub(crate) free_pages: Tracked<std::collections::BTreeSet<Gpa>>,
     /// The processes, by pid (index).
-    pub processes: Vec<mm::Process>,
+    pub processes: Tracked<Vec<mm::Process>>,
     /// Swapped-out page contents (the pagefile), by (pid, linear address).
-    pub(crate) pagefile: std::collections::BTreeMap<(u32, u64), Box<[u8; 4096]>>,
+    pub(crate) pagefile: Tracked<Pagefile>,
+}
+
+impl Guest {
+    /// Takes `snapshot`'s state back field by field, copying the large tables only where they
+    /// were changed since (`Tracked`).
+    pub(crate) fn restore(&mut self, snapshot: &Guest) {
+        let Guest {
+            config,
+            cr3,
+            tables,
+            next_data,
+            proc_tables,
+            pages,
+            free_pages,
+            processes,
+            pagefile,
+        } = self;
+        config.clone_from(&snapshot.config);
+        *cr3 = snapshot.cr3;
+        tables.restore(&snapshot.tables);
+        *next_data = snapshot.next_data;
+        proc_tables.clone_from(&snapshot.proc_tables);
+        pages.clone_from(&snapshot.pages);
+        free_pages.restore(&snapshot.free_pages);
+        processes.restore(&snapshot.processes);
+        pagefile.restore(&snapshot.pagefile);
+    }
+
+    /// Counts every tracked table as equal to a snapshot just taken.
+    pub(crate) fn clean(&mut self) {
+        self.tables.clean();
+        self.free_pages.clean();
+        self.processes.clean();
+        self.pagefile.clean();
+    }
 }
 
 /// Errors building the guest.
@@ -137,7 +176,7 @@ impl Guest {
             .write_u64(slot, e | (PteFlags::ACCESSED | PteFlags::DIRTY).bits());
         let mut g = Guest {
             cr3: tables.cr3(),
-            tables,
+            tables: Tracked::new(tables),
             next_data: layout::GUEST_DATA_START,
             config,
             proc_tables: FrameAllocator::new(
@@ -145,9 +184,9 @@ impl Guest {
                 layout::PROCESS_TABLES_END,
             ),
             pages: FrameAllocator::new(layout::PROCESS_PAGES_START, layout::PROCESS_PAGES_END),
-            free_pages: std::collections::BTreeSet::new(),
-            processes: Vec::new(),
-            pagefile: std::collections::BTreeMap::new(),
+            free_pages: Tracked::default(),
+            processes: Tracked::default(),
+            pagefile: Tracked::default(),
         };
         // IDT, OS code page (handler and KiKernelExit), kernel stacks.
         g.map_new(

@@ -36,6 +36,7 @@ use crate::quirks::Quirks;
 use cache::CacheWriter;
 use hooks::{GpaHooks, HookKind};
 use ptm::{CallbackRecord, Ptm};
+use vesim_model::tracked::Tracked;
 use vesim_model::vcpu::Vcpu;
 use vesim_model::{Gfn, Gpa, Machine, ViewId};
 
@@ -43,9 +44,9 @@ use vesim_model::{Gfn, Gpa, Machine, ViewId};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Introcore {
     /// GPA hooks on the untrusted view.
-    pub hooks: GpaHooks,
+    pub hooks: Tracked<GpaHooks>,
     /// Page-table monitors.
-    pub ptm: Ptm,
+    pub ptm: Tracked<Ptm>,
     /// The #VE cache writer.
     pub cache: CacheWriter,
     /// The untrusted view.
@@ -67,7 +68,7 @@ pub struct Introcore {
     /// per VCPU; vesim dispatches synchronously inside one VMCALL, so one value serves.
     pub dispatch_view: Option<ViewId>,
     /// Translation hooks.
-    pub pts: pts::Pts,
+    pub pts: Tracked<pts::Pts>,
     /// Swap callbacks, in order.
     pub swaps: Vec<pts::SwapRecord>,
     /// GPA of the last real EPT violation: HVMI's `_VCPU_STATE.ExitGpa` (guests.h), which
@@ -84,11 +85,61 @@ pub struct Introcore {
 }
 
 impl Introcore {
+    /// Takes `snapshot`'s state back field by field, copying the hook and monitor tables only
+    /// where they were changed since (`Tracked`).
+    pub(crate) fn restore(&mut self, snapshot: &Introcore) {
+        let Introcore {
+            hooks,
+            ptm,
+            cache,
+            untrusted,
+            protected,
+            initialized,
+            deployed,
+            pending_unload,
+            slots,
+            callbacks,
+            dispatch_view,
+            pts,
+            swaps,
+            last_exit_gpa,
+            replaced_code,
+            agent_hooks,
+            page_walk_set_at_deploy,
+        } = self;
+        hooks.restore(&snapshot.hooks);
+        ptm.restore(&snapshot.ptm);
+        cache.clone_from(&snapshot.cache);
+        *untrusted = snapshot.untrusted;
+        *protected = snapshot.protected;
+        *initialized = snapshot.initialized;
+        *deployed = snapshot.deployed;
+        *pending_unload = snapshot.pending_unload;
+        slots.clone_from(&snapshot.slots);
+        callbacks.clone_from(&snapshot.callbacks);
+        *dispatch_view = snapshot.dispatch_view;
+        pts.restore(&snapshot.pts);
+        swaps.clone_from(&snapshot.swaps);
+        *last_exit_gpa = snapshot.last_exit_gpa;
+        replaced_code.clone_from(&snapshot.replaced_code);
+        agent_hooks.clone_from(&snapshot.agent_hooks);
+        *page_walk_set_at_deploy = snapshot.page_walk_set_at_deploy;
+    }
+
+    /// Counts every tracked table as equal to a snapshot just taken.
+    pub(crate) fn clean(&mut self) {
+        self.hooks.clean();
+        self.ptm.clean();
+        self.pts.clean();
+    }
+}
+
+impl Introcore {
     /// A fresh engine for `guest`.
     pub fn new(guest: &GuestConfig, seed: u64) -> Self {
         Introcore {
-            hooks: GpaHooks::new(guest.untrusted_view),
-            ptm: Ptm::default(),
+            hooks: Tracked::new(GpaHooks::new(guest.untrusted_view)),
+            ptm: Tracked::new(Ptm::default()),
             cache: CacheWriter::new(seed ^ 0x6361_6368_6521),
             untrusted: guest.untrusted_view,
             protected: guest.protected_view,
@@ -98,7 +149,7 @@ impl Introcore {
             slots: Vec::new(),
             callbacks: Vec::new(),
             dispatch_view: None,
-            pts: pts::Pts::default(),
+            pts: Tracked::new(pts::Pts::default()),
             swaps: Vec::new(),
             last_exit_gpa: None,
             replaced_code: Vec::new(),

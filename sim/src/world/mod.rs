@@ -7,7 +7,9 @@
 use crate::agent::{Agent, AgentStep};
 mod drive;
 mod snapshot;
+
 pub use snapshot::{Reusable, Snapshot, SnapshotError};
+pub use vesim_model::tracked::Tracked;
 
 pub use crate::events::{CacheOp, Completed, Counters, Event, EventLog, HarnessError, Stop};
 use crate::guest::mm::Mm;

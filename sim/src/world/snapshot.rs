@@ -74,6 +74,8 @@ impl World {
     /// no longer be reset to.
     pub fn snapshot(&mut self) -> Snapshot {
         self.machine.mark();
+        self.guest.clean();
+        self.intro.clean();
         let machine = std::mem::take(&mut self.machine);
         let rest = self.clone();
         self.machine = machine;
@@ -93,11 +95,41 @@ impl World {
                 world,
             });
         }
-        let mut machine = std::mem::take(&mut self.machine);
-        machine.rewind();
-        self.clone_from(&snapshot.rest);
-        self.machine = machine;
+        self.machine.rewind();
+        self.restore(&snapshot.rest);
         Ok(())
+    }
+
+    /// Every field but the machine back as `rest` has it, reusing this world's allocations;
+    /// the guest's and introcore's large tables are copied only where they changed.
+    fn restore(&mut self, rest: &World) {
+        let World {
+            machine: _,
+            vcpus,
+            stopped,
+            guest,
+            intro,
+            quirks,
+            counters,
+            events,
+            tsc,
+            ve,
+            last_ve_walk,
+            cache_log,
+            completed,
+        } = self;
+        vcpus.clone_from(&rest.vcpus);
+        stopped.clone_from(&rest.stopped);
+        guest.restore(&rest.guest);
+        intro.restore(&rest.intro);
+        quirks.clone_from(&rest.quirks);
+        counters.clone_from(&rest.counters);
+        events.clone_from(&rest.events);
+        *tsc = rest.tsc;
+        *ve = rest.ve;
+        last_ve_walk.clone_from(&rest.last_ve_walk);
+        cache_log.clone_from(&rest.cache_log);
+        completed.clone_from(&rest.completed);
     }
 
     /// The fields in which two worlds differ, by name (empty: equal in every field: memory,
