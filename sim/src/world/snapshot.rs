@@ -5,11 +5,13 @@
 //! overwrite from then on: [`vesim_model::memory::GuestMemory::mark`],
 //! [`vesim_model::ept::Ept::mark`]) and copies the rest of the world: the VCPUs, the guest's
 //! and introcore's bookkeeping, the counters and the event log. [`World::reset`] rewinds the
-//! machine (one 4 KiB copy per frame dirtied and one entry per EPT change) and copies the rest
-//! back. The rest is small beside memory: its size is the VCPUs, processes, hooks and
-//! monitored tables, not the guest's frames. The translation cache starts empty after a reset
-//! (it never changes a result). A snapshot belongs to the last mark of its world: a reset with
-//! any other is refused.
+//! machine (one 4 KiB copy per frame dirtied and one entry per EPT change) and restores the
+//! rest field by field, reusing the world's allocations. The guest's and introcore's large
+//! tables (page-table builder, processes, free pages, pagefile, GPA hooks, page-table and
+//! translation monitors) are [`vesim_model::tracked::Tracked`]: copied back only when a case
+//! borrowed them mutably. The translation cache starts empty after a reset (it never changes
+//! a result). A snapshot belongs to the last mark of its world: a reset with any other is
+//! refused.
 
 use super::World;
 
