@@ -274,8 +274,48 @@ fn cache_hit_rate(_: &mut Criterion) {
     );
 }
 
+/// Snapshot and reset: touch `n` data frames of a world with 1K or 1M mapped pages, then reset.
+/// The cost should follow `n`, not the world's size; `touch_only` is the writes alone.
+fn reset(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reset");
+    g.sample_size(20);
+    for (pages, name) in [(1_000u64, "1k_pages"), (1_000_000, "1m_pages")] {
+        let (mut w, _) = pt_write_world(true, 1, pages);
+        let snapshot = w.snapshot();
+        for n in [1u64, 10, 100] {
+            let touch = |w: &mut vesim::world::World, v: u64| {
+                for i in 0..n {
+                    let frame = layout::PROCESS_PAGES_START.wrapping_add(i * 0x1000);
+                    w.machine.mem.write_u64(frame, v);
+                }
+            };
+            g.bench_function(BenchmarkId::new(format!("{name}/touch_only"), n), |b| {
+                let mut v = 0u64;
+                b.iter(|| {
+                    v += 1;
+                    touch(&mut w, v)
+                })
+            });
+            w.reset(&snapshot).expect("the snapshot is the world's");
+            g.bench_function(
+                BenchmarkId::new(format!("{name}/touch_and_reset"), n),
+                |b| {
+                    let mut v = 0u64;
+                    b.iter(|| {
+                        v += 1;
+                        touch(&mut w, v);
+                        w.reset(&snapshot).expect("the snapshot is the world's")
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    reset,
     pt_write,
     page_walk,
     cache_lookup,
