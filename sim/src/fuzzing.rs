@@ -30,36 +30,51 @@ use vesim_model::vcpu::{Gpr, Rflags};
 use vesim_model::VcpuId;
 use vesim_model::{Gfn, Gpa, Outcome};
 
+/// Base worlds of one kind, one per shape, for this thread: each built on first use (building
+/// one deploys the agent, which costs more than most cases) and reset to its snapshot before
+/// each later case, in time proportional to what the case before changed (`None` inside: the
+/// world cannot be built).
+type Pool<const N: usize> = RefCell<[Option<Option<Reusable>>; N]>;
+
 thread_local! {
-    /// Per shape (`vcpus` 1..=4 × KPTI off/on), this thread's base world: built on first use
-    /// (building one deploys the agent, which costs more than most cases) and reset to its
-    /// snapshot before each later case, in time proportional to what the case before changed.
-    static BASES: RefCell<[Option<Option<Reusable>>; 8]> = RefCell::new(Default::default());
+    /// By shape: `vcpus` 1..=4 × KPTI off/on ([`with_world`]).
+    static WORLDS: Pool<8> = RefCell::new(Default::default());
+    /// By KPTI setting: a protected process with eight pages mapped and their translations
+    /// hooked ([`page_walk_handler`]).
+    static WALK_WORLDS: Pool<2> = const { RefCell::new([None, None]) };
 }
 
-/// Runs `case` on a fresh world for `vcpus` VCPUs (clamped to 1..=4) with KPTI on or off
-/// (`None`: the world cannot be built or reset). The world is marked at its snapshot, so
+/// Runs `case` on the pool's world `i`, built by `build` the first time (`None`: it cannot be
+/// built or reset, or `i` is out of range). The world is marked at its snapshot, so
 /// [`vesim_model::memory::GuestMemory::dirtied`] lists every frame the case wrote.
-fn with_world<R>(vcpus: usize, kpti: bool, case: impl FnOnce(&mut World) -> R) -> Option<R> {
-    let i = (vcpus.clamp(1, 4) - 1) * 2 + usize::from(kpti);
-    BASES.with(|cell| {
-        let mut bases = cell.try_borrow_mut().ok()?;
-        let built = || {
-            let mut c = WorldConfig {
-                quirks: Quirks::fixed(),
-                ..WorldConfig::default()
-            };
-            c.guest.vcpus = vcpus.clamp(1, 4);
-            c.guest.kpti = kpti;
-            World::new(c).ok().map(Reusable::new)
-        };
-        bases
-            .get_mut(i)?
-            .get_or_insert_with(built)
-            .as_mut()?
-            .run(case)
-            .ok()
+fn with_pooled<const N: usize, R>(
+    pool: &'static std::thread::LocalKey<Pool<N>>,
+    i: usize,
+    build: impl FnOnce() -> Option<World>,
+    case: impl FnOnce(&mut World) -> R,
+) -> Option<R> {
+    pool.with(|cell| {
+        let mut worlds = cell.try_borrow_mut().ok()?;
+        let slot = worlds.get_mut(i)?;
+        let base = slot.get_or_insert_with(|| build().map(Reusable::new));
+        base.as_mut()?.run(case).ok()
     })
+}
+
+/// Runs `case` on a fresh world for `vcpus` VCPUs (clamped to 1..=4) with KPTI on or off, in
+/// `fixed` ([`with_pooled`]).
+fn with_world<R>(vcpus: usize, kpti: bool, case: impl FnOnce(&mut World) -> R) -> Option<R> {
+    let vcpus = vcpus.clamp(1, 4);
+    let build = || {
+        let mut c = WorldConfig {
+            quirks: Quirks::fixed(),
+            ..WorldConfig::default()
+        };
+        c.guest.vcpus = vcpus;
+        c.guest.kpti = kpti;
+        World::new(c).ok()
+    };
+    with_pooled(&WORLDS, (vcpus - 1) * 2 + usize::from(kpti), build, case)
 }
 
 // =============================================================================================
@@ -386,19 +401,17 @@ fn hypercall_in(w: &mut World, case: &HypercallCase) {
     if !ours || !crate::layout::in_agent(rip) {
         assert_eq!(v.reg(Gpr::Rax), crate::introcore::ENOSYS, "{case:?}");
         assert_eq!(w.intro.callbacks.len(), callbacks, "{case:?}");
-        let mem_after = dirtied_outside_agent(w);
-        let unchanged = mem_after.iter().all(|(g, now)| match mem_before.get(g) {
-            Some(was) => was == now,
-            None => {
-                let at_mark = w
-                    .machine
-                    .mem
-                    .dirtied()
-                    .find(|(d, _)| d == g)
-                    .and_then(|x| x.1);
-                at_mark.map(|f| f.to_vec()) == *now
-            }
-        });
+        let mem = &w.machine.mem;
+        let unchanged = mem
+            .dirtied()
+            .filter(|(g, _)| outside_agent(*g))
+            .all(|(g, at_mark)| {
+                let was = match mem_before.get(&g) {
+                    Some(f) => f.as_deref(),
+                    None => at_mark.map(|f| &f[..]),
+                };
+                was == mem.frame(g).map(|f| &f[..])
+            });
         assert!(unchanged, "{case:?}: memory changed");
         let mut expect = vcpu_before;
         expect.set_reg(Gpr::Rax, crate::introcore::ENOSYS);
@@ -509,35 +522,21 @@ pub fn page_walk(data: &[u8]) {
 /// the leaf has D exactly when the touch wrote, and no other bit of any entry changed.
 fn page_walk_handler(case: &WalkCase) {
     let kpti = case.mode & 0x40 != 0;
-    WALK_BASES.with(|cell| {
-        let Ok(mut bases) = cell.try_borrow_mut() else {
-            return;
-        };
-        let built = || {
-            let mut c = WorldConfig::default();
-            c.guest.kpti = kpti;
-            let mut w = World::new(c).ok()?;
-            let pid = w.mm().create_process(true).ok()?;
-            for i in 0..8 {
-                let va = layout::USER_BASE + i * 0x1000;
-                w.mm_map(VcpuId(0), pid, va, bits::RW).ok()?;
-                crate::ops::OpRunner::start_op(&mut w, VcpuId(0), GuestOp::Hook { pid, va })
-                    .ok()?;
-            }
-            Some(Reusable::new(w))
-        };
-        let slot = &mut bases[usize::from(kpti)];
-        if let Some(base) = slot.get_or_insert_with(built) {
-            // A stale snapshot cannot happen: nothing here takes one.
-            let _ = base.run(|w| walk_handler_in(w, case));
+    let build = || {
+        let mut c = WorldConfig::default();
+        c.guest.kpti = kpti;
+        let mut w = World::new(c).ok()?;
+        let pid = w.mm().create_process(true).ok()?;
+        for i in 0..8 {
+            let va = layout::USER_BASE + i * 0x1000;
+            w.mm_map(VcpuId(0), pid, va, bits::RW).ok()?;
+            crate::ops::OpRunner::start_op(&mut w, VcpuId(0), GuestOp::Hook { pid, va }).ok()?;
         }
+        Some(w)
+    };
+    with_pooled(&WALK_WORLDS, usize::from(kpti), build, |w| {
+        walk_handler_in(w, case)
     });
-}
-
-thread_local! {
-    /// Per KPTI setting, this thread's page-walk world: a protected process with eight pages
-    /// mapped and their translations hooked, reset to its snapshot before each case.
-    static WALK_BASES: RefCell<[Option<Option<Reusable>>; 2]> = const { RefCell::new([None, None]) };
 }
 
 fn walk_handler_in(w: &mut World, case: &WalkCase) {
