@@ -816,7 +816,7 @@ struct ModelRun {
     stray_bytes: Vec<u64>,
     outcome: Outcome,
     length: u8,
-    writes: Vec<LinearWrite>,
+    write: Option<LinearWrite>,
 }
 
 fn run_model(bytes: &[u8], input: &Input) -> Result<ModelRun, String> {
@@ -901,7 +901,7 @@ fn run_model(bytes: &[u8], input: &Input) -> Result<ModelRun, String> {
         stray_bytes,
         outcome: step.outcome,
         length: step.length,
-        writes: step.writes,
+        write: step.write,
     })
 }
 
@@ -1075,11 +1075,11 @@ fn check(form: &Form, input: &Input) -> Result<(), String> {
         ));
     }
 
-    let expected: Vec<LinearWrite> = expected_write(&insn, input).into_iter().collect();
-    if model.writes != expected {
+    let expected: Option<LinearWrite> = expected_write(&insn, input);
+    if model.write != expected {
         diffs.push(format!(
             "model writes {:?}, expected {:?}",
-            model.writes, expected
+            model.write, expected
         ));
     }
 

@@ -563,6 +563,7 @@ proptest! {
             exception_bitmap_ve: options[1],
             eptp_index_reads_zero: options[2],
             no_translation_cache: false,
+        no_decode_cache: false,
         };
         let mut w = world(user, config);
         w.m.mem.write(Gpa(DATA_GPA), &[fill; 4096]);
@@ -585,6 +586,64 @@ proptest! {
         let o = w.m.step(&mut w.v).outcome;
         let after = w.m.mem.frame(Gpa(DATA_GPA).gfn()).map(|f| f.to_vec());
         prop_assert_eq!(before, after, "{} changed the page ({:?})", WRITE_FORMS[form].0, o);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decode cache is invisible
+// ---------------------------------------------------------------------------------------------
+
+/// Instruction bytes for one step: a write form with an immediate, a data instruction, or any
+/// 15 bytes.
+fn any_code() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        (0..WRITE_FORMS.len(), any::<u64>()).prop_map(|(i, imm)| {
+            let (_, bytes, imm_len) = WRITE_FORMS[i];
+            let mut code = bytes.to_vec();
+            code.extend_from_slice(&imm.to_le_bytes()[..imm_len]);
+            code
+        }),
+        (0..DATA_INSTRUCTIONS.len()).prop_map(|i| DATA_INSTRUCTIONS[i].1.to_vec()),
+        proptest::collection::vec(any::<u8>(), 15),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The same steps on a machine with the decode cache and on one that decodes every
+    /// fetch end the same way, leave the same VCPU and the same memory, including when code
+    /// is rewritten in place (the same RIP, new bytes), and when an instruction runs into the
+    /// unmapped page after the code page.
+    #[test]
+    fn the_decode_cache_changes_no_step(
+        steps in proptest::collection::vec(
+            (any_code(), prop_oneof![Just(0u64), Just(0x40), Just(0xFF8)], any::<u64>()),
+            1..16,
+        ),
+    ) {
+        let mut cached = world(false, MachineConfig::default());
+        let mut decoding = world(
+            false,
+            MachineConfig {
+                no_decode_cache: true,
+                ..MachineConfig::default()
+            },
+        );
+        for (code, offset, rax) in &steps {
+            for w in [&mut cached, &mut decoding] {
+                w.m.mem.write(Gpa(CODE_GPA + offset), code);
+                w.v.rip = CODE_GLA + offset;
+                w.v.set_reg(Gpr::Rsp, RSP_INIT);
+                w.v.set_reg(Gpr::Rax, *rax);
+                w.v.set_reg(Gpr::Rdi, DATA_GLA + (rax & 0xFF8));
+            }
+            let a = cached.m.step(&mut cached.v);
+            let b = decoding.m.step(&mut decoding.v);
+            prop_assert_eq!(&a, &b, "{:x?} at +{:#x}", code, offset);
+            prop_assert_eq!(&cached.v, &decoding.v);
+            prop_assert!(cached.m.mem == decoding.m.mem, "memory differs after {:x?}", code);
+        }
     }
 }
 
@@ -826,6 +885,7 @@ fn chaos_world(c: &Chaos) -> World {
         exception_bitmap_ve: c.flags[1],
         eptp_index_reads_zero: c.flags[2],
         no_translation_cache: false,
+        no_decode_cache: false,
     };
     let mut w = world(c.flags[3], config);
     // Paging-structure entries on the paths of code, data, stack and IDT.

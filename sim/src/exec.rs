@@ -215,7 +215,7 @@ pub fn run(req: &ExecRequest) -> Result<ExecReport, ExecError> {
     let mut s = build(req, code)?;
     let step = s.machine.step(&mut s.vcpu);
     let mut cells: BTreeSet<u64> = req.mem.keys().copied().collect();
-    for w in &step.writes {
+    if let Some(w) = &step.write {
         let first = w.gla.0 & !7;
         let last = w.gla.0.wrapping_add(w.size - 1) & !7;
         cells.insert(first);
@@ -227,13 +227,153 @@ pub fn run(req: &ExecRequest) -> Result<ExecReport, ExecError> {
         .collect();
     Ok(ExecReport {
         outcome: step.outcome,
-        mnemonic: step.mnemonic.unwrap_or(mnemonic),
+        mnemonic: step.mnemonic.map_or(mnemonic, str::to_owned),
         text,
         length,
         rip: s.vcpu.rip,
         rflags: s.vcpu.rflags.bits(),
         regs: s.vcpu.gpr,
         mem,
+    })
+}
+
+/// What one instruction leaves behind over one 8-byte memory cell: the fields [`run`]
+/// reports that the I2 check compares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CellRun {
+    /// How the step ended.
+    pub outcome: Outcome,
+    /// Lower-case mnemonic.
+    pub mnemonic: String,
+    /// RIP after the step.
+    pub rip: u64,
+    /// RFLAGS after the step.
+    pub rflags: u64,
+    /// The 16 registers after the step.
+    pub regs: [u64; 16],
+    /// The cell after the step.
+    pub cell: Option<u64>,
+}
+
+/// [`run`] of the instruction in `bytes` at `rip` with these registers and RFLAGS and one
+/// memory cell (`cell`, holding `value`), reduced to a [`CellRun`].
+///
+/// The common case, an instruction whose only memory access lies inside the cell, is computed
+/// without building a machine: decode (as the fetch does), the planned access, and the
+/// reference CPU's pure semantics ([`vesim_model::cpu::exec::execute`]) on the cell's value,
+/// which is everything [`run`]'s machine would do for it (its walks cannot fail: the pages are
+/// mapped present, writable and supervisor, RWX in EPT, at CPL 0). Anything else (a bad
+/// request, another access, an instruction the machine treats before its accesses, one outside
+/// the reference set) goes through [`run`] itself, so the result is always [`run`]'s.
+pub fn run_cell(
+    bytes: &[u8],
+    regs: [u64; 16],
+    rflags: u64,
+    rip: u64,
+    cell: u64,
+    value: u64,
+) -> Result<CellRun, ExecError> {
+    if let Some(r) = run_cell_in_place(bytes, regs, rflags, rip, cell, value) {
+        return Ok(r);
+    }
+    run_cell_on_a_machine(bytes, regs, rflags, rip, cell, value)
+}
+
+fn run_cell_on_a_machine(
+    bytes: &[u8],
+    regs: [u64; 16],
+    rflags: u64,
+    rip: u64,
+    cell: u64,
+    value: u64,
+) -> Result<CellRun, ExecError> {
+    let req = ExecRequest {
+        bytes: bytes.to_vec(),
+        regs: Gpr::ALL.iter().map(|g| (*g, regs[*g as usize])).collect(),
+        rflags,
+        mem: [(cell, value)].into_iter().collect(),
+        rip,
+    };
+    let r = run(&req)?;
+    Ok(CellRun {
+        outcome: r.outcome,
+        mnemonic: r.mnemonic,
+        rip: r.rip,
+        rflags: r.rflags,
+        regs: r.regs,
+        cell: r.mem.get(&cell).copied(),
+    })
+}
+
+/// The machine-free path of [`run_cell`]; `None` when it does not apply.
+fn run_cell_in_place(
+    bytes: &[u8],
+    regs: [u64; 16],
+    rflags: u64,
+    rip: u64,
+    cell: u64,
+    value: u64,
+) -> Option<CellRun> {
+    use vesim_model::cpu::decode::Mnemonic as M;
+    let limit = bytes.len().min(decode::MAX_INSTRUCTION_LEN);
+    let (insn, uses) = decode::decode_with_memory(&bytes[..limit], rip).ok()?;
+    // The request checks of `run`, all passing.
+    let end = rip.wrapping_add(insn.len as u64 - 1);
+    let settable = (SETTABLE_RFLAGS | Rflags::FIXED1).bits();
+    if !Gla(rip).is_canonical()
+        || end < rip
+        || !Gla(end).is_canonical()
+        || rflags & !settable != 0
+        || !Gla(cell).is_canonical()
+        || cell % 8 != 0
+        || (cell <= end && rip <= cell + 7)
+    {
+        return None;
+    }
+    // What `Machine::execute` handles before any memory access.
+    if matches!(
+        insn.mnemonic,
+        M::Ud0
+            | M::Ud1
+            | M::Ud2
+            | M::Vmcall
+            | M::Vmfunc
+            | M::Cpuid
+            | M::Hlt
+            | M::Rdmsr
+            | M::Wrmsr
+            | M::Jmp
+    ) {
+        return None;
+    }
+    let mut vcpu = Vcpu::new_long_mode(0);
+    vcpu.vmfunc_enabled = true;
+    vcpu.rip = rip;
+    vcpu.rflags = Rflags::from_bits_retain(rflags) | Rflags::FIXED1;
+    vcpu.gpr = regs;
+    let planned = decode::planned_accesses(&insn, &uses, &vcpu).ok()?;
+    let [p] = planned.as_slice() else {
+        return None;
+    };
+    let offset = p.gla.0.wrapping_sub(cell);
+    if offset >= 8 || p.size > 8 - offset {
+        return None;
+    }
+    let (at, size) = (offset as usize, p.size as usize);
+    let mut cell_bytes = value.to_le_bytes();
+    let mut b = [0u8; 8];
+    b[..size].copy_from_slice(&cell_bytes[at..at + size]);
+    let fx = vesim_model::cpu::exec::execute(&insn, &vcpu, u64::from_le_bytes(b)).ok()?;
+    if let (Some(v), true) = (fx.store, p.kind.writes()) {
+        cell_bytes[at..at + size].copy_from_slice(&v.to_le_bytes()[..size]);
+    }
+    Some(CellRun {
+        outcome: Outcome::Executed,
+        mnemonic: insn.name().to_owned(),
+        rip: insn.next_ip,
+        rflags: ((fx.rflags & !Rflags::RF) | Rflags::FIXED1).bits(),
+        regs: fx.gpr,
+        cell: Some(u64::from_le_bytes(cell_bytes)),
     })
 }
 
@@ -291,5 +431,101 @@ mod tests {
         let mut r = req(&[0x90]);
         r.rip = 0x8000_0000_0000;
         assert_eq!(run(&r), Err(ExecError::RipNotCanonical(0x8000_0000_0000)));
+    }
+
+    /// The machine-free path of `run_cell` gives what `run` on a machine gives, wherever it
+    /// applies: page-table-write forms with and without LOCK, REX and operand-size prefixes,
+    /// addresses at and around the cell, any flags, and any bytes at all.
+    mod cell {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const CELL: u64 = 0xFFFF_8000_0123_4560;
+        const RIP: u64 = 0xFFFF_8000_0040_0000;
+
+        fn code() -> impl Strategy<Value = Vec<u8>> {
+            let op = prop_oneof![
+                Just(vec![0x89]),
+                Just(vec![0x88]),
+                Just(vec![0x87]),
+                Just(vec![0x09]),
+                Just(vec![0x21]),
+                Just(vec![0x31]),
+                Just(vec![0x01]),
+                Just(vec![0x0F, 0xB1]),
+                Just(vec![0x0F, 0xAB]),
+                Just(vec![0x0F, 0xB3]),
+                Just(vec![0x0F, 0xBB]),
+                Just(vec![0x0F, 0xBA]),
+                Just(vec![0x0F, 0xC1]),
+                Just(vec![0x81]),
+                Just(vec![0x83]),
+                Just(vec![0xC7]),
+                Just(vec![0x8B]),
+            ];
+            let form = (
+                proptest::sample::subsequence(vec![0xF0u8, 0x66, 0x48], 0..=3),
+                op,
+                any::<u8>(),
+                proptest::collection::vec(any::<u8>(), 0..6),
+            )
+                .prop_map(|(prefixes, op, modrm, rest)| {
+                    let mut b = prefixes;
+                    b.extend(op);
+                    b.push(modrm);
+                    b.extend(rest);
+                    b
+                });
+            prop_oneof![3 => form, 1 => proptest::collection::vec(any::<u8>(), 1..16)]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn the_in_place_path_agrees_with_a_machine(
+                bytes in code(),
+                regs in proptest::array::uniform16(prop_oneof![
+                    Just(CELL),
+                    (0u64..16).prop_map(|d| CELL.wrapping_add(d).wrapping_sub(8)),
+                    0u64..128,
+                    any::<u64>(),
+                ]),
+                rflags in prop_oneof![3 => (0u64..0x1000).prop_map(|f| f & 0xED5 | 2), 1 => any::<u64>()],
+                value in any::<u64>(),
+            ) {
+                let machine = run_cell_on_a_machine(&bytes, regs, rflags, RIP, CELL, value);
+                if let Some(fast) = run_cell_in_place(&bytes, regs, rflags, RIP, CELL, value) {
+                    prop_assert_eq!(Ok(fast), machine);
+                }
+            }
+        }
+
+        /// The in-place path does apply to the page-table-write forms (the property above
+        /// would hold trivially if it never did).
+        #[test]
+        fn the_in_place_path_applies_to_page_table_writes() {
+            let mut regs = [0u64; 16];
+            regs[Gpr::Rdi as usize] = CELL;
+            regs[Gpr::Rax as usize] = 0x8000_0000_1234_5067;
+            for bytes in [
+                &[0x48, 0x89, 0x07][..],
+                &[0xF0, 0x48, 0x0F, 0xB1, 0x0F],
+                &[0xF0, 0x48, 0x31, 0x07],
+            ] {
+                let fast = run_cell_in_place(bytes, regs, 0x2, RIP, CELL, 0x1000_0067);
+                assert!(fast.is_some(), "{bytes:x?}");
+                assert_eq!(
+                    fast.map(Ok),
+                    Some(run_cell_on_a_machine(
+                        bytes,
+                        regs,
+                        0x2,
+                        RIP,
+                        CELL,
+                        0x1000_0067
+                    ))
+                );
+            }
+        }
     }
 }

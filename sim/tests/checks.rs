@@ -310,27 +310,40 @@ fn q16_unload_race_breaks_i7() {
     );
 }
 
-/// The invisible translation cache never changes a result (VE-SEMANTICS section 1): every
-/// built-in, #VE on and off, gives the same trace hash and counters with the cache and with
-/// every translation walked.
+/// The invisible translation and decode caches never change a result (VE-SEMANTICS section
+/// 1): every built-in, #VE on and off, gives the same trace hash and counters with both caches,
+/// with every translation walked, and with every fetched instruction decoded.
 #[test]
-fn the_translation_cache_changes_no_result() {
+fn the_translation_and_decode_caches_change_no_result() {
     use vesim::workload::{build_world, generate, run_scenario, swarm_params, Builtin};
     for (_, b) in Builtin::ALL {
         for seed in 0..4 {
             let params = swarm_params(b, &Default::default(), seed).unwrap();
             let sc = generate(b, &params, seed);
             for ve in [true, false] {
-                let run = |walk_all: bool| {
+                let run = |walk_all: bool, decode_all: bool| {
                     let mut w =
                         build_world(b, &params, ve, vesim::quirks::Profile::Fixed, seed).unwrap();
                     w.machine.config.no_translation_cache = walk_all;
+                    w.machine.config.no_decode_cache = decode_all;
                     let w = run_scenario(w, &sc, &Schedule::Random { seed }).unwrap();
                     let lines: Vec<String> =
                         w.events.iter().map(vesim::trace::event_line).collect();
                     (lines, w.counters, w.tsc)
                 };
-                assert_eq!(run(false), run(true), "{} seed {seed} ve {ve}", b.name());
+                let cached = run(false, false);
+                assert_eq!(
+                    cached,
+                    run(true, false),
+                    "{} seed {seed} ve {ve}: TLB",
+                    b.name()
+                );
+                assert_eq!(
+                    cached,
+                    run(false, true),
+                    "{} seed {seed} ve {ve}: decode",
+                    b.name()
+                );
             }
         }
     }

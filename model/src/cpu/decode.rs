@@ -794,6 +794,18 @@ pub fn planned_accesses(
     vcpu: &Vcpu,
 ) -> Result<Vec<PlannedAccess>, NoAddress> {
     let mut out = Vec::with_capacity(uses.len());
+    planned_accesses_into(insn, uses, vcpu, &mut out)?;
+    Ok(out)
+}
+
+/// [`planned_accesses`] into `out` (cleared first), which keeps its capacity between calls.
+pub fn planned_accesses_into(
+    insn: &Insn,
+    uses: &[MemoryUse],
+    vcpu: &Vcpu,
+    out: &mut Vec<PlannedAccess>,
+) -> Result<(), NoAddress> {
+    out.clear();
     for m in uses {
         let mut addr = m.address(vcpu).ok_or(NoAddress)?;
         if is_bit_string(insn) {
@@ -809,7 +821,7 @@ pub fn planned_accesses(
             stack: m.segment == Some(Segment::Ss),
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Linear address of the first memory access the reference CPU makes for the instruction in

@@ -68,32 +68,31 @@ impl Machine {
         let old_rsp = vcpu.gpr[4];
         let base_rsp = if stack_switch { vcpu.tss_rsp0 } else { old_rsp };
         let aligned = base_rsp & !0xF;
-        let mut frame = vec![
+        let frame = [
             vcpu.ss as u64,
             old_rsp,
             (vcpu.rflags | Rflags::RF).bits(),
             vcpu.cs as u64,
             vcpu.rip,
+            error_code.unwrap_or(0),
         ];
-        if let Some(ec) = error_code {
-            frame.push(ec);
-        }
+        let frame = &frame[..if error_code.is_some() { 6 } else { 5 }];
         let frame_len = frame.len() as u64 * 8;
         let new_rsp = aligned.wrapping_sub(frame_len);
-        // Push order: SS first (highest address), each a supervisor write.
-        let mut spans: Vec<(PhysSpan, u64)> = Vec::with_capacity(frame.len());
-        for (i, value) in frame.iter().enumerate() {
+        // Push order: SS first (highest address), each a supervisor write; every slot is
+        // translated before any is written.
+        let mut spans = [PhysSpan::default(); 6];
+        for (i, span) in spans.iter_mut().enumerate().take(frame.len()) {
             let gla = Gla(aligned.wrapping_sub(8 * (i as u64 + 1)));
-            let span = self
+            *span = self
                 .translate_span(vcpu, gla, 8, AccessKind::Write, true)
                 .map_err(|f| match f {
                     Fault::NonCanonical => Outcome::DoubleFault,
                     f => delivery_fault(f, vector),
                 })?;
-            spans.push((span, *value));
         }
-        for (span, value) in spans {
-            self.write_span(&span, &value.to_le_bytes());
+        for (span, value) in spans.iter().zip(frame) {
+            self.write_span(span, &value.to_le_bytes());
         }
         vcpu.gpr[4] = new_rsp;
         vcpu.rip = target;

@@ -3,11 +3,13 @@
 //! each step in exactly one [`Outcome`].
 //!
 //! - `mmu`: linear accesses (walk, A/D writes, EPT checks).
+//! - `dcache`: the invisible decode cache of the fetch.
 //! - `decode`: the iced-x86 adapter: the owned instruction type ([`decode::Insn`]), its memory
 //!   accesses and its text.
 //! - `exec`: the pure semantics of the supported instructions.
 //! - `delivery`: IDT event delivery (#VE, #PF).
 
+mod dcache;
 pub mod decode;
 pub mod delivery;
 pub mod exec;
@@ -20,7 +22,7 @@ use crate::memory::GuestMemory;
 use crate::vcpu::{Cr0, Gpr, Rflags, Vcpu};
 use crate::ve_info::{VeInfo, REASON_EPT_VIOLATION, SEMAPHORE_BUSY};
 use decode::{Decoded, Insn, MemoryUse, Mnemonic, Operand, MAX_INSTRUCTION_LEN};
-use mmu::{AccessKind, Fault, PhysSpan};
+use mmu::{AccessKind, Fault};
 
 pub use delivery::{VECTOR_PF, VECTOR_VE};
 
@@ -36,6 +38,9 @@ pub struct MachineConfig {
     /// Walk every translation (no invisible translation cache): for checking that the cache
     /// never changes a result.
     pub no_translation_cache: bool,
+    /// Decode every fetched instruction (no invisible decode cache, `dcache`): for checking
+    /// that the cache never changes a result.
+    pub no_decode_cache: bool,
 }
 
 /// The machine shared by all VCPUs: guest-physical memory and the EPTP list.
@@ -49,6 +54,17 @@ pub struct Machine {
     pub config: MachineConfig,
     /// The invisible translation cache (`mmu`): never changes a result.
     pub(crate) tlb: mmu::Tlb,
+    /// The invisible decode cache (`dcache`): never changes a result.
+    pub(crate) dcache: dcache::DecodeCache,
+    /// Buffers a step reuses, so that a step allocates nothing once they have grown.
+    scratch: Scratch,
+}
+
+/// The per-step lists of [`Machine::step`], kept between steps for their capacity only.
+#[derive(Clone, Debug, Default)]
+struct Scratch {
+    uses: Vec<MemoryUse>,
+    planned: Vec<decode::PlannedAccess>,
 }
 
 impl Machine {
@@ -93,9 +109,10 @@ pub struct Step {
     /// Length of the decoded instruction (0 if none was decoded).
     pub length: u8,
     /// The decoder's mnemonic in lower case, if an instruction was decoded.
-    pub mnemonic: Option<String>,
-    /// The linear writes the instruction committed (empty unless executed).
-    pub writes: Vec<LinearWrite>,
+    pub mnemonic: Option<&'static str>,
+    /// The linear write the instruction committed, if it was executed and wrote memory (the
+    /// reference CPU's instructions have at most one memory operand).
+    pub write: Option<LinearWrite>,
 }
 
 /// MSR numbers passed through to the guest (VE-SEMANTICS section 1).
@@ -134,6 +151,8 @@ impl Machine {
             ept: Ept::new(),
             config,
             tlb: mmu::Tlb::default(),
+            dcache: dcache::DecodeCache::default(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -192,8 +211,8 @@ impl Machine {
 
     /// Fetches the bytes of the instruction at RIP (only the bytes the decoder needs: the
     /// second page is fetched only if the instruction crosses into it) and decodes it, with
-    /// the memory it uses.
-    fn fetch(&mut self, vcpu: &mut Vcpu) -> Result<(Insn, Vec<MemoryUse>), Outcome> {
+    /// the memory it uses (into `uses`).
+    fn fetch(&mut self, vcpu: &mut Vcpu, uses: &mut Vec<MemoryUse>) -> Result<Insn, Outcome> {
         let rip = Gla(vcpu.rip);
         let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
         let first = ((PAGE_SIZE - rip.page_offset()) as usize).min(MAX_INSTRUCTION_LEN);
@@ -202,7 +221,7 @@ impl Machine {
             .translate(vcpu, rip, AccessKind::Fetch, user)
             .map_err(|f| self.fault_outcome(vcpu, f, false))?;
         self.mem.read(g, &mut bytes[..first]);
-        match decode::decode_with_memory(&bytes[..first], vcpu.rip) {
+        match self.decode(&bytes[..first], vcpu.rip, uses) {
             Ok(i) => return Ok(i),
             Err(Decoded::Incomplete) if first != MAX_INSTRUCTION_LEN => {}
             Err(_) => return Err(Outcome::InvalidOpcode),
@@ -212,7 +231,23 @@ impl Machine {
             .translate(vcpu, next, AccessKind::Fetch, user)
             .map_err(|f| self.fault_outcome(vcpu, f, false))?;
         self.mem.read(g2, &mut bytes[first..]);
-        decode::decode_with_memory(&bytes, vcpu.rip).map_err(|_| Outcome::InvalidOpcode)
+        self.decode(&bytes, vcpu.rip, uses)
+            .map_err(|_| Outcome::InvalidOpcode)
+    }
+
+    /// [`decode::decode_with_memory`], through the decode cache unless it is off.
+    fn decode(
+        &mut self,
+        bytes: &[u8],
+        rip: u64,
+        uses: &mut Vec<MemoryUse>,
+    ) -> Result<Insn, Decoded> {
+        if !self.config.no_decode_cache {
+            return self.dcache.decode(bytes, rip, uses);
+        }
+        let (insn, decoded) = decode::decode_with_memory(bytes, rip)?;
+        *uses = decoded;
+        Ok(insn)
     }
 
     /// Runs one instruction on `vcpu`.
@@ -221,7 +256,7 @@ impl Machine {
             outcome: Outcome::Executed,
             length: 0,
             mnemonic: None,
-            writes: Vec::new(),
+            write: None,
         };
         if !vcpu.paging_mode_supported() {
             step.outcome = Outcome::Unsupported {
@@ -229,16 +264,16 @@ impl Machine {
             };
             return step;
         }
-        let (insn, uses) = match self.fetch(vcpu) {
-            Ok(i) => i,
-            Err(o) => {
-                step.outcome = o;
-                return step;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        match self.fetch(vcpu, &mut scratch.uses) {
+            Ok(insn) => {
+                step.length = insn.len as u8;
+                step.mnemonic = Some(insn.name());
+                step.outcome = self.execute(vcpu, &insn, &mut scratch, &mut step.write);
             }
-        };
-        step.length = insn.len as u8;
-        step.mnemonic = Some(insn.name().to_owned());
-        step.outcome = self.execute(vcpu, &insn, &uses, &mut step.writes);
+            Err(o) => step.outcome = o,
+        }
+        self.scratch = scratch;
         step
     }
 
@@ -246,8 +281,8 @@ impl Machine {
         &mut self,
         vcpu: &mut Vcpu,
         insn: &Insn,
-        uses: &[MemoryUse],
-        writes: &mut Vec<LinearWrite>,
+        scratch: &mut Scratch,
+        write: &mut Option<LinearWrite>,
     ) -> Outcome {
         let cpl0 = vcpu.cpl() == 0;
         let unsupported = || Outcome::Unsupported {
@@ -282,14 +317,15 @@ impl Machine {
             }
             _ => {}
         }
-        let planned = match decode::planned_accesses(insn, uses, vcpu) {
-            Ok(p) => p,
-            Err(_) => return unsupported(),
-        };
-        let mut spans: Vec<PhysSpan> = Vec::with_capacity(planned.len());
-        for p in &planned {
+        let planned = &mut scratch.planned;
+        if decode::planned_accesses_into(insn, &scratch.uses, vcpu, planned).is_err() {
+            return unsupported();
+        }
+        // Every access is translated, in order, before anything is judged or written.
+        let mut span = None;
+        for p in planned.iter() {
             match self.translate_span(vcpu, p.gla, p.size, p.kind, false) {
-                Ok(s) => spans.push(s),
+                Ok(s) => span = span.or(Some(s)),
                 Err(f) => return self.fault_outcome(vcpu, f, p.stack),
             }
         }
@@ -297,10 +333,11 @@ impl Machine {
         if planned.len() > 1 {
             return unsupported();
         }
-        let mem_value = match (planned.first(), spans.first()) {
+        let first = planned.first().copied();
+        let mem_value = match (first, span) {
             (Some(p), Some(s)) if p.size <= 8 => {
                 let mut b = [0u8; 8];
-                self.read_span(s, &mut b[..p.size as usize]);
+                self.read_span(&s, &mut b[..p.size as usize]);
                 u64::from_le_bytes(b)
             }
             (Some(_), _) => return unsupported(),
@@ -309,10 +346,10 @@ impl Machine {
         let Ok(fx) = exec::execute(insn, vcpu, mem_value) else {
             return unsupported();
         };
-        if let (Some(value), Some(p), Some(s)) = (fx.store, planned.first(), spans.first()) {
+        if let (Some(value), Some(p), Some(s)) = (fx.store, first, span) {
             if p.kind.writes() {
-                self.write_span(s, &value.to_le_bytes()[..p.size as usize]);
-                writes.push(LinearWrite {
+                self.write_span(&s, &value.to_le_bytes()[..p.size as usize]);
+                *write = Some(LinearWrite {
                     gla: p.gla,
                     size: p.size,
                 });

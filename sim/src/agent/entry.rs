@@ -100,7 +100,7 @@ impl Agent<'_> {
             u64::from_le_bytes(b)
         };
         let v = &*self.vcpu;
-        let mut save = vec![0u8; 0x1D0];
+        let mut save = [0u8; 0x1D0];
         let mut put = |off: u64, val: u64| {
             let o = (off - veinfo::REGS) as usize;
             save[o..o + 8].copy_from_slice(&val.to_le_bytes());
@@ -194,7 +194,7 @@ impl Agent<'_> {
     pub(crate) fn stub_restore(&mut self) -> Result<(), Stop> {
         self.vcpu.gpr[4] = self.vcpu.gpr[4].wrapping_add(0x20);
         let page = self.pop()?;
-        let mut save = vec![0u8; 0x1D8];
+        let mut save = [0u8; 0x1D8];
         self.a_read(page.wrapping_add(veinfo::REGS), &mut save)?;
         let get = |off: u64| {
             let o = (off - veinfo::REGS) as usize;
