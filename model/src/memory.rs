@@ -13,9 +13,10 @@ pub type Frame = [u8; PAGE_SIZE as usize];
 
 /// Sparse guest-physical memory.
 ///
-/// It also keeps a write generation for the MMU's translation cache: frames can be watched
-/// (the paging-structure frames a cached translation read), and any write to a watched frame
-/// bumps the generation, which drops every cached translation.
+/// It also tells the MMU's translation cache what to drop: frames can be watched (the
+/// paging-structure frames a cached translation read), and the first write to a watched frame
+/// lists it in [`GuestMemory::written_watched`] (and stops watching it); a rewind bumps
+/// [`GuestMemory::generation`], which drops every cached translation.
 ///
 /// Snapshot and rewind: after [`GuestMemory::mark`], the first write to each frame saves its
 /// contents (or notes that the frame did not exist), and [`GuestMemory::rewind`] puts back
@@ -26,8 +27,38 @@ pub type Frame = [u8; PAGE_SIZE as usize];
 pub struct GuestMemory {
     frames: FastMap<u64, Slot>,
     watched: FastMap<u64, ()>,
+    written_watched: Vec<u64>,
     generation: u64,
+    journal: Journal,
     undo: Undo,
+}
+
+/// The last frames written, for checkers that look at what one step wrote
+/// ([`GuestMemory::written_since`]): a ring of the last [`JOURNAL_LEN`] frame numbers written,
+/// one per write to a frame, and how many were ever listed.
+#[derive(Clone)]
+struct Journal {
+    ring: [u64; JOURNAL_LEN],
+    total: u64,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            ring: [0; JOURNAL_LEN],
+            total: 0,
+        }
+    }
+}
+
+/// Frames the write journal holds.
+pub const JOURNAL_LEN: usize = 64;
+
+impl Journal {
+    fn note(&mut self, gfn: u64) {
+        self.ring[(self.total % JOURNAL_LEN as u64) as usize] = gfn;
+        self.total += 1;
+    }
 }
 
 /// A frame and the epoch in which it was last saved for a rewind.
@@ -102,12 +133,41 @@ impl GuestMemory {
         self.frames.get(&gfn.0).map(|s| &*s.frame)
     }
 
-    /// Bumps [`GuestMemory::generation`] on the next write to frame `gfn`.
+    /// Lists frame `gfn` in [`GuestMemory::written_watched`] on its next write.
     pub fn watch(&mut self, gfn: Gfn) {
         self.watched.insert(gfn.0, ());
     }
 
-    /// Changes whenever a watched frame is written (the watch list then starts empty).
+    /// The watched frames written since [`GuestMemory::clear_written_watched`], each once, in
+    /// the order first written; a written frame is no longer watched.
+    pub fn written_watched(&self) -> &[u64] {
+        &self.written_watched
+    }
+
+    /// Empties [`GuestMemory::written_watched`].
+    pub fn clear_written_watched(&mut self) {
+        self.written_watched.clear();
+    }
+
+    /// A position in the write journal, for [`GuestMemory::written_since`].
+    pub fn journal_position(&self) -> u64 {
+        self.journal.total
+    }
+
+    /// The frames written since journal position `position` (once per write), or `None` when the journal no longer reaches back that far (more than
+    /// [`JOURNAL_LEN`] frames were listed since, or memory was rewound).
+    pub fn written_since(&self, position: u64) -> Option<impl Iterator<Item = Gfn> + '_> {
+        let n = self.journal.total.checked_sub(position)?;
+        if n > JOURNAL_LEN as u64 {
+            return None;
+        }
+        Some(
+            (position..self.journal.total)
+                .map(|i| Gfn(self.journal.ring[(i % JOURNAL_LEN as u64) as usize])),
+        )
+    }
+
+    /// Changes on every rewind (the watch list then starts empty).
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -150,6 +210,9 @@ impl GuestMemory {
         u.epoch += 1;
         self.generation += 1;
         self.watched.clear();
+        self.written_watched.clear();
+        // A rewind changes frames behind the journal's back: no position before it is valid.
+        self.journal.total += JOURNAL_LEN as u64 + 1;
     }
 
     /// Each frame written since the last mark, in the order first written, with its contents
@@ -172,10 +235,10 @@ impl GuestMemory {
     }
 
     fn frame_mut(&mut self, gfn: Gfn) -> &mut Frame {
-        if !self.watched.is_empty() && self.watched.contains_key(&gfn.0) {
-            self.generation += 1;
-            self.watched.clear();
+        if !self.watched.is_empty() && self.watched.remove(&gfn.0).is_some() {
+            self.written_watched.push(gfn.0);
         }
+        self.journal.note(gfn.0);
         let u = &mut self.undo;
         let slot = self.frames.entry(gfn.0).or_insert_with(|| {
             let mut frame = u.frame();
@@ -326,6 +389,53 @@ mod tests {
             assert_eq!(mem.frame(Gfn(0x1000)), None);
             assert_eq!(mem.dirtied_since_mark(), 0);
         }
+    }
+
+    #[test]
+    fn a_watched_frame_is_listed_once_on_its_first_write() {
+        let mut mem = GuestMemory::new();
+        mem.watch(Gfn(1));
+        mem.watch(Gfn(3));
+        mem.write_u64(Gpa(0x0FF8), 1); // frame 0: not watched
+        mem.write_u64(Gpa(0x3000), 1);
+        mem.write_u64(Gpa(0x1FFC), 1); // frames 1 and 2
+        mem.write_u64(Gpa(0x1000), 1);
+        assert_eq!(mem.written_watched(), &[3, 1]);
+        mem.clear_written_watched();
+        mem.write_u64(Gpa(0x3000), 2);
+        assert!(mem.written_watched().is_empty(), "no longer watched");
+    }
+
+    #[test]
+    fn the_journal_lists_what_was_written_until_it_overflows_or_a_rewind() {
+        let mut mem = GuestMemory::new();
+        let p = mem.journal_position();
+        mem.write_u64(Gpa(0x5000), 1);
+        mem.write_u64(Gpa(0x5008), 1);
+        mem.write_u64(Gpa(0x1FFC), 1);
+        let got: Vec<u64> = mem.written_since(p).unwrap().map(|g| g.0).collect();
+        assert_eq!(got, vec![5, 5, 1, 2]);
+        // A position taken between two writes of one frame sees the second.
+        let p = mem.journal_position();
+        mem.write_u64(Gpa(0x1000), 2);
+        let got: Vec<u64> = mem.written_since(p).unwrap().map(|g| g.0).collect();
+        assert_eq!(got, vec![1]);
+        let q = mem.journal_position();
+        assert_eq!(mem.written_since(q).unwrap().count(), 0);
+        for i in 0..JOURNAL_LEN as u64 {
+            mem.write_u64(Gpa(i * 0x1000), 1);
+        }
+        assert_eq!(mem.written_since(q).unwrap().count(), JOURNAL_LEN);
+        mem.write_u64(Gpa(0x10_0000), 1);
+        assert!(mem.written_since(q).is_none(), "overflowed");
+        let r = mem.journal_position();
+        mem.mark();
+        mem.rewind();
+        assert!(mem.written_since(r).is_none(), "rewound");
+        assert!(
+            mem.written_since(r + 1000).is_none(),
+            "a position from the future"
+        );
     }
 
     #[test]

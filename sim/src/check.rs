@@ -84,7 +84,7 @@ struct CpuState {
 /// agent reported (outcome, old value read, new value stored).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Emulation {
-    bytes: Vec<u8>,
+    bytes: [u8; 15],
     regs: [u64; 16],
     rflags: u64,
     rip: u64,
@@ -107,7 +107,13 @@ pub struct Checker {
     /// Every monitored entry with its value before the step, as of monitor generation
     /// `monitored_generation`.
     monitored: Vec<(Gpa, u64)>,
+    /// (frame, index in `monitored`) of every monitored entry, by frame.
+    monitored_by_frame: Vec<(u64, usize)>,
+    /// The indices of `monitored` a step wrote the frames of (reused between steps).
+    touched: Vec<usize>,
     monitored_generation: Option<(u64, u64)>,
+    /// Guest memory's write-journal position when the values in `monitored` were last read.
+    journal_before: u64,
     events_seen: u64,
     rip_before: u64,
     regs_before: [u64; 16],
@@ -135,7 +141,10 @@ impl Checker {
             agent_steps_max: 100_000,
             cpus: vec![CpuState::default(); w.vcpus.len()],
             monitored: Vec::new(),
+            monitored_by_frame: Vec::new(),
+            touched: Vec::new(),
             monitored_generation: None,
+            journal_before: 0,
             events_seen: w.events.total(),
             rip_before: 0,
             regs_before: [0; 16],
@@ -165,7 +174,16 @@ impl Checker {
             w.intro
                 .ptm
                 .for_each_monitored(|e| self.monitored.push((e, w.machine.mem.read_u64(e))));
+            self.monitored_by_frame.clear();
+            self.monitored_by_frame.extend(
+                self.monitored
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (e, _))| (e.gfn().0, i)),
+            );
+            self.monitored_by_frame.sort_unstable();
             self.monitored_generation = Some(generation);
+            self.journal_before = w.machine.mem.journal_position();
         }
         self.events_seen = w.events.total();
         if let Some(v) = w.vcpus.get(cpu.0) {
@@ -330,7 +348,30 @@ impl Checker {
             }
         }
         // I1: every relevant change of a monitored entry reaches introcore in the same step.
-        for (entry, value) in &mut self.monitored {
+        // Only the entries on frames the step wrote can have changed: guest memory's write
+        // journal names them (all entries are read when it does not reach back far enough).
+        self.touched.clear();
+        match w.machine.mem.written_since(self.journal_before) {
+            Some(frames) => {
+                for gfn in frames {
+                    let from = self.monitored_by_frame.partition_point(|(g, _)| *g < gfn.0);
+                    self.touched.extend(
+                        self.monitored_by_frame[from..]
+                            .iter()
+                            .take_while(|(g, _)| *g == gfn.0)
+                            .map(|(_, i)| *i),
+                    );
+                }
+                // In the order of `monitored`, as a scan of all of them would report.
+                self.touched.sort_unstable();
+                self.touched.dedup();
+            }
+            None => self.touched.extend(0..self.monitored.len()),
+        }
+        for &i in &self.touched {
+            let Some((entry, value)) = self.monitored.get_mut(i) else {
+                continue;
+            };
             let (old, new) = (*value, w.machine.mem.read_u64(*entry));
             *value = new;
             // The spec's rule, spelled out here rather than taken from `abi::is_relevant`, so
@@ -349,6 +390,7 @@ impl Checker {
                 ));
             }
         }
+        self.journal_before = w.machine.mem.journal_position();
         // I7: no monitored entry is in the cache. Only introcore puts entries in the cache,
         // places monitors and moves cache pages, so the scan runs when one of those happened.
         let epoch = (
@@ -432,7 +474,7 @@ fn pt_write_emulation(
     let (rip, regs, rflags) = before;
     let cr3 = w.vcpus.get(cpu.0)?.cr3;
     // Up to 15 bytes, translated once per page they lie on.
-    let mut bytes = vec![0u8; 15];
+    let mut bytes = [0u8; 15];
     let first = (0x1000 - (rip & 0xFFF)).min(15) as usize;
     let (head, tail) = bytes.split_at_mut(first);
     w.machine.mem.read(
@@ -472,19 +514,17 @@ fn fidelity(w: &World, cpu: VcpuId, em: &Emulation) -> Option<String> {
     ) {
         return None;
     }
-    let req = crate::exec::ExecRequest {
-        bytes: em.bytes.clone(),
-        regs: Gpr::ALL
-            .iter()
-            .map(|g| (*g, em.regs[*g as usize]))
-            .collect(),
-        rflags: em.rflags,
-        mem: [(em.gla, old.unwrap_or(em.old))].into_iter().collect(),
-        rip: em.rip,
-    };
     // A request the reference cannot set up (RF set, the entry next to the code) or an
     // instruction it does not complete is not judged.
-    let r = crate::exec::run(&req).ok()?;
+    let r = crate::exec::run_cell(
+        &em.bytes,
+        em.regs,
+        em.rflags,
+        em.rip,
+        em.gla,
+        old.unwrap_or(em.old),
+    )
+    .ok()?;
     if r.outcome != vesim_model::Outcome::Executed {
         return None;
     }
@@ -503,11 +543,11 @@ fn fidelity(w: &World, cpu: VcpuId, em: &Emulation) -> Option<String> {
     };
     let mut diffs = Vec::new();
     let entry = new.unwrap_or_else(|| w.machine.mem.read_u64(em.gpa));
-    if r.mem.get(&em.gla) != Some(&entry) {
+    if r.cell != Some(entry) {
         diffs.push(format!(
             "entry {:#x} (reference {:#x?})",
             entry,
-            r.mem.get(&em.gla)
+            r.cell.as_ref()
         ));
     }
     if v.rip != r.rip {

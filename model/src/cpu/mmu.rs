@@ -132,29 +132,99 @@ fn ept_fault(check: EptCheck, qual: EptQualification, gpa: Gpa, gla: Gla) -> Opt
 
 /// What a cached translation depends on besides the page tables and EPT: the VCPU's paging
 /// state, the view and the access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct TlbKey {
     cr3: u64,
     page: u64,
-    view: u16,
-    kind: u8,
-    ctx: u8,
+    /// The view, the access kind and the walk context's switches, packed.
+    tag: u64,
+}
+
+/// One slot of the translation cache: valid while its epoch is the cache's.
+#[derive(Clone, Copy, Debug, Default)]
+struct TlbSlot {
+    key: TlbKey,
+    page: Gpa,
+    epoch: u64,
 }
 
 /// The invisible translation cache VE-SEMANTICS section 1 allows: successful translations
-/// (after their A/D writes, so a hit would write none) by linear page, dropped as a whole
-/// when a paging-structure frame any of them read is written or an EPT view may have changed
-/// (and keyed by CR3, view, access kind and paging mode, so a CR3 load or a view switch
-/// misses).
+/// (after their A/D writes, so a hit would write none) by linear page, keyed by CR3, view,
+/// access kind and paging mode (so a CR3 load or a view switch misses). All of them are
+/// dropped when memory is rewound or an EPT view may have changed; a write to a
+/// paging-structure frame that cached translations read drops those that read it.
+///
+/// Direct-mapped: [`TLB_SLOTS`] slots allocated on first use; dropping all of them is one
+/// epoch increment.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tlb {
-    map: crate::fastmap::FastMap<TlbKey, Gpa>,
+    slots: Vec<TlbSlot>,
+    /// The paging-structure frames each slot's walk read (at most four levels; unused
+    /// levels repeat the last frame), beside `slots`.
+    tables: Vec<[u64; 4]>,
+    epoch: u64,
     mem_generation: u64,
     ept_generation: u64,
 }
 
-/// Entries the cache holds before it starts over.
-const TLB_ENTRIES_MAX: usize = 4096;
+/// Slots in the translation cache.
+const TLB_SLOTS: usize = 512;
+
+impl TlbKey {
+    fn slot(&self) -> usize {
+        let h = (self.page ^ self.cr3.rotate_left(20) ^ self.tag.rotate_left(40))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 55) as usize % TLB_SLOTS
+    }
+}
+
+impl Tlb {
+    /// Brings the cache up to date with memory and EPT: everything goes when either was
+    /// rewound or changed wholesale, and the translations through a written paging-structure
+    /// frame go with it.
+    fn sync(&mut self, mem: &mut crate::memory::GuestMemory, ept_generation: u64) {
+        let generations = (mem.generation(), ept_generation);
+        if (self.mem_generation, self.ept_generation) != generations {
+            (self.mem_generation, self.ept_generation) = generations;
+            self.epoch += 1;
+            mem.clear_written_watched();
+            return;
+        }
+        if !mem.written_watched().is_empty() {
+            for (slot, tables) in self.slots.iter_mut().zip(&self.tables) {
+                if slot.epoch == self.epoch
+                    && mem.written_watched().iter().any(|g| tables.contains(g))
+                {
+                    slot.epoch = self.epoch.wrapping_sub(1);
+                }
+            }
+            mem.clear_written_watched();
+        }
+    }
+
+    fn get(&self, key: &TlbKey) -> Option<Gpa> {
+        let s = self.slots.get(key.slot())?;
+        (s.epoch == self.epoch && s.key == *key).then_some(s.page)
+    }
+
+    fn insert(&mut self, key: TlbKey, page: Gpa, tables: [u64; 4]) {
+        if self.slots.is_empty() {
+            // Epoch 0 never matches a live slot: the cache starts at epoch 1.
+            self.epoch = self.epoch.max(1);
+            self.slots = vec![TlbSlot::default(); TLB_SLOTS];
+            self.tables = vec![[0; 4]; TLB_SLOTS];
+        }
+        let i = key.slot();
+        if let (Some(s), Some(t)) = (self.slots.get_mut(i), self.tables.get_mut(i)) {
+            *s = TlbSlot {
+                key,
+                page,
+                epoch: self.epoch,
+            };
+            *t = tables;
+        }
+    }
+}
 
 impl Machine {
     /// The walk context for an access by `vcpu`.
@@ -186,27 +256,23 @@ impl Machine {
         }
         let ctx = self.walk_context(vcpu, implicit_supervisor);
         let view = vcpu.eptp_index;
+        let switches = u64::from(ctx.wp)
+            | u64::from(ctx.smep) << 1
+            | u64::from(ctx.smap) << 2
+            | u64::from(ctx.nxe) << 3
+            | u64::from(ctx.ac) << 4
+            | u64::from(ctx.user) << 5
+            | u64::from(ctx.implicit_supervisor) << 6
+            | u64::from(ctx.ad_writes_all_levels) << 7;
         let key = TlbKey {
             cr3: ctx.cr3,
             page: gla.0 >> 12,
-            view: view.0,
-            kind: kind as u8,
-            ctx: u8::from(ctx.wp)
-                | u8::from(ctx.smep) << 1
-                | u8::from(ctx.smap) << 2
-                | u8::from(ctx.nxe) << 3
-                | u8::from(ctx.ac) << 4
-                | u8::from(ctx.user) << 5
-                | u8::from(ctx.implicit_supervisor) << 6
-                | u8::from(ctx.ad_writes_all_levels) << 7,
+            tag: u64::from(view.0) | (kind as u64) << 16 | switches << 24,
         };
         let cached = !self.config.no_translation_cache;
-        let generations = (self.mem.generation(), self.ept.generation());
         if cached {
-            if (self.tlb.mem_generation, self.tlb.ept_generation) != generations {
-                self.tlb.map.clear();
-                (self.tlb.mem_generation, self.tlb.ept_generation) = generations;
-            } else if let Some(page) = self.tlb.map.get(&key) {
+            self.tlb.sync(&mut self.mem, self.ept.generation());
+            if let Some(page) = self.tlb.get(&key) {
                 return Ok(page.wrapping_add(gla.0 & 0xFFF));
             }
         }
@@ -258,19 +324,20 @@ impl Machine {
         if !cached {
             return Ok(w.gpa);
         }
-        // Remember it: the tables it read are watched from now on.
-        for e in &w.entries[..w.levels as usize] {
+        // Remember it: the tables it read are watched from now on. Its own A/D writes came
+        // before, so the cache is brought up to date first.
+        self.tlb.sync(&mut self.mem, self.ept.generation());
+        let levels = &w.entries[..w.levels as usize];
+        let mut tables = [0u64; 4];
+        for (i, t) in tables.iter_mut().enumerate() {
+            if let Some(e) = levels.get(i).or(levels.last()) {
+                *t = e.gpa.gfn().0;
+            }
+        }
+        for e in levels {
             self.mem.watch(e.gpa.gfn());
         }
-        let generations = (self.mem.generation(), self.ept.generation());
-        if self.tlb.map.len() >= TLB_ENTRIES_MAX
-            || (self.tlb.mem_generation, self.tlb.ept_generation) != generations
-        {
-            self.tlb.map.clear();
-        }
-        self.tlb.mem_generation = self.mem.generation();
-        self.tlb.ept_generation = self.ept.generation();
-        self.tlb.map.insert(key, Gpa(w.gpa.0 & !0xFFF));
+        self.tlb.insert(key, Gpa(w.gpa.0 & !0xFFF), tables);
         Ok(w.gpa)
     }
 

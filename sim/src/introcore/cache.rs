@@ -53,6 +53,17 @@ impl CacheWriter {
     /// Whether `entry` is in its bucket (what the agent's lookup answers, B71); `base` is the
     /// guest-physical address of the entry's line page.
     pub fn contains(mem: &GuestMemory, base: Gpa, entry: Gpa) -> bool {
+        let bucket = slot_offset(0, bucket_of(entry), 0) as usize;
+        let len = SLOTS as usize * 8;
+        if base.page_offset() == 0 && bucket + len <= 0x1000 {
+            // The bucket lies in one frame: read it in place (a frame never written is zero).
+            return match mem.frame(base.gfn()) {
+                Some(f) => f[bucket..bucket + len]
+                    .chunks_exact(8)
+                    .any(|c| c == entry.0.to_le_bytes()),
+                None => entry.0 == 0,
+            };
+        }
         (0..SLOTS).any(|s| mem.read_u64(Self::slot_gpa(base, entry, s)) == entry.0)
     }
 

@@ -200,11 +200,19 @@ impl Introcore {
 
     /// The monitored entries that are cached: I7 holds when there is none.
     pub fn cached_monitored_entries(&self, machine: &Machine, guest: &Guest) -> Vec<Gpa> {
-        self.ptm
-            .monitored_entries()
-            .into_iter()
-            .filter(|e| self.cache_contains(machine, guest, *e))
-            .collect()
+        // Each line page is translated once per scan, not once per entry.
+        let mut pages = [None; cache::LINES as usize];
+        let mut out = Vec::new();
+        self.ptm.for_each_monitored(|e| {
+            let page = match pages.get_mut(cache::line_of(e) as usize) {
+                Some(p) => *p.get_or_insert_with(|| Self::cache_line_page(machine, guest, e)),
+                None => Self::cache_line_page(machine, guest, e),
+            };
+            if page.is_some_and(|p| CacheWriter::contains(&machine.mem, p, e)) {
+                out.push(e);
+            }
+        });
+        out
     }
 
     /// The hooks on the frame of a guest-physical address.

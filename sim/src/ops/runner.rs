@@ -382,13 +382,16 @@ impl OpRunner {
             return Err(stop);
         }
         let rip = w.vcpus[cpu.0].rip;
+        // Most steps are inside the instruction: the operation stays where it is.
+        if self.active[cpu.0]
+            .as_ref()
+            .is_none_or(|a| a.end != Some(rip))
+        {
+            return Ok(());
+        }
         let Some(mut a) = self.active[cpu.0].take() else {
             return Ok(());
         };
-        if a.end != Some(rip) {
-            self.active[cpu.0] = Some(a);
-            return Ok(());
-        }
         let v = &w.vcpus[cpu.0];
         w.completed = Some(crate::world::Completed {
             cpu,
