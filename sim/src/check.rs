@@ -78,6 +78,8 @@ struct CpuState {
     agent_steps: u64,
     /// The page-table write its current #VE is about, for I2.
     emulation: Option<Emulation>,
+    /// The step at which its agent last made the cache lookup of B51–B53 (I1's B77 window).
+    lookup_step: Option<u64>,
 }
 
 /// A page-table write delivered as a #VE: the state the instruction started from and what the
@@ -114,6 +116,11 @@ pub struct Checker {
     monitored_generation: Option<(u64, u64)>,
     /// Guest memory's write-journal position when the values in `monitored` were last read.
     journal_before: u64,
+    /// The step in which each monitored entry's monitor was placed, as far as the checker saw
+    /// it placed (entries monitored when the checker was made are not listed).
+    placed_at: std::collections::BTreeMap<Gpa, u64>,
+    /// The monitored entries before the last rebuild of `monitored` (reused).
+    monitored_old: Vec<Gpa>,
     events_seen: u64,
     rip_before: u64,
     regs_before: [u64; 16],
@@ -145,6 +152,8 @@ impl Checker {
             touched: Vec::new(),
             monitored_generation: None,
             journal_before: 0,
+            placed_at: std::collections::BTreeMap::new(),
+            monitored_old: Vec::new(),
             events_seen: w.events.total(),
             rip_before: 0,
             regs_before: [0; 16],
@@ -170,6 +179,11 @@ impl Checker {
         // or went since.
         let generation = w.intro.ptm.generation();
         if self.monitored_generation != Some(generation) {
+            // Entries monitored now and not before were placed in the step just checked.
+            let first = self.monitored_generation.is_none();
+            self.monitored_old.clear();
+            self.monitored_old
+                .extend(self.monitored.iter().map(|(e, _)| *e));
             self.monitored.clear();
             w.intro
                 .ptm
@@ -182,6 +196,15 @@ impl Checker {
                     .map(|(i, (e, _))| (e.gfn().0, i)),
             );
             self.monitored_by_frame.sort_unstable();
+            if !first {
+                for (e, _) in &self.monitored {
+                    if self.monitored_old.binary_search(e).is_err() {
+                        self.placed_at.insert(*e, self.step);
+                    }
+                }
+            }
+            self.placed_at
+                .retain(|e, _| self.monitored.binary_search_by_key(e, |(m, _)| *m).is_ok());
             self.monitored_generation = Some(generation);
             self.journal_before = w.machine.mem.journal_position();
         }
@@ -217,6 +240,11 @@ impl Checker {
             matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == cpu)
         });
         let in_agent = |rip: u64| crate::layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
+        if self.rip_before == layout::AGENT_GVA + agent_rip::PT_RELEVANCE {
+            if let Some(s) = self.cpus.get_mut(cpu.0) {
+                s.lookup_step = Some(self.step);
+            }
+        }
         if let Some(s) = self.cpus.get_mut(cpu.0) {
             if faulted && !in_agent(self.rip_before) {
                 if s.fault_rip == self.rip_before {
@@ -383,7 +411,17 @@ impl Checker {
             let seen = new_events
                 .iter()
                 .any(|e| matches!(e, Event::Callback(r) if r.entry == *entry && r.new == new));
-            if !seen {
+            // The one miss ARCHITECTURE allows (B77): the agent's store of a write its cache
+            // lookup filtered, where the lookup came before the monitor's placement (and so
+            // before the eviction B76 makes with it) and the placement before the store.
+            let b77_window = self.rip_before == layout::AGENT_GVA + agent_rip::PT_STORE
+                && self
+                    .cpus
+                    .get(cpu.0)
+                    .and_then(|s| s.lookup_step)
+                    .zip(self.placed_at.get(entry))
+                    .is_some_and(|(lookup, placed)| lookup < *placed);
+            if !seen && !b77_window {
                 out.push(fail(
                     Invariant::I1,
                     format!("entry {entry} changed {old:#x} -> {new:#x} without a callback"),

@@ -66,6 +66,7 @@ pub mod cli;
 pub mod equivalence;
 pub mod events;
 pub mod exec;
+pub mod explore;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod guest;

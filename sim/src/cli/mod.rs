@@ -33,6 +33,7 @@ pub use crate::text::{parse_hex_bytes, parse_u64};
 mod agent;
 mod check;
 mod exec;
+mod explore;
 mod minimize;
 #[cfg(feature = "fuzzing")]
 pub mod oracle;
@@ -143,6 +144,8 @@ pub enum Command {
     Minimize(minimize::MinimizeArgs),
     /// For each HVMI quirk, the invariant it breaks with a minimal replay, or its cost.
     Quirks(quirks::QuirksArgs),
+    /// Run every interleaving of a small world up to K preemptions, checking every step.
+    Explore(explore::ExploreArgs),
 }
 
 /// Runs the command line and returns the process exit status.
@@ -195,6 +198,7 @@ where
         Command::Replay(args) => replay::run(args),
         Command::Minimize(args) => minimize::run(args),
         Command::Quirks(args) => quirks::run(args),
+        Command::Explore(args) => explore::run(args),
     }
 }
 
