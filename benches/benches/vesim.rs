@@ -9,6 +9,8 @@
 //! - `run_throughput`: `desktop-mix` and `paper-synthetic` end to end, in simulated steps
 //!   (elements) per second, with the trace hash computed (`trace_on`) or not (`trace_off`).
 //! - `scale`: one filtered write with 1K vs 1M mapped guest pages and 1 vs 64 VCPUs.
+//! - `explore`: one whole `vesim explore` search per built-in small world (K = 1, `fixed`), in
+//!   schedules per second.
 //! - `cache_hit_rate`: not a timing. Each workload's cache operations, replayed on the HVMI
 //!   geometry and on alternatives; printed as a table and written to
 //!   `target/cache_hit_rate.json`.
@@ -313,9 +315,41 @@ fn reset(c: &mut Criterion) {
     g.finish();
 }
 
+/// `vesim explore` on each built-in small world at K = 1, one whole search per iteration, in
+/// schedules per second (the elements); the pruning ratio is printed beside it.
+fn explore(c: &mut Criterion) {
+    use vesim::explore::{explore, ExploreWorld, Options, SCHEDULE_STEPS_MAX};
+    let mut g = c.benchmark_group("explore");
+    g.sample_size(10);
+    for (name, _) in vesim::explore::BUILTINS {
+        let w = ExploreWorld::builtin(name, &Default::default()).expect("a built-in world");
+        let opts = Options {
+            preemptions: 1,
+            max_schedules: 100_000,
+            steps_max: SCHEDULE_STEPS_MAX,
+        };
+        let quirks = vesim::quirks::Quirks::fixed();
+        let r = explore(&w, quirks, &opts, 1, &|_| {}).expect("the world explores");
+        println!(
+            "explore/{name}: {} schedules, {} pruned ({:.1} % of {}), {} runs",
+            r.schedules,
+            r.pruned,
+            100.0 * r.pruned as f64 / (r.schedules + r.pruned).max(1) as f64,
+            r.schedules + r.pruned,
+            r.runs
+        );
+        g.throughput(Throughput::Elements(r.schedules));
+        g.bench_function(BenchmarkId::new("k1_fixed", name), |b| {
+            b.iter(|| explore(&w, quirks, &opts, 1, &|_| {}).expect("the world explores"))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     reset,
+    explore,
     pt_write,
     page_walk,
     cache_lookup,

@@ -18,7 +18,7 @@
 //! another VCPU than the last is a *preemption*. The schedules with at most K preemptions are
 //! a finite tree: each node is a prefix of choices, each child one more choice.
 //!
-//! **Search.** Stateless, as CHESS: every schedule runs from the world's snapshot
+//! **Search.** Stateless, as CHESS: every schedule runs from a world's snapshot
 //! ([`crate::world::Reusable`]: the reset costs what the previous schedule dirtied), replays
 //! its prefix, then takes the default while noting, at each later step, every other runnable
 //! VCPU whose choice stays within the bound; each such alternative is a new prefix, explored
@@ -26,7 +26,11 @@
 //! exactly k preemptions (those with fewer were counted, and passed, at their own bound and
 //! are re-run only to reach their alternatives), so the first failure found has the fewest
 //! preemptions of any failing schedule, and within a bound the order is the depth-first order
-//! of the choices (lower VCPU first at the earliest step).
+//! of the choices. With several jobs, each bound's root schedule is run first and the subtrees
+//! of its alternatives are searched on as many threads, each with its own world, then combined
+//! in the order one thread would search them ([`explore`]): the report does not depend on the
+//! number of jobs. `max_schedules` counts checked schedules; a search it ends says so
+//! ([`Report::cut`]).
 //!
 //! **No pruning yet.** Every schedule in the tree is run: the counts are the closed-form
 //! counts of the interleavings where the VCPUs do not interact. Partial-order reduction over
@@ -445,72 +449,211 @@ impl Explorer {
             .map_err(|e| e.to_string())
     }
 
-    /// Explores every schedule with at most `opts.preemptions` preemptions (see the module
-    /// doc), calling `progress` with the schedules checked so far after each one.
-    pub fn explore(
-        &mut self,
-        opts: &Options,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<Report, String> {
-        let mut report = Report {
-            levels: Vec::new(),
+    /// Explores the subtree of schedules that start with `prefix` at bound `k`, depth first,
+    /// until a schedule fails or `cap` schedules with exactly `k` preemptions were checked.
+    fn subtree(&mut self, prefix: Vec<usize>, k: u32, cap: u64) -> Result<Subtree, String> {
+        let mut t = Subtree::default();
+        let mut stack = vec![prefix];
+        while let Some(prefix) = stack.pop() {
+            if t.checked.len() as u64 >= cap {
+                t.capped = true;
+                break;
+            }
+            let o = self.run(&prefix, k)?;
+            t.runs += 1;
+            // Deepest alternatives last on the stack: explored first.
+            for &(i, a) in &o.alternatives {
+                let mut p = o.choices[..i].to_vec();
+                p.push(a);
+                stack.push(p);
+            }
+            if o.preemptions != k {
+                continue;
+            }
+            t.checked.push((o.state, o.bounded));
+            if let Some(checked) = o.failed {
+                t.failure = Some(Failure {
+                    runs: runs_of(&o.choices),
+                    preemptions: o.preemptions,
+                    steps: o.choices.len() as u64,
+                    checked,
+                });
+                break;
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// What the search of one subtree found: each checked schedule's final state and whether the
+/// step bound ended it, in search order, and the failure that ended the search, if one did.
+#[derive(Default)]
+struct Subtree {
+    checked: Vec<([u8; 32], bool)>,
+    failure: Option<Failure>,
+    runs: u64,
+    /// The cap ended it with runs left.
+    capped: bool,
+}
+
+/// The (VCPU, steps) runs of a list of choices.
+fn runs_of(choices: &[usize]) -> Vec<(usize, u64)> {
+    let mut runs: Vec<(usize, u64)> = Vec::new();
+    for &c in choices {
+        match runs.last_mut() {
+            Some((l, n)) if *l == c => *n += 1,
+            _ => runs.push((c, 1)),
+        }
+    }
+    runs
+}
+
+/// The most explorers `explore` runs at once.
+pub const JOBS_MAX: usize = 64;
+
+/// Explores every schedule of `world` with at most `opts.preemptions` preemptions (see the
+/// module doc) on `jobs` threads, each with its own world, and calls `progress` with the
+/// schedules checked so far.
+///
+/// At each bound the root schedule's alternatives are independent subtrees, searched in
+/// parallel and combined in the order one thread would search them: the report (counts,
+/// states, the failure, where `max_schedules` cut) is the same for any number of jobs.
+pub fn explore(
+    world: &ExploreWorld,
+    quirks: Quirks,
+    opts: &Options,
+    jobs: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, String> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let jobs = jobs.clamp(1, JOBS_MAX);
+    let mut explorers = vec![Explorer::new(world, quirks, opts.steps_max)?];
+    let mut report = Report {
+        levels: Vec::new(),
+        schedules: 0,
+        pruned: 0,
+        runs: 0,
+        states: 0,
+        bounded: 0,
+        cut: false,
+        failure: None,
+    };
+    let mut states: BTreeSet<[u8; 32]> = BTreeSet::new();
+    let done = AtomicU64::new(0);
+    'levels: for k in 0..=opts.preemptions {
+        report.levels.push(Level {
+            preemptions: k,
             schedules: 0,
-            pruned: 0,
-            runs: 0,
-            states: 0,
-            bounded: 0,
-            cut: false,
-            failure: None,
-        };
-        let mut states: BTreeSet<[u8; 32]> = BTreeSet::new();
-        'levels: for k in 0..=opts.preemptions {
-            report.levels.push(Level {
-                preemptions: k,
-                schedules: 0,
-            });
-            let mut stack: Vec<Vec<usize>> = vec![Vec::new()];
-            while let Some(prefix) = stack.pop() {
+        });
+        if report.schedules >= opts.max_schedules {
+            report.cut = true;
+            break;
+        }
+        let left = opts.max_schedules - report.schedules;
+        // The root schedule: its own subtree, searched to its first alternative.
+        let root = explorers[0].run(&[], k)?;
+        report.runs += 1;
+        let mut subtrees: Vec<Vec<usize>> = root
+            .alternatives
+            .iter()
+            .map(|&(i, a)| {
+                let mut p = root.choices[..i].to_vec();
+                p.push(a);
+                p
+            })
+            .collect();
+        // One thread pops the last pushed first.
+        subtrees.reverse();
+        let mut results: Vec<Option<Result<Subtree, String>>> = Vec::new();
+        results.resize_with(subtrees.len(), || None);
+        if root.preemptions == k {
+            let t = Subtree {
+                checked: vec![(root.state, root.bounded)],
+                failure: root.failed.map(|checked| Failure {
+                    runs: runs_of(&root.choices),
+                    preemptions: root.preemptions,
+                    steps: root.choices.len() as u64,
+                    checked,
+                }),
+                runs: 0,
+                capped: false,
+            };
+            let stop = t.failure.is_some();
+            subtrees.insert(0, Vec::new());
+            results.insert(0, Some(Ok(t)));
+            if stop {
+                subtrees.truncate(1);
+                results.truncate(1);
+            }
+        }
+        let workers = jobs.min(subtrees.len()).max(1);
+        while explorers.len() < workers {
+            explorers.push(Explorer::new(world, quirks, opts.steps_max)?);
+        }
+        let next = AtomicUsize::new(0);
+        let slots = Mutex::new(std::mem::take(&mut results));
+        std::thread::scope(|scope| {
+            for ex in explorers.iter_mut().take(workers) {
+                let (next, slots, subtrees, done) = (&next, &slots, &subtrees, &done);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(prefix) = subtrees.get(i) else {
+                        return;
+                    };
+                    if slots
+                        .lock()
+                        .map(|s| s.get(i).is_some_and(Option::is_some))
+                        .unwrap_or(true)
+                    {
+                        continue;
+                    }
+                    let r = ex.subtree(prefix.clone(), k, left);
+                    if let Ok(t) = &r {
+                        let n = t.checked.len() as u64;
+                        progress(done.fetch_add(n, Ordering::Relaxed) + n);
+                    }
+                    if let Ok(mut s) = slots.lock() {
+                        if let Some(slot) = s.get_mut(i) {
+                            *slot = Some(r);
+                        }
+                    }
+                });
+            }
+        });
+        let results = slots
+            .into_inner()
+            .map_err(|_| "a search thread failed".to_string())?;
+        for r in results {
+            let t = r.ok_or("a subtree was not searched")??;
+            if report.schedules >= opts.max_schedules {
+                report.cut = true;
+                break 'levels;
+            }
+            report.runs += t.runs;
+            for (n, (state, bounded)) in t.checked.iter().enumerate() {
                 if report.schedules >= opts.max_schedules {
                     report.cut = true;
                     break 'levels;
-                }
-                let o = self.run(&prefix, k)?;
-                report.runs += 1;
-                // Deepest alternatives last on the stack: explored first.
-                for &(i, a) in &o.alternatives {
-                    let mut p = o.choices[..i].to_vec();
-                    p.push(a);
-                    stack.push(p);
-                }
-                if o.preemptions != k {
-                    continue;
                 }
                 report.schedules += 1;
                 if let Some(l) = report.levels.last_mut() {
                     l.schedules += 1;
                 }
-                report.bounded += u64::from(o.bounded);
-                states.insert(o.state);
+                report.bounded += u64::from(*bounded);
+                states.insert(*state);
                 report.states = states.len() as u64;
-                progress(report.schedules);
-                if let Some(checked) = o.failed {
-                    let mut runs: Vec<(usize, u64)> = Vec::new();
-                    for &c in &o.choices {
-                        match runs.last_mut() {
-                            Some((l, n)) if *l == c => *n += 1,
-                            _ => runs.push((c, 1)),
-                        }
-                    }
-                    report.failure = Some(Failure {
-                        runs,
-                        preemptions: o.preemptions,
-                        steps: o.choices.len() as u64,
-                        checked,
-                    });
+                if n + 1 == t.checked.len() && t.failure.is_some() {
+                    report.failure = t.failure.clone();
                     break 'levels;
                 }
             }
+            if t.capped && report.schedules >= opts.max_schedules {
+                report.cut = true;
+                break 'levels;
+            }
         }
-        Ok(report)
     }
+    progress(report.schedules);
+    Ok(report)
 }

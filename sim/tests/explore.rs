@@ -9,7 +9,7 @@ mod common;
 
 use common::vesim;
 use std::collections::BTreeMap;
-use vesim::explore::{ExploreWorld, Explorer, Options, SCHEDULE_STEPS_MAX};
+use vesim::explore::{explore, ExploreWorld, Options, Report, SCHEDULE_STEPS_MAX};
 use vesim::quirks::Quirks;
 use vesim::runner::Checked;
 use vesim::sched::Schedule;
@@ -24,6 +24,10 @@ fn options(k: u32) -> Options {
         max_schedules: 1_000_000,
         steps_max: SCHEDULE_STEPS_MAX,
     }
+}
+
+fn run(w: &ExploreWorld, quirks: Quirks, k: u32) -> Report {
+    explore(w, quirks, &options(k), 1, &|_| {}).unwrap()
 }
 
 fn binomial(n: u64, k: u64) -> u64 {
@@ -79,8 +83,7 @@ fn schedule_counts_equal_the_closed_form_count_of_interleavings() {
     let quirks = Quirks::fixed();
     let steps = solo_steps(&w, quirks);
     assert!(steps.iter().all(|s| *s > 3), "{steps:?}");
-    let mut e = Explorer::new(&w, quirks, SCHEDULE_STEPS_MAX).unwrap();
-    let r = e.explore(&options(3), &mut |_| {}).unwrap();
+    let r = run(&w, quirks, 3);
     assert_eq!(r.failure, None);
     assert!(!r.cut);
     for l in &r.levels {
@@ -116,8 +119,7 @@ processes = 3
 kpti = 0
 "#,
     );
-    let mut e = Explorer::new(&w, Quirks::fixed(), SCHEDULE_STEPS_MAX).unwrap();
-    let r = e.explore(&options(0), &mut |_| {}).unwrap();
+    let r = run(&w, Quirks::fixed(), 0);
     // Non-preemptive: a VCPU runs to its end, then any of the rest may go: 3! orders.
     assert_eq!(r.schedules, 6);
 }
@@ -144,8 +146,7 @@ kpti = 0
 fn a_narrow_race_is_found_that_random_schedules_of_the_same_budget_miss() {
     let w = world(NARROW);
     let hvmi = Quirks::hvmi();
-    let mut e = Explorer::new(&w, hvmi, SCHEDULE_STEPS_MAX).unwrap();
-    let r = e.explore(&options(1), &mut |_| {}).unwrap();
+    let r = run(&w, hvmi, 1);
     let f = r.failure.clone().expect("the explorer finds the race");
     assert_eq!(f.preemptions, 1);
     assert!(
@@ -162,8 +163,7 @@ fn a_narrow_race_is_found_that_random_schedules_of_the_same_budget_miss() {
         assert_eq!(run.checked, Checked::Passed, "random:{seed}");
     }
     // Without Q16 no schedule fails.
-    let mut e = Explorer::new(&w, Quirks::fixed(), SCHEDULE_STEPS_MAX).unwrap();
-    let r = e.explore(&options(2), &mut |_| {}).unwrap();
+    let r = run(&w, Quirks::fixed(), 2);
     assert_eq!(r.failure, None);
     assert!(r.schedules > 10);
 }
@@ -343,4 +343,25 @@ fn the_b77_window_is_a_real_miss_that_i1_excuses() {
     assert!(world.events.held().iter().any(
         |e| matches!(e, vesim::events::Event::Callback(r) if r.entry == entry && r.new == value)
     ));
+}
+
+#[test]
+fn the_report_does_not_depend_on_the_jobs() {
+    for (name, quirks, k) in [
+        ("two-writers", Quirks::fixed(), 1),
+        ("unload-hook", Quirks::hvmi(), 1),
+        ("remap-agent", Quirks::fixed(), 1),
+    ] {
+        let w = ExploreWorld::builtin(name, &BTreeMap::new()).unwrap();
+        let one = explore(&w, quirks, &options(k), 1, &|_| {}).unwrap();
+        let two = explore(&w, quirks, &options(k), 2, &|_| {}).unwrap();
+        assert_eq!(one, two, "{name}");
+        let cut = Options {
+            max_schedules: 7,
+            ..options(k)
+        };
+        let one = explore(&w, quirks, &cut, 1, &|_| {}).unwrap();
+        let three = explore(&w, quirks, &cut, 3, &|_| {}).unwrap();
+        assert_eq!(one, three, "{name}, cut at 7");
+    }
 }

@@ -2,7 +2,7 @@
 //! ([`crate::explore`]).
 
 use super::{parse_u64, EXIT_USAGE};
-use crate::explore::{ExploreWorld, Explorer, Options, Report, MAX_PREEMPTIONS};
+use crate::explore::{ExploreWorld, Options, Report, JOBS_MAX, MAX_PREEMPTIONS};
 use crate::quirks::Profile;
 use clap::Args;
 use serde_json::json;
@@ -52,6 +52,9 @@ pub struct ExploreArgs {
     /// Quirk profile.
     #[arg(long, value_name = "fixed|hvmi", default_value = "fixed")]
     profile: Profile,
+    /// Threads, each with its own world, 1 to 64 (the output does not depend on it).
+    #[arg(long, value_name = "J", value_parser = parse_u64, default_value = "1")]
+    jobs: u64,
     /// Write the first failing schedule's trace to FILE, for `vesim replay` and `vesim
     /// minimize`.
     #[arg(long, value_name = "FILE")]
@@ -90,6 +93,9 @@ pub fn run(args: ExploreArgs) -> ExitCode {
             "--preemptions takes 0 to {MAX_PREEMPTIONS}, not {}",
             args.preemptions
         ));
+    }
+    if args.jobs == 0 || args.jobs > JOBS_MAX as u64 {
+        return usage(format!("--jobs takes 1 to {JOBS_MAX}, not {}", args.jobs));
     }
     if args.max_schedules == 0 {
         return usage("--max-schedules must be at least 1".into());
@@ -132,10 +138,6 @@ pub fn run(args: ExploreArgs) -> ExitCode {
         }
     }
     let quirks = args.profile.quirks();
-    let mut explorer = match Explorer::new(&world, quirks, crate::explore::SCHEDULE_STEPS_MAX) {
-        Ok(e) => e,
-        Err(m) => return usage(format!("{name}: the world cannot be built: {m}")),
-    };
     let bar = if args.json || !super::interactive() {
         indicatif::ProgressBar::hidden()
     } else {
@@ -147,9 +149,11 @@ pub fn run(args: ExploreArgs) -> ExitCode {
         steps_max: crate::explore::SCHEDULE_STEPS_MAX,
     };
     let start = std::time::Instant::now();
-    let report = match explorer.explore(&opts, &mut |n| bar.set_position(n)) {
+    let progress = |n: u64| bar.set_position(n);
+    let report = match crate::explore::explore(&world, quirks, &opts, args.jobs as usize, &progress)
+    {
         Ok(r) => r,
-        Err(m) => return usage(format!("{name}: {m}")),
+        Err(m) => return usage(format!("{name}: the world cannot be explored: {m}")),
     };
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
