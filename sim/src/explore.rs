@@ -311,8 +311,47 @@ fn round_robin(last: Option<usize>, runnable: &[usize]) -> Option<usize> {
         .or_else(|| runnable.first().copied())
 }
 
-/// The hash of a world's state (see the module doc).
-pub fn state_hash(w: &World) -> [u8; 32] {
+/// Feeds formatted text into a hash through a buffer (many short writes, few hash updates).
+struct HashWriter<'a> {
+    hash: &'a mut Sha256,
+    buf: Vec<u8>,
+}
+
+/// Bytes [`HashWriter`] collects before it hashes them.
+const HASH_BUFFER: usize = 1 << 16;
+
+impl HashWriter<'_> {
+    fn flush(&mut self) {
+        self.hash.update(&self.buf);
+        self.buf.clear();
+    }
+}
+
+impl std::fmt::Write for HashWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.extend_from_slice(s.as_bytes());
+        if self.buf.len() >= HASH_BUFFER {
+            self.flush();
+        }
+        Ok(())
+    }
+}
+
+/// Hashes `now` by its text, or by a tag when it equals `start` (the state every schedule
+/// starts from): introcore's large tables are then compared, not printed.
+fn part<T: PartialEq + std::fmt::Debug>(out: &mut HashWriter<'_>, name: &str, now: &T, start: &T) {
+    use std::fmt::Write;
+    let _ = if now == start {
+        write!(out, "{name}=start;")
+    } else {
+        write!(out, "{name}={now:?};")
+    };
+}
+
+/// The hash of a world's state (see the module doc); `start` is the world every schedule
+/// starts from, less its machine.
+pub fn state_hash(w: &World, start: &World) -> [u8; 32] {
+    use std::fmt::Write;
     let mut h = Sha256::new();
     let mut dirtied: Vec<u64> = w.machine.mem.dirtied().map(|(g, _)| g.0).collect();
     dirtied.sort_unstable();
@@ -324,18 +363,53 @@ pub fn state_hash(w: &World) -> [u8; 32] {
         }
     }
     let ept = &w.machine.ept;
+    let mut out = HashWriter {
+        hash: &mut h,
+        buf: Vec::with_capacity(HASH_BUFFER + 4096),
+    };
     for id in ept.view_ids() {
-        h.update(id.0.to_le_bytes());
         if let Some(v) = ept.view(id) {
-            h.update(format!("{:?}", v.default_entry()).as_bytes());
+            let _ = write!(out, "{id:?}{:?}", v.default_entry());
             for (g, e) in v.entries() {
-                h.update(format!("{g:?}{e:?}").as_bytes());
+                let _ = write!(out, "{g:?}{e:?}");
             }
         }
     }
-    h.update(format!("{:?}{:?}", w.vcpus, w.stopped).as_bytes());
-    h.update(format!("{:?}", w.guest).as_bytes());
-    h.update(format!("{:?}", w.intro).as_bytes());
+    let _ = write!(out, "{:?}{:?}", w.vcpus, w.stopped);
+    part(&mut out, "guest", &w.guest, &start.guest);
+    // Every field, so that a new one cannot be left out unnoticed.
+    let crate::introcore::Introcore {
+        hooks,
+        ptm,
+        cache,
+        untrusted,
+        protected,
+        initialized,
+        deployed,
+        pending_unload,
+        slots,
+        callbacks,
+        dispatch_view,
+        pts,
+        swaps,
+        last_exit_gpa,
+        replaced_code,
+        agent_hooks,
+        page_walk_set_at_deploy,
+    } = &w.intro;
+    let s = &start.intro;
+    part(&mut out, "hooks", &**hooks, &*s.hooks);
+    part(&mut out, "ptm", &**ptm, &*s.ptm);
+    part(&mut out, "pts", &**pts, &*s.pts);
+    part(&mut out, "cache", cache, &s.cache);
+    part(&mut out, "agent_hooks", agent_hooks, &s.agent_hooks);
+    part(&mut out, "callbacks", callbacks, &s.callbacks);
+    let _ = write!(
+        out,
+        "{untrusted:?}{protected:?}{initialized}{deployed}{pending_unload}{slots:?}\
+         {dispatch_view:?}{swaps:?}{last_exit_gpa:?}{replaced_code:?}{page_walk_set_at_deploy}"
+    );
+    out.flush();
     h.finalize().into()
 }
 
@@ -358,95 +432,95 @@ impl Explorer {
     fn run(&mut self, prefix: &[usize], bound: u32) -> Result<RunOutcome, String> {
         let queues = self.queues.clone();
         let steps_max = self.steps_max;
-        self.world
-            .run(|w| {
-                let mut runner = OpRunner::new(queues);
-                runner.record = false;
-                let mut checker = Checker::new(w);
-                let mut runnable = Vec::with_capacity(w.vcpus.len());
-                let mut o = RunOutcome {
-                    choices: Vec::new(),
-                    alternatives: Vec::new(),
-                    preemptions: 0,
-                    failed: None,
-                    bounded: false,
-                    state: [0; 32],
-                };
-                let mut last: Option<usize> = None;
-                let mut in_row = 0u64;
-                loop {
-                    w.events.new_step();
-                    runner.runnable_into(w, &mut runnable);
-                    if runnable.is_empty() {
-                        break;
-                    }
-                    if o.choices.len() as u64 >= steps_max {
-                        o.bounded = true;
-                        break;
-                    }
-                    let i = o.choices.len();
-                    let can_go_on = last.filter(|l| runnable.contains(l));
-                    // The quantum is up: the default switch, not a choice.
-                    let forced = can_go_on.is_some() && in_row >= TAIL_QUANTUM;
-                    let free = can_go_on.is_none();
-                    let cost = |c: usize| u32::from(!free && !forced && Some(c) != last);
-                    let pick = match prefix.get(i) {
-                        Some(&c) => c,
-                        None => {
-                            let d = match can_go_on {
-                                Some(l) if !forced => Some(l),
-                                _ => round_robin(last, &runnable),
-                            };
-                            let d = d.unwrap_or(runnable[0]);
-                            if !forced {
-                                for &a in &runnable {
-                                    if a != d && o.preemptions + cost(a) <= bound {
-                                        o.alternatives.push((i, a));
+        let mut o =
+            self.world
+                .run(|w| {
+                    let mut runner = OpRunner::new(queues);
+                    runner.record = false;
+                    let mut checker = Checker::new(w);
+                    let mut runnable = Vec::with_capacity(w.vcpus.len());
+                    let mut o = RunOutcome {
+                        choices: Vec::new(),
+                        alternatives: Vec::new(),
+                        preemptions: 0,
+                        failed: None,
+                        bounded: false,
+                        state: [0; 32],
+                    };
+                    let mut last: Option<usize> = None;
+                    let mut in_row = 0u64;
+                    loop {
+                        w.events.new_step();
+                        runner.runnable_into(w, &mut runnable);
+                        if runnable.is_empty() {
+                            break;
+                        }
+                        if o.choices.len() as u64 >= steps_max {
+                            o.bounded = true;
+                            break;
+                        }
+                        let i = o.choices.len();
+                        let can_go_on = last.filter(|l| runnable.contains(l));
+                        // The quantum is up: the default switch, not a choice.
+                        let forced = can_go_on.is_some() && in_row >= TAIL_QUANTUM;
+                        let free = can_go_on.is_none();
+                        let cost = |c: usize| u32::from(!free && !forced && Some(c) != last);
+                        let pick = match prefix.get(i) {
+                            Some(&c) => c,
+                            None => {
+                                let d = match can_go_on {
+                                    Some(l) if !forced => Some(l),
+                                    _ => round_robin(last, &runnable),
+                                };
+                                let d = d.unwrap_or(runnable[0]);
+                                if !forced {
+                                    for &a in &runnable {
+                                        if a != d && o.preemptions + cost(a) <= bound {
+                                            o.alternatives.push((i, a));
+                                        }
                                     }
                                 }
+                                d
                             }
-                            d
-                        }
-                    };
-                    o.preemptions += cost(pick);
-                    in_row = if Some(pick) == last { in_row + 1 } else { 1 };
-                    last = Some(pick);
-                    o.choices.push(pick);
-                    let cpu = VcpuId(pick);
-                    checker.before_step(w, cpu);
-                    let breaches = runner.breaches.len();
-                    let r = runner.op_step(w, cpu);
-                    let mut v = checker.after_step(w, cpu, &r);
-                    v.extend(
-                        runner.breaches[breaches..]
-                            .iter()
-                            .map(|(c, op, what)| Violation {
+                        };
+                        o.preemptions += cost(pick);
+                        in_row = if Some(pick) == last { in_row + 1 } else { 1 };
+                        last = Some(pick);
+                        o.choices.push(pick);
+                        let cpu = VcpuId(pick);
+                        checker.before_step(w, cpu);
+                        let breaches = runner.breaches.len();
+                        let r = runner.op_step(w, cpu);
+                        let mut v = checker.after_step(w, cpu, &r);
+                        v.extend(runner.breaches[breaches..].iter().map(|(c, op, what)| {
+                            Violation {
                                 invariant: Invariant::I3,
                                 step: checker.steps(),
                                 cpu: VcpuId(*c),
                                 detail: format!("{op}: {what}"),
-                            }),
-                    );
-                    if let Some(x) = v.into_iter().next() {
-                        o.failed = Some(Checked::Failed(x));
-                        break;
-                    }
-                    match r {
-                        Ok(()) => {}
-                        Err(Stop::Harness(e)) => {
-                            o.failed = Some(Checked::Harness(format!("VCPU {pick}: {e}")));
+                            }
+                        }));
+                        if let Some(x) = v.into_iter().next() {
+                            o.failed = Some(Checked::Failed(x));
                             break;
                         }
-                        Err(stop) => {
-                            o.failed = Some(Checked::Stopped { cpu, stop });
-                            break;
+                        match r {
+                            Ok(()) => {}
+                            Err(Stop::Harness(e)) => {
+                                o.failed = Some(Checked::Harness(format!("VCPU {pick}: {e}")));
+                                break;
+                            }
+                            Err(stop) => {
+                                o.failed = Some(Checked::Stopped { cpu, stop });
+                                break;
+                            }
                         }
                     }
-                }
-                o.state = state_hash(w);
-                o
-            })
-            .map_err(|e| e.to_string())
+                    o
+                })
+                .map_err(|e| e.to_string())?;
+        o.state = state_hash(self.world.world(), self.world.start());
+        Ok(o)
     }
 
     /// Explores the subtree of schedules that start with `prefix` at bound `k`, depth first,

@@ -58,6 +58,17 @@ impl Reusable {
         }
     }
 
+    /// The world as the last run left it.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The world as every run starts from it, less its machine (memory and EPT are the
+    /// machine's mark).
+    pub fn start(&self) -> &World {
+        &self.snapshot.rest
+    }
+
     /// Resets the world if a run used it, then runs `case` on it. During the run the world is
     /// marked at the snapshot, so `case` can read what it dirtied
     /// ([`vesim_model::memory::GuestMemory::dirtied`]); it must not take a snapshot itself
