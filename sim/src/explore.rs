@@ -63,10 +63,14 @@ pub const MAX_PREEMPTIONS: u32 = 8;
 pub const SCHEDULE_STEPS_MAX: u64 = 50_000;
 
 /// The built-in small worlds, by name: the TOML files of `corpus/explore/`.
-pub const BUILTINS: [(&str, &str); 4] = [
+pub const BUILTINS: [(&str, &str); 5] = [
     (
         "cache-race",
         include_str!("../../corpus/explore/cache-race.toml"),
+    ),
+    (
+        "cache-insert",
+        include_str!("../../corpus/explore/cache-insert.toml"),
     ),
     (
         "unload-hook",

@@ -16,7 +16,8 @@ Examples:
   vesim explore corpus/explore/cache-race.toml --preemptions 2 --json
   vesim replay q16.trace && vesim minimize q16.trace
 
-Built-in small worlds: cache-race, unload-hook, two-writers, remap-agent (corpus/explore/).
+Built-in small worlds: cache-race, cache-insert, unload-hook, two-writers, remap-agent
+(corpus/explore/).
 Every schedule with 0, then 1, ..., then K preemptions is run from the world's snapshot with
 every per-step invariant checked after every step; the first failing schedule has the fewest
 preemptions. The time taken goes to stderr; stdout is the same for the same command.
