@@ -240,12 +240,10 @@ impl Checker {
             matches!(e, Event::Ve { cpu: c, .. } | Event::VmExit { cpu: c, reason: 48, .. } if *c == cpu)
         });
         let in_agent = |rip: u64| crate::layout::in_agent(rip) || rip == layout::OS_VE_HANDLER_GVA;
-        if self.rip_before == layout::AGENT_GVA + agent_rip::PT_RELEVANCE {
-            if let Some(s) = self.cpus.get_mut(cpu.0) {
+        if let Some(s) = self.cpus.get_mut(cpu.0) {
+            if self.rip_before == layout::AGENT_GVA + agent_rip::PT_RELEVANCE {
                 s.lookup_step = Some(self.step);
             }
-        }
-        if let Some(s) = self.cpus.get_mut(cpu.0) {
             if faulted && !in_agent(self.rip_before) {
                 if s.fault_rip == self.rip_before {
                     s.faults_in_row += 1;
@@ -318,6 +316,8 @@ impl Checker {
             if delivered {
                 // The view the VCPU was in when the #VE arrived (the step does not change it).
                 s.view_at_delivery = w.vcpus.get(cpu.0).map(|v| v.eptp_index);
+                // A new #VE: its cache lookup is still to come.
+                s.lookup_step = None;
             }
             let returned = self.rip_before == layout::AGENT_GVA + agent_rip::STUB_RETURN;
             if returned {

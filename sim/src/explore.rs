@@ -41,8 +41,7 @@
 //! counters, the event log, the TSC or the EPT's change logs, which record history rather than
 //! state) and the distinct hashes are counted.
 
-use crate::check::{Checker, Invariant, Violation};
-use crate::events::Stop;
+use crate::check::Checker;
 use crate::ops::{GuestOp, OpRunner};
 use crate::quirks::Quirks;
 use crate::runner::{Checked, Setup};
@@ -133,10 +132,9 @@ impl ExploreWorld {
     /// Parses a world file; `name` names it in errors. Every error is one sentence.
     pub fn parse(name: &str, text: &str, sets: &BTreeMap<String, u64>) -> Result<Self, String> {
         let wf: WorldFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(1, |s| {
-                text.get(..s.start)
-                    .map_or(1, |t| t.matches('\n').count() + 1)
-            });
+            let line = e
+                .span()
+                .map_or(1, |s| crate::scenario_file::line_of(text, s.start));
             format!("{name}:{line}: {}", e.message().trim().replace('\n', " "))
         })?;
         let builtin = Builtin::from_name(&wf.builtin).ok_or_else(|| {
@@ -417,6 +415,80 @@ pub fn state_hash(w: &World, start: &World) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// One schedule on `w`: `prefix`, then the default (see the module doc), each step checked.
+fn run_schedule(
+    w: &mut World,
+    queues: Vec<Vec<GuestOp>>,
+    prefix: &[usize],
+    bound: u32,
+    steps_max: u64,
+) -> RunOutcome {
+    let mut runner = OpRunner::new(queues);
+    runner.record = false;
+    let mut checker = Checker::new(w);
+    let mut runnable = Vec::with_capacity(w.vcpus.len());
+    let mut o = RunOutcome {
+        choices: Vec::new(),
+        alternatives: Vec::new(),
+        preemptions: 0,
+        failed: None,
+        bounded: false,
+        state: [0; 32],
+    };
+    let mut last: Option<usize> = None;
+    let mut in_row = 0u64;
+    loop {
+        w.events.new_step();
+        runner.runnable_into(w, &mut runnable);
+        let Some(&lowest) = runnable.first() else {
+            break;
+        };
+        if o.choices.len() as u64 >= steps_max {
+            o.bounded = true;
+            break;
+        }
+        let i = o.choices.len();
+        let can_go_on = last.filter(|l| runnable.contains(l));
+        // The quantum is up: the default switch, not a choice.
+        let forced = can_go_on.is_some() && in_row >= TAIL_QUANTUM;
+        let free = can_go_on.is_none();
+        let cost = |c: usize| u32::from(!free && !forced && Some(c) != last);
+        let pick = match prefix.get(i) {
+            Some(&c) if runnable.contains(&c) => c,
+            Some(&c) => {
+                o.failed = Some(Checked::Harness(format!(
+                    "the replayed schedule picks VCPU {c} at step {i}, which cannot run"
+                )));
+                break;
+            }
+            None => {
+                let d = match can_go_on {
+                    Some(l) if !forced => l,
+                    _ => round_robin(last, &runnable).unwrap_or(lowest),
+                };
+                if !forced {
+                    o.alternatives.extend(
+                        runnable
+                            .iter()
+                            .filter(|&&a| a != d && o.preemptions + cost(a) <= bound)
+                            .map(|&a| (i, a)),
+                    );
+                }
+                d
+            }
+        };
+        o.preemptions += cost(pick);
+        in_row = if Some(pick) == last { in_row + 1 } else { 1 };
+        last = Some(pick);
+        o.choices.push(pick);
+        if let Err(f) = runner.checked_step(w, &mut checker, VcpuId(pick)) {
+            o.failed = Some(crate::runner::checked_of(f));
+            break;
+        }
+    }
+    o
+}
+
 impl Explorer {
     /// The explorer of `world` with `quirks`: builds the world (with #VE on) and snapshots it.
     pub fn new(world: &ExploreWorld, quirks: Quirks, steps_max: u64) -> Result<Self, String> {
@@ -436,93 +508,10 @@ impl Explorer {
     fn run(&mut self, prefix: &[usize], bound: u32) -> Result<RunOutcome, String> {
         let queues = self.queues.clone();
         let steps_max = self.steps_max;
-        let mut o =
-            self.world
-                .run(|w| {
-                    let mut runner = OpRunner::new(queues);
-                    runner.record = false;
-                    let mut checker = Checker::new(w);
-                    let mut runnable = Vec::with_capacity(w.vcpus.len());
-                    let mut o = RunOutcome {
-                        choices: Vec::new(),
-                        alternatives: Vec::new(),
-                        preemptions: 0,
-                        failed: None,
-                        bounded: false,
-                        state: [0; 32],
-                    };
-                    let mut last: Option<usize> = None;
-                    let mut in_row = 0u64;
-                    loop {
-                        w.events.new_step();
-                        runner.runnable_into(w, &mut runnable);
-                        if runnable.is_empty() {
-                            break;
-                        }
-                        if o.choices.len() as u64 >= steps_max {
-                            o.bounded = true;
-                            break;
-                        }
-                        let i = o.choices.len();
-                        let can_go_on = last.filter(|l| runnable.contains(l));
-                        // The quantum is up: the default switch, not a choice.
-                        let forced = can_go_on.is_some() && in_row >= TAIL_QUANTUM;
-                        let free = can_go_on.is_none();
-                        let cost = |c: usize| u32::from(!free && !forced && Some(c) != last);
-                        let pick = match prefix.get(i) {
-                            Some(&c) => c,
-                            None => {
-                                let d = match can_go_on {
-                                    Some(l) if !forced => Some(l),
-                                    _ => round_robin(last, &runnable),
-                                };
-                                let d = d.unwrap_or(runnable[0]);
-                                if !forced {
-                                    for &a in &runnable {
-                                        if a != d && o.preemptions + cost(a) <= bound {
-                                            o.alternatives.push((i, a));
-                                        }
-                                    }
-                                }
-                                d
-                            }
-                        };
-                        o.preemptions += cost(pick);
-                        in_row = if Some(pick) == last { in_row + 1 } else { 1 };
-                        last = Some(pick);
-                        o.choices.push(pick);
-                        let cpu = VcpuId(pick);
-                        checker.before_step(w, cpu);
-                        let breaches = runner.breaches.len();
-                        let r = runner.op_step(w, cpu);
-                        let mut v = checker.after_step(w, cpu, &r);
-                        v.extend(runner.breaches[breaches..].iter().map(|(c, op, what)| {
-                            Violation {
-                                invariant: Invariant::I3,
-                                step: checker.steps(),
-                                cpu: VcpuId(*c),
-                                detail: format!("{op}: {what}"),
-                            }
-                        }));
-                        if let Some(x) = v.into_iter().next() {
-                            o.failed = Some(Checked::Failed(x));
-                            break;
-                        }
-                        match r {
-                            Ok(()) => {}
-                            Err(Stop::Harness(e)) => {
-                                o.failed = Some(Checked::Harness(format!("VCPU {pick}: {e}")));
-                                break;
-                            }
-                            Err(stop) => {
-                                o.failed = Some(Checked::Stopped { cpu, stop });
-                                break;
-                            }
-                        }
-                    }
-                    o
-                })
-                .map_err(|e| e.to_string())?;
+        let mut o = self
+            .world
+            .run(|w| run_schedule(w, queues, prefix, bound, steps_max))
+            .map_err(|e| e.to_string())?;
         o.state = state_hash(self.world.world(), self.world.start());
         Ok(o)
     }
@@ -548,14 +537,7 @@ impl Explorer {
             if o.preemptions != k {
                 continue;
             }
-            t.checked.push((o.state, o.bounded));
-            if let Some(checked) = o.failed {
-                t.failure = Some(Failure {
-                    runs: runs_of(&o.choices),
-                    preemptions: o.preemptions,
-                    steps: o.choices.len() as u64,
-                    checked,
-                });
+            if t.check(o) {
                 break;
             }
         }
@@ -572,6 +554,24 @@ struct Subtree {
     runs: u64,
     /// The cap ended it with runs left.
     capped: bool,
+}
+
+impl Subtree {
+    /// Records a schedule that counts at the bound; true when it failed (which ends the
+    /// search).
+    fn check(&mut self, o: RunOutcome) -> bool {
+        self.checked.push((o.state, o.bounded));
+        let Some(checked) = o.failed else {
+            return false;
+        };
+        self.failure = Some(Failure {
+            runs: runs_of(&o.choices),
+            preemptions: o.preemptions,
+            steps: o.choices.len() as u64,
+            checked,
+        });
+        true
+    }
 }
 
 /// The (VCPU, steps) runs of a list of choices.
@@ -629,9 +629,8 @@ pub fn explore(
             break;
         }
         let left = opts.max_schedules - report.schedules;
-        // The root schedule: its own subtree, searched to its first alternative.
+        // The root schedule; the subtrees of its alternatives are searched after it.
         let root = explorers[0].run(&[], k)?;
-        report.runs += 1;
         let mut subtrees: Vec<Vec<usize>> = root
             .alternatives
             .iter()
@@ -643,28 +642,15 @@ pub fn explore(
             .collect();
         // One thread pops the last pushed first.
         subtrees.reverse();
+        let mut first = Subtree {
+            runs: 1,
+            ..Subtree::default()
+        };
+        if root.preemptions == k && first.check(root) {
+            subtrees.clear();
+        }
         let mut results: Vec<Option<Result<Subtree, String>>> = Vec::new();
         results.resize_with(subtrees.len(), || None);
-        if root.preemptions == k {
-            let t = Subtree {
-                checked: vec![(root.state, root.bounded)],
-                failure: root.failed.map(|checked| Failure {
-                    runs: runs_of(&root.choices),
-                    preemptions: root.preemptions,
-                    steps: root.choices.len() as u64,
-                    checked,
-                }),
-                runs: 0,
-                capped: false,
-            };
-            let stop = t.failure.is_some();
-            subtrees.insert(0, Vec::new());
-            results.insert(0, Some(Ok(t)));
-            if stop {
-                subtrees.truncate(1);
-                results.truncate(1);
-            }
-        }
         let workers = jobs.min(subtrees.len()).max(1);
         while explorers.len() < workers {
             explorers.push(Explorer::new(world, quirks, opts.steps_max)?);
@@ -679,13 +665,6 @@ pub fn explore(
                     let Some(prefix) = subtrees.get(i) else {
                         return;
                     };
-                    if slots
-                        .lock()
-                        .map(|s| s.get(i).is_some_and(Option::is_some))
-                        .unwrap_or(true)
-                    {
-                        continue;
-                    }
                     let r = ex.subtree(prefix.clone(), k, left);
                     if let Ok(t) = &r {
                         let n = t.checked.len() as u64;
@@ -702,8 +681,11 @@ pub fn explore(
         let results = slots
             .into_inner()
             .map_err(|_| "a search thread failed".to_string())?;
+        let mut searched = vec![first];
         for r in results {
-            let t = r.ok_or("a subtree was not searched")??;
+            searched.push(r.ok_or("a subtree was not searched")??);
+        }
+        for t in searched {
             if report.schedules >= opts.max_schedules {
                 report.cut = true;
                 break 'levels;

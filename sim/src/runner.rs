@@ -113,6 +113,21 @@ pub fn world(setup: &Setup, sc: &Scenario, ve: bool) -> Result<World, String> {
     Ok(w)
 }
 
+/// How a run that stopped early ended: its first violation, or its stop.
+pub fn checked_of(f: RunFailure) -> Checked {
+    match f {
+        RunFailure::Violations(v) => match v.into_iter().next() {
+            Some(x) => Checked::Failed(x),
+            None => Checked::Passed,
+        },
+        RunFailure::Stopped(cpu, Stop::Harness(e)) => Checked::Harness(format!("VCPU {cpu}: {e}")),
+        RunFailure::Stopped(cpu, stop) => Checked::Stopped {
+            cpu: VcpuId(cpu),
+            stop,
+        },
+    }
+}
+
 /// What a checked run did besides how it ended.
 #[derive(Clone, Debug)]
 pub struct Run {
@@ -147,17 +162,7 @@ pub fn run_world(
     };
     let mut checked = match ran {
         Ok(_) => Checked::Passed,
-        Err(RunFailure::Violations(v)) => match v.into_iter().next() {
-            Some(x) => Checked::Failed(x),
-            None => Checked::Passed,
-        },
-        Err(RunFailure::Stopped(cpu, Stop::Harness(e))) => {
-            Checked::Harness(format!("VCPU {cpu}: {e}"))
-        }
-        Err(RunFailure::Stopped(cpu, stop)) => Checked::Stopped {
-            cpu: VcpuId(cpu),
-            stop,
-        },
+        Err(f) => checked_of(f),
     };
     if let (Checked::Passed, true, Some(off)) = (&checked, i6_applies(sc), off) {
         checked = match off() {

@@ -287,7 +287,7 @@ fn bad_input_is_one_sentence_and_exit_2() {
         ),
         (
             vec!["explore", "--builtin", "cache-race", "--set", "vcpus=9"],
-            "",
+            "9 VCPUs; exploration supports at most 3",
         ),
     ];
     for (args, says) in cases {

@@ -447,27 +447,40 @@ impl OpRunner {
             let Some(cpu) = sched.next(&runnable) else {
                 return Ok(steps);
             };
-            checker.before_step(w, VcpuId(cpu));
-            let breaches = self.breaches.len();
-            let r = self.op_step(w, VcpuId(cpu));
             steps += 1;
-            let mut v = checker.after_step(w, VcpuId(cpu), &r);
-            v.extend(self.breaches[breaches..].iter().map(|(cpu, op, what)| {
-                crate::check::Violation {
-                    invariant: crate::check::Invariant::I3,
-                    step: checker.steps(),
-                    cpu: VcpuId(*cpu),
-                    detail: format!("{op}: {what}"),
-                }
-            }));
-            if !v.is_empty() {
-                return Err(RunFailure::Violations(v));
-            }
-            if let Err(s) = r {
-                return Err(RunFailure::Stopped(cpu, s));
-            }
+            self.checked_step(w, checker, VcpuId(cpu))?;
         }
         Ok(steps)
+    }
+}
+
+impl OpRunner {
+    /// One step of `cpu` with every invariant of `checker` evaluated after it: the
+    /// violations (I3 breaches of attacks included), else the VCPU's stop, else `Ok`.
+    pub fn checked_step(
+        &mut self,
+        w: &mut World,
+        checker: &mut crate::check::Checker,
+        cpu: VcpuId,
+    ) -> Result<(), RunFailure> {
+        checker.before_step(w, cpu);
+        let breaches = self.breaches.len();
+        let r = self.op_step(w, cpu);
+        let mut v = checker.after_step(w, cpu, &r);
+        v.extend(
+            self.breaches[breaches..]
+                .iter()
+                .map(|(c, op, what)| crate::check::Violation {
+                    invariant: crate::check::Invariant::I3,
+                    step: checker.steps(),
+                    cpu: VcpuId(*c),
+                    detail: format!("{op}: {what}"),
+                }),
+        );
+        if !v.is_empty() {
+            return Err(RunFailure::Violations(v));
+        }
+        r.map_err(|s| RunFailure::Stopped(cpu.0, s))
     }
 }
 
